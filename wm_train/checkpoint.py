@@ -1,0 +1,85 @@
+"""Checkpoints: plain data (loadable with `torch.load(weights_only=True)`), written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .actions import ActionCodec
+from .config import Config
+from .model import WorldModel
+
+FORMAT = "wm-checkpoint"
+FORMAT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("wm")
+    except PackageNotFoundError:
+        package = "unknown"
+    return {"wm": package, "torch": torch.__version__, "numpy": np.__version__}
+
+
+def atomic_torch_save(payload: dict, path: str | Path) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves a truncated checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, model: WorldModel, cfg: Config, codec: ActionCodec, **extras) -> None:
+    """`extras` must be plain data or tensors (optimizer state, epoch, RNG states, metrics)."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": cfg.to_dict(),
+        "action_codec": codec.to_dict(),
+        "model": model.state_dict(),
+        "versions": versions(),
+        **extras,
+    }
+    atomic_torch_save(payload, path)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """The raw checkpoint dict, after checking that it is a checkpoint of this format version."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable wm checkpoint: {type(error).__name__}: {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a wm checkpoint (no format={FORMAT!r} entry)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format version {payload.get('format_version')!r}, expected {FORMAT_VERSION}")
+    return payload
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
+    """-> (model in eval mode, Config, extras) where extras holds `action_codec` (ActionCodec) and every other
+    entry of the checkpoint except the weights and the config."""
+    payload = read_checkpoint(path, map_location)
+    cfg = Config.from_dict(payload["config"], source=str(path))
+    model = WorldModel(cfg.model)
+    model.load_state_dict(payload["model"])
+    model.to(map_location).eval()
+    extras = {k: v for k, v in payload.items() if k not in ("model", "config")}
+    extras["action_codec"] = ActionCodec.from_dict(payload["action_codec"])
+    return model, cfg, extras

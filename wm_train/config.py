@@ -1,0 +1,209 @@
+"""Configuration: one dataclass per concern, composed into `Config`, loaded from YAML.
+
+`load_config` rejects unknown keys by name and section and checks every value's type, so a typo in a YAML
+file is an error instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ACTION_MODES = ("continuous", "discrete")
+
+# Model sizes. `tiny` keeps tests fast; `default` is what the shipped configs train.
+MODEL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(channels=4, latent_dim=8, deter_dim=32, hidden_dim=32),
+    "small": dict(channels=8, latent_dim=16, deter_dim=128, hidden_dim=128),
+    "default": dict(channels=16, latent_dim=32, deter_dim=256, hidden_dim=256),
+}
+
+# Keys older configs used. They are accepted so those configs still load, and change nothing.
+DEPRECATED_KEYS = {"train": ("rssm_gate_threshold", "grad_detach_schedule_k")}
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/carracing"
+    """folder of episode files `*.npz` (see README, "Data format")"""
+    action_mode: str = "continuous"
+    """`continuous` (float actions, normalised) or `discrete` (integer actions, one-hot encoded)"""
+    seq_len: int = 16
+    """frames per training window; the RSSM loss needs at least 2"""
+    val_fraction: float = 0.1
+    """fraction of episodes held out for validation (split by episode, deterministic)"""
+
+
+@dataclass
+class ModelConfig:
+    size: str = "default"
+    """preset from MODEL_PRESETS; explicit keys below override it"""
+    frame_size: int = 64
+    """frames are square, frame_size x frame_size RGB; must be a multiple of 16"""
+    action_dim: int = 3
+    """continuous: width of the action vector; discrete: number of actions"""
+    channels: int = 16
+    """channels of the first conv layer; they double at each of the 4 layers"""
+    latent_dim: int = 32
+    """S: size of the Gaussian latent z"""
+    deter_dim: int = 256
+    """D: size of the GRU state h"""
+    hidden_dim: int = 256
+    """width of the RSSM's input and prior MLPs"""
+    min_std: float = 0.1
+    """lower bound of the prior's standard deviation"""
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/carracing"
+    """run folder: checkpoints, metrics.jsonl, PNGs"""
+    epochs: int = 10
+    """passes over the training frames"""
+    batch_size: int = 16
+    """windows per optimiser step"""
+    lr: float = 6e-4
+    """AdamW learning rate"""
+    weight_decay: float = 1e-4
+    """AdamW weight decay"""
+    grad_clip: float = 100.0
+    """maximum global gradient norm"""
+    beta: float = 1.0
+    """weight of the VAE's KL to N(0, I)"""
+    rssm_scale: float = 1.0
+    """weight of the RSSM loss in the total"""
+    seed: int = 0
+    """seeds model init, window sampling and the reparameterisation noise"""
+    device: str = "cpu"
+    """`cpu`, `cuda` or `auto`"""
+    threads: int = 0
+    """torch intra-op threads on CPU; 0 keeps torch's default"""
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 17
+    """ONNX opset"""
+    opt_batch: int = 256
+    """TensorRT profile: batch size the engines are tuned for"""
+    max_batch: int = 4096
+    """TensorRT profile: largest batch the engines accept"""
+    fp16: bool = False
+    """build TensorRT engines in FP16"""
+    decoder: bool = True
+    """also export the decoder"""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> Config:
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+        sections = _section_classes()
+        unknown = sorted(set(raw) - set(sections))
+        if unknown:
+            raise ValueError(f"{source}: unknown section(s) {unknown}; expected {sorted(sections)}")
+        built = {}
+        for name, section_cls in sections.items():
+            values = dict(raw.get(name) or {})
+            if name == "model":
+                values = _apply_preset(values, source)
+            built[name] = _build_section(section_cls, name, values, source)
+        cfg = cls(**built)
+        _check_values(cfg, source)
+        return cfg
+
+
+def _section_classes() -> dict[str, type]:
+    return {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "export": ExportConfig}
+
+
+def _apply_preset(values: dict, source: str) -> dict:
+    size = values.get("size", ModelConfig.size)
+    if size not in MODEL_PRESETS:
+        raise ValueError(f"{source}: model.size must be one of {sorted(MODEL_PRESETS)}, got {size!r}")
+    return {**MODEL_PRESETS[size], **values}
+
+
+def _build_section(section_cls: type, section: str, values: dict, source: str):
+    if not isinstance(values, dict):
+        raise ValueError(f"{source}: section '{section}' must be a mapping, got {type(values).__name__}")
+    for key in DEPRECATED_KEYS.get(section, ()):
+        if key in values:
+            values.pop(key)
+            warnings.warn(f"{source}: '{section}.{key}' is deprecated and ignored", DeprecationWarning, 2)
+    hints = typing.get_type_hints(section_cls)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {unknown} in section '{section}'; expected {sorted(hints)}")
+    for key, value in values.items():
+        values[key] = _coerce(value, hints[key], f"{section}.{key}", source)
+    return section_cls(**values)
+
+
+def _coerce(value, expected: type, name: str, source: str):
+    # bool is a subclass of int: refuse `epochs: true`; accept an int where a float is expected.
+    ok = (
+        (expected is bool and isinstance(value, bool))
+        or (expected is int and isinstance(value, int) and not isinstance(value, bool))
+        or (expected is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (expected is str and isinstance(value, str))
+    )
+    if not ok:
+        raise ValueError(f"{source}: {name} must be {expected.__name__}, got {type(value).__name__} {value!r}")
+    return float(value) if expected is float else value
+
+
+def _check_values(cfg: Config, source: str) -> None:
+    checks = [
+        (cfg.data.action_mode in ACTION_MODES, f"data.action_mode must be one of {ACTION_MODES}"),
+        (cfg.data.seq_len >= 2, "data.seq_len must be >= 2: the RSSM loss compares step t+1 with step t"),
+        (0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
+        (cfg.model.frame_size >= 16 and cfg.model.frame_size % 16 == 0, "model.frame_size must be a multiple of 16"),
+        (cfg.model.action_dim >= 1, "model.action_dim must be >= 1"),
+        (cfg.model.min_std > 0, "model.min_std must be > 0"),
+        (cfg.train.epochs >= 1 and cfg.train.batch_size >= 1, "train.epochs and train.batch_size must be >= 1"),
+        (cfg.train.device in ("cpu", "cuda", "auto"), "train.device must be cpu, cuda or auto"),
+        (1 <= cfg.export.opt_batch <= cfg.export.max_batch, "export needs 1 <= opt_batch <= max_batch"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(f"{source}: {message}")
+    if cfg.data.seq_len < 4:
+        warnings.warn(
+            f"{source}: data.seq_len={cfg.data.seq_len} gives the RSSM only {cfg.data.seq_len - 1} transition(s) "
+            "per window; use 4 or more", UserWarning, 2)
+
+
+def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
+    """Read a YAML config; `overrides` are `section.key=value` strings (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"override must look like section.key=value, got {item!r}")
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ValueError(f"{path}: section '{section}' must be a mapping")
+        raw[section][name] = yaml.safe_load(value)
+    return Config.from_dict(raw, source=str(path))

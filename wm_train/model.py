@@ -1,0 +1,149 @@
+"""The gradient-isolated world model: a VAE (encoder, decoder) and an RSSM that learns latent dynamics only.
+
+Dimensions: B batch, T time, C=3 colour channels, H=W frame size, S latent (stoch), D GRU state (deter),
+A encoded action, K hidden width.
+
+The VAE loss never reaches the RSSM (the RSSM is not in its graph) and the RSSM loss never reaches the
+encoder or decoder (its inputs and targets are detached). Training the RSSM through pixel reconstruction made
+it memorise sequences; see README, "Why gradient isolation".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .losses import WorldModelOutput, gaussian_kl, reconstruction_loss
+
+CONV_LAYERS = 4  # each halves the frame: 64 -> 4
+POSTERIOR_MIN_STD = 1e-3  # keeps log(std) finite in the KLs
+
+
+def gaussian_params(raw: torch.Tensor, min_std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split [..., 2S] into a mean and a positive std, both [..., S]."""
+    mean, raw_std = raw.chunk(2, dim=-1)
+    return mean, F.softplus(raw_std) + min_std
+
+
+class Encoder(nn.Module):
+    """Frames [N, C, H, W] in [0, 1] -> posterior q(z|x) as mean, std [N, S]."""
+
+    def __init__(self, frame_size: int, channels: int, latent_dim: int):
+        super().__init__()
+        layers, in_ch = [], 3
+        for i in range(CONV_LAYERS):
+            layers += [nn.Conv2d(in_ch, channels * 2**i, 4, stride=2, padding=1), nn.SiLU()]
+            in_ch = channels * 2**i
+        self.convs = nn.Sequential(*layers, nn.Flatten())
+        feature_dim = in_ch * (frame_size // 2**CONV_LAYERS) ** 2
+        self.posterior_head = nn.Linear(feature_dim, 2 * latent_dim)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.convs(frames - 0.5)  # [N, C', H/16, W/16] -> [N, F]
+        return gaussian_params(self.posterior_head(features), POSTERIOR_MIN_STD)
+
+
+class Decoder(nn.Module):
+    """Latents [N, S] -> frames [N, C, H, W] in [0, 1]."""
+
+    def __init__(self, frame_size: int, channels: int, latent_dim: int):
+        super().__init__()
+        self.base_channels = channels * 2 ** (CONV_LAYERS - 1)
+        self.base_size = frame_size // 2**CONV_LAYERS
+        self.latent_proj = nn.Linear(latent_dim, self.base_channels * self.base_size**2)
+        layers = []
+        for i in reversed(range(CONV_LAYERS)):
+            out_ch = channels * 2 ** (i - 1) if i > 0 else 3
+            layers.append(nn.ConvTranspose2d(channels * 2**i, out_ch, 4, stride=2, padding=1))
+            if i > 0:
+                layers.append(nn.SiLU())
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        features = self.latent_proj(z)
+        features = features.view(-1, self.base_channels, self.base_size, self.base_size)  # [N, F] -> [N, C', h, w]
+        return torch.sigmoid(self.deconvs(features))
+
+
+class RSSM(nn.Module):
+    """h_t+1 = GRUCell(h_t, f([z_t, a_t])); prior p(z_t+1 | h_t+1) = N(mean, std >= min_std)."""
+
+    def __init__(self, latent_dim: int, action_dim: int, deter_dim: int, hidden_dim: int, min_std: float):
+        super().__init__()
+        self.deter_dim = deter_dim
+        self.min_std = min_std
+        self.input_layer = nn.Sequential(nn.Linear(latent_dim + action_dim, hidden_dim), nn.SiLU())
+        self.gru = nn.GRUCell(hidden_dim, deter_dim)
+        self.prior_head = nn.Sequential(nn.Linear(deter_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 2 * latent_dim))
+
+    def initial_state(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.zeros(batch, self.deter_dim, device=device)
+
+    def step(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor):
+        """One step: h [B, D], z [B, S], encoded action [B, A] -> h_next [B, D], prior mean, std [B, S]."""
+        h_next = self.gru(self.input_layer(torch.cat([z, action], dim=-1)), h)
+        prior_mean, prior_std = gaussian_params(self.prior_head(h_next), self.min_std)
+        return h_next, prior_mean, prior_std
+
+    def observe(self, z: torch.Tensor, actions: torch.Tensor):
+        """Teacher-forced priors: z [B, T, S] (posterior), actions [B, T, A] -> prior mean, std [B, T-1, S]
+        for steps 1..T-1, each predicted from the posterior z and the action of the step before."""
+        h = self.initial_state(z.shape[0], z.device)
+        means, stds = [], []
+        for t in range(z.shape[1] - 1):
+            h, mean, std = self.step(h, z[:, t], actions[:, t])
+            means.append(mean)
+            stds.append(std)
+        return torch.stack(means, 1), torch.stack(stds, 1)
+
+    def imagine(self, h: torch.Tensor, z: torch.Tensor, actions: torch.Tensor):
+        """Open loop from (h [B, D], z [B, S]) feeding the prior mean back: actions [B, H, A] ->
+        z, prior std [B, H, S] and h [B, H, D] for the H steps ahead."""
+        zs, stds, hs = [], [], []
+        for t in range(actions.shape[1]):
+            h, z, std = self.step(h, z, actions[:, t])
+            zs.append(z)
+            stds.append(std)
+            hs.append(h)
+        return torch.stack(zs, 1), torch.stack(stds, 1), torch.stack(hs, 1)
+
+
+class WorldModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg.frame_size, cfg.channels, cfg.latent_dim)
+        self.decoder = Decoder(cfg.frame_size, cfg.channels, cfg.latent_dim)
+        self.rssm = RSSM(cfg.latent_dim, cfg.action_dim, cfg.deter_dim, cfg.hidden_dim, cfg.min_std)
+
+    def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs [B, T, C, H, W] -> posterior mean, std [B, T, S]."""
+        B, T = obs.shape[:2]
+        mean, std = self.encoder(obs.flatten(0, 1))  # [B*T, C, H, W] -> [B*T, S]
+        return mean.view(B, T, -1), std.view(B, T, -1)  # [B*T, S] -> [B, T, S]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z [..., S] -> frames [..., C, H, W]."""
+        frames = self.decoder(z.reshape(-1, z.shape[-1]))  # [..., S] -> [N, S]
+        return frames.view(*z.shape[:-1], *frames.shape[1:])  # [N, C, H, W] -> [..., C, H, W]
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor, beta: float = 1.0, rssm_scale: float = 1.0):
+        """obs float32 [B, T, C, H, W] in [0, 1], encoded actions [B, T, A] -> WorldModelOutput."""
+        mean, std = self.encode(obs)
+        z = mean + std * torch.randn_like(std)
+        recon = self.decode(z)
+        recon_loss = reconstruction_loss(recon, obs)
+        kld = gaussian_kl(mean[:, 0], std[:, 0], torch.zeros_like(mean[:, 0]), torch.ones_like(std[:, 0])).mean()
+
+        # Detached: keeps the RSSM loss out of the encoder (inputs z_t and targets q(z_t+1|x_t+1) alike).
+        mu_detached, std_detached = mean.detach(), std.detach()
+        prior_mean, prior_std = self.rssm.observe(mu_detached, actions)
+        rssm_loss = gaussian_kl(mu_detached[:, 1:], std_detached[:, 1:], prior_mean, prior_std).mean()
+
+        with torch.no_grad():
+            one_step = (self.decode(prior_mean) - obs[:, 1:]).pow(2).mean()
+
+        loss = recon_loss + beta * kld + rssm_scale * rssm_loss
+        return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step)
