@@ -1,0 +1,65 @@
+"""Command-line entry points: thin click wrappers over the library functions."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import click
+
+# Errors a user can fix (a config key, a missing file, a bad argument): one line, exit code 1.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+
+
+def user_errors_to_exit(command):
+    """Turn user errors into a one-line message and exit 1; show warnings as one line each."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        warnings.showwarning = lambda message, category, *_: click.echo(
+            f"warning: {message} ({category.__name__})", err=True)
+        warnings.simplefilter("default", DeprecationWarning)
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as error:
+            raise click.ClickException(str(error)) from None
+
+    return wrapper
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+@click.option("--resume", is_flag=True, help="Continue the run in train.out_dir from its last.pt.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar while an epoch runs.")
+@user_errors_to_exit
+def train_command(config_path, overrides, resume, progress):
+    """Train a gradient-isolated world model on the episodes named by CONFIG.yaml."""
+    from .config import load_config
+    from .trainer import train
+
+    cfg = load_config(config_path, overrides)
+    history = train(cfg, resume=resume, progress=progress)
+    last = history[-1]
+    click.echo(f"done: {last.epoch} epochs, val loss {last.val['loss']:.2f}, "
+               f"{last.frames_per_s:.0f} frames/s; checkpoints in {cfg.train.out_dir}")
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("env_id")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the episode files.")
+@click.option("--episodes", default=20, help="Number of episodes.")
+@click.option("--steps", default=200, help="Recorded steps per episode (fewer if the episode ends).")
+@click.option("--seed", default=0, help="Episode i uses seed SEED + i.")
+@click.option("--frame-size", default=64, help="Frames are resized to FRAME_SIZE x FRAME_SIZE.")
+@click.option("--workers", default=2, help="Processes recording episodes in parallel.")
+@click.option("--progress/--no-progress", default=True)
+@user_errors_to_exit
+def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress):
+    """Record episodes from the gymnasium environment ENV_ID (e.g. CarRacing-v3, ALE/Pong-v5)."""
+    from .collect import collect
+
+    paths = collect(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress)
+    click.echo(f"wrote {len(paths)} episodes to {out_dir}")

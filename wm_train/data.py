@@ -1,0 +1,148 @@
+"""Episode files on disk, the train/validation split, and windows for training.
+
+An episode is one `*.npz` file holding `obs` uint8 [T, H, W, 3] and `action`, float32 [T, A] (continuous) or
+int64 [T] (discrete), where action[t] is taken after seeing obs[t].
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .actions import ActionCodec
+from .config import Config
+
+
+def save_episode(path: str | Path, obs: np.ndarray, action: np.ndarray) -> None:
+    """Write one episode atomically (temporary file + rename), so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, obs=obs, action=action)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def episode_paths(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data folder not found: {folder} (record episodes with `wm-collect`)")
+    paths = sorted(p for p in folder.glob("*.npz") if not p.name.startswith("."))
+    if not paths:
+        raise FileNotFoundError(f"no episode files *.npz in {folder} (record episodes with `wm-collect`)")
+    return paths
+
+
+def load_episode(path: Path, action_mode: str, action_dim: int, frame_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check one episode against the config; ValueError names the file, expected and actual."""
+    try:
+        with np.load(path) as episode:
+            obs, action = episode["obs"], episode["action"]
+    except KeyError as missing:
+        raise ValueError(f"{path}: episode files need arrays 'obs' and 'action', missing {missing}") from None
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable episode file ({type(error).__name__}: {error})") from None
+    expected_frame = (frame_size, frame_size, 3)
+    if obs.dtype != np.uint8 or obs.ndim != 4 or obs.shape[1:] != expected_frame:
+        raise ValueError(f"{path}: obs must be uint8 [T, {frame_size}, {frame_size}, 3], "
+                         f"got {obs.dtype} {list(obs.shape)}")
+    data_mode = "discrete" if action.dtype.kind in "iu" else "continuous"
+    if data_mode != action_mode:
+        raise ValueError(f"{path}: config data.action_mode is '{action_mode}' but the file holds {data_mode} "
+                         f"actions ({action.dtype}); set data.action_mode: {data_mode}")
+    if data_mode == "discrete":
+        if action.ndim != 1:
+            raise ValueError(f"{path}: discrete actions must be [T], got {list(action.shape)}")
+        if action.size and (action.min() < 0 or action.max() >= action_dim):
+            raise ValueError(f"{path}: discrete actions must lie in [0, {action_dim - 1}] (model.action_dim="
+                             f"{action_dim}), got [{action.min()}, {action.max()}]")
+    elif action.ndim != 2 or action.shape[1] != action_dim:
+        raise ValueError(f"{path}: continuous actions must be [T, {action_dim}] (model.action_dim), "
+                         f"got {list(action.shape)}")
+    if len(action) != len(obs):
+        raise ValueError(f"{path}: {len(obs)} frames but {len(action)} actions")
+    return obs, action
+
+
+def split_episodes(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
+    """Deterministic split by episode: at least one episode on each side."""
+    if len(paths) < 2:
+        raise ValueError(f"need at least 2 episodes to split train/validation, found {len(paths)}")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    n_val = min(max(1, round(val_fraction * len(paths))), len(paths) - 1)
+    return [paths[i] for i in sorted(order[n_val:])], [paths[i] for i in sorted(order[:n_val])]
+
+
+@dataclass
+class EpisodeSet:
+    """Episodes of one split, held once in memory as uint8; windows are converted per batch."""
+
+    obs: list[np.ndarray]
+    actions: list[np.ndarray]
+    seq_len: int
+
+    @property
+    def frames(self) -> int:
+        return sum(len(o) for o in self.obs)
+
+    def _window(self, episode: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+        end = start + self.seq_len
+        return self.obs[episode][start:end], self.actions[episode][start:end]
+
+    def sample(self, rng: np.random.Generator, batch_size: int):
+        """Windows at random offsets, episodes weighted by how many windows they hold."""
+        counts = np.array([len(o) - self.seq_len + 1 for o in self.obs])
+        episodes = rng.choice(len(self.obs), size=batch_size, p=counts / counts.sum())
+        starts = [int(rng.integers(counts[e])) for e in episodes]
+        return [self._window(e, s) for e, s in zip(episodes, starts)]
+
+    def fixed_windows(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Non-overlapping windows covering each episode: the same every epoch, for validation."""
+        return [self._window(e, s) for e, o in enumerate(self.obs) for s in range(0, len(o) - self.seq_len + 1,
+                                                                                   self.seq_len)]
+
+
+def to_batch(windows, codec: ActionCodec, device: torch.device | str = "cpu"):
+    """Windows -> obs float32 [B, T, 3, H, W] in [0, 1] and encoded actions float32 [B, T, A]."""
+    obs = torch.from_numpy(np.stack([w[0] for w in windows])).to(device)  # [B, T, H, W, 3] uint8
+    obs = obs.permute(0, 1, 4, 2, 3).float().div_(255.0)  # [B, T, H, W, 3] -> [B, T, 3, H, W]
+    actions = torch.from_numpy(np.stack([w[1] for w in windows])).to(device)
+    return obs, codec.encode(actions)
+
+
+def load_splits(cfg: Config) -> tuple[EpisodeSet, EpisodeSet, ActionCodec]:
+    """Train and validation episodes and the action codec fitted on the training split."""
+    d, m = cfg.data, cfg.model
+    train_paths, val_paths = split_episodes(episode_paths(d.path), d.val_fraction, cfg.train.seed)
+    splits = []
+    for paths in (train_paths, val_paths):
+        episodes = [load_episode(p, d.action_mode, m.action_dim, m.frame_size) for p in paths]
+        short = [p.name for p, (o, _) in zip(paths, episodes) if len(o) < d.seq_len]
+        if short:
+            warnings.warn(f"skipping {len(short)} episode(s) shorter than data.seq_len={d.seq_len}: {short[:5]}")
+        kept = [e for e in episodes if len(e[0]) >= d.seq_len]
+        if not kept:
+            raise ValueError(f"{d.path}: no episode of {[p.name for p in paths][:5]} has data.seq_len="
+                             f"{d.seq_len} frames")
+        splits.append(EpisodeSet([o for o, _ in kept], [a for _, a in kept], d.seq_len))
+    train, val = splits
+    codec = ActionCodec.fit(d.action_mode, m.action_dim, train.actions)
+    _warn_if_actions_constant(train.actions)
+    return train, val, codec
+
+
+def _warn_if_actions_constant(actions: list[np.ndarray]) -> None:
+    stacked = np.concatenate(actions)
+    if len(stacked) and (stacked == stacked[0]).all():
+        warnings.warn("the training actions never vary: the RSSM cannot learn how actions act on the world; "
+                      "record data with a policy that acts", UserWarning)

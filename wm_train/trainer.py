@@ -1,0 +1,184 @@
+"""Training loop: AdamW, gradient clipping, validation every epoch, atomic checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .config import Config
+from .data import EpisodeSet, load_splits, to_batch
+from .model import WorldModel
+from .preview import save_preview
+
+LOG_NAMES = {"loss": "loss", "recon_loss": "rec", "kld": "kld", "rssm_loss": "rssm", "one_step": "1step"}
+
+RSSM_ZERO_CHECKLIST = (
+    "rssm_loss is exactly 0: the RSSM is not learning anything. Check that data.seq_len >= 4 (it needs "
+    "transitions), that the actions are not all zero, and that the latents vary across frames (a collapsed "
+    "encoder gives identical posteriors).")
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train: dict[str, float]
+    """mean over the epoch's steps of every WorldModelOutput field"""
+    val: dict[str, float]
+    """mean over the fixed validation windows of every WorldModelOutput field"""
+    frames_per_s: float
+    """training frames (batch x seq_len per step) per second of the epoch's training steps"""
+
+    def log_line(self, split: str) -> str:
+        values = getattr(self, split)
+        parts = [f"{short}={values[name]:.4f}" if name == "one_step" else f"{short}={values[name]:.2f}"
+                 for name, short in LOG_NAMES.items()]
+        return f"epoch {self.epoch} {split} " + " ".join(parts)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device is 'cuda' but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, progress: bool = True):
+        self.cfg = cfg
+        self.progress = progress
+        self.out_dir = Path(cfg.train.out_dir)
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads > 0:
+            torch.set_num_threads(cfg.train.threads)
+        self.rng = seed_everything(cfg.train.seed)
+        self.train_set, self.val_set, self.codec = load_splits(cfg)
+        self.model = WorldModel(cfg.model).to(self.device)
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.steps_per_epoch = max(1, math.ceil(self.train_set.frames / (t.batch_size * cfg.data.seq_len)))
+        self.epoch = 0
+        self.best_val_loss = math.inf
+        self.history: list[EpochMetrics] = []
+
+    def resume(self) -> None:
+        """Continue exactly where `last.pt` stopped: weights, optimiser, epoch, history and RNG states."""
+        path = self.out_dir / "last.pt"
+        state = read_checkpoint(path)
+        if state["config"]["model"] != self.cfg.to_dict()["model"]:
+            raise ValueError(f"{path} was trained with model config {state['config']['model']}, "
+                             f"not {self.cfg.to_dict()['model']}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = state["epoch"]
+        self.best_val_loss = state["best_val_loss"]
+        self.history = [EpochMetrics(**m) for m in state["history"]]
+        torch.set_rng_state(state["rng"]["torch"])
+        self.rng.bit_generator.state = state["rng"]["numpy"]
+
+    def fit(self) -> list[EpochMetrics]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        while self.epoch < self.cfg.train.epochs:
+            self.epoch += 1
+            train_values, frames_per_s = self._train_epoch()
+            val_values = self.evaluate(self.val_set)
+            metrics = EpochMetrics(self.epoch, train_values, val_values, frames_per_s)
+            self.history.append(metrics)
+            self._report(metrics)
+            self._save(metrics)
+        return self.history
+
+    def _train_epoch(self) -> tuple[dict[str, float], float]:
+        self.model.train()
+        t = self.cfg.train
+        sums: dict[str, torch.Tensor] = {}
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch}/{t.epochs}", unit="step",
+                   leave=False, disable=not self.progress)
+        start = time.perf_counter()
+        for _ in bar:
+            obs, actions = to_batch(self.train_set.sample(self.rng, t.batch_size), self.codec, self.device)
+            out = self.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale)
+            self.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
+            for name, value in vars(out).items():
+                sums[name] = sums.get(name, 0.0) + value.detach()
+        seconds = time.perf_counter() - start
+        frames = self.steps_per_epoch * t.batch_size * self.cfg.data.seq_len
+        return {k: float(v) / self.steps_per_epoch for k, v in sums.items()}, frames / seconds
+
+    @torch.no_grad()
+    def evaluate(self, episodes: EpisodeSet) -> dict[str, float]:
+        self.model.eval()
+        windows = episodes.fixed_windows()
+        t = self.cfg.train
+        sums: dict[str, float] = {}
+        for i in range(0, len(windows), t.batch_size):
+            chunk = windows[i:i + t.batch_size]
+            obs, actions = to_batch(chunk, self.codec, self.device)
+            out = self.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale)
+            for name, value in out.scalars().items():
+                sums[name] = sums.get(name, 0.0) + value * len(chunk)
+        return {k: v / len(windows) for k, v in sums.items()}
+
+    def _report(self, metrics: EpochMetrics) -> None:
+        for split in ("train", "val"):
+            tqdm.write(metrics.log_line(split))
+        if metrics.train["rssm_loss"] == 0.0:
+            warnings.warn(RSSM_ZERO_CHECKLIST, UserWarning)
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(asdict(metrics)) + "\n")
+        _log_tensorboard(self.out_dir, metrics)
+        save_preview(self.model, self.val_set, self.codec, self.out_dir / f"preview_epoch{self.epoch:03d}.png",
+                     self.device)
+
+    def _save(self, metrics: EpochMetrics) -> None:
+        extras = dict(
+            optimizer=self.optimizer.state_dict(),
+            epoch=self.epoch,
+            best_val_loss=min(self.best_val_loss, metrics.val["loss"]),
+            history=[asdict(m) for m in self.history],
+            rng={"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
+        )
+        save_checkpoint(self.out_dir / "last.pt", self.model, self.cfg, self.codec, **extras)
+        if metrics.val["loss"] < self.best_val_loss:
+            self.best_val_loss = metrics.val["loss"]
+            save_checkpoint(self.out_dir / "best.pt", self.model, self.cfg, self.codec, **extras)
+
+
+def _log_tensorboard(out_dir: Path, metrics: EpochMetrics) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is optional; metrics.jsonl always has everything
+        return
+    with SummaryWriter(out_dir / "tensorboard") as writer:
+        for split in ("train", "val"):
+            for name, value in getattr(metrics, split).items():
+                writer.add_scalar(f"{split}/{name}", value, metrics.epoch)
+
+
+def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[EpochMetrics]:
+    """Train `cfg`, writing last.pt, best.pt, metrics.jsonl and preview PNGs to cfg.train.out_dir."""
+    trainer = Trainer(cfg, progress=progress)
+    if resume:
+        trainer.resume()
+    elif (trainer.out_dir / "last.pt").exists():
+        raise FileExistsError(f"{trainer.out_dir} already holds a run (last.pt); pass --resume to continue it "
+                              "or choose another train.out_dir")
+    return trainer.fit()
+
