@@ -1,0 +1,74 @@
+"""`wm-export`: a thin click wrapper over `export_artifacts`; errors become one line and an exit code."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .export import DEFAULT_FOLDER, export_artifacts
+from .manifest import load_manifest
+from .parity import ParityError, format_table
+from .tensorrt_build import EngineBuildError, TensorRTUnavailableError
+
+EXIT_ERROR = 1
+"""bad input (checkpoint, options, output folder, data) or a failed TensorRT build; nothing written"""
+EXIT_NO_TENSORRT = 3
+"""--trt without TensorRT or a CUDA device; the ONNX artifacts were written"""
+EXIT_PARITY = 4
+"""an exported graph disagrees with the PyTorch model; nothing written"""
+
+
+@click.command(epilog=f"""\b
+Exit codes: 0 success; {EXIT_ERROR} bad input or TensorRT build failure (nothing written);
+2 bad command line; {EXIT_NO_TENSORRT} --trt without TensorRT or a CUDA device (ONNX artifacts written;
+install with pip install ".[gpu]"); {EXIT_PARITY} parity check failed (nothing written).""")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help=f"Artifact folder. Default: {DEFAULT_FOLDER}/ beside the checkpoint.")
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines (*.plan); needs TensorRT and a GPU.")
+@click.option("--fp16/--fp32", "fp16", default=None,
+              help="Precision of the TensorRT engines. Default: the checkpoint config's export.fp16 (false).")
+@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
+              help="TensorRT profile: batch size to tune for. Default: export.opt_batch (256).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="TensorRT profile: largest batch. Default: export.max_batch (4096).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (14-20). Default: export.opset (17).")
+@click.option("--decoder/--no-decoder", default=None,
+              help="Export the decoder too. Default: export.decoder (true).")
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="Folder of episode *.npz files (obs uint8 [T,H,W,3]) whose frames feed the parity check, "
+                   "e.g. validation episodes. Default: random frames.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
+def main(checkpoint: Path, out_dir: Path | None, trt: bool, fp16: bool | None, opt_batch: int | None,
+         max_batch: int | None, opset: int | None, decoder: bool | None, data: Path | None, force: bool) -> None:
+    """Export a checkpoint to an artifact folder: ONNX graphs (encoder, prior_step, decoder) with a dynamic
+    batch axis, checked against the PyTorch model with onnxruntime, optional TensorRT engines, manifest.json.
+
+    Defaults for the options come from the `export` section of the checkpoint's config; the values in
+    brackets are those of a default config. The TensorRT timing cache is kept in tensorrt_timing.cache beside the
+    artifact folder."""
+    try:
+        folder = export_artifacts(checkpoint, out_dir, trt=trt, fp16=fp16, opt_batch=opt_batch,
+                                  max_batch=max_batch, opset=opset, decoder=decoder, force=force, data=data,
+                                  progress=sys.stderr.isatty())
+    except ParityError as error:
+        click.echo(format_table({error.backend: error.report}), err=True)
+        _fail(error, EXIT_PARITY)
+    except TensorRTUnavailableError as error:
+        _fail(error, EXIT_NO_TENSORRT)
+    except (FileNotFoundError, FileExistsError, ValueError, EngineBuildError) as error:
+        _fail(error, EXIT_ERROR)
+    manifest = load_manifest(folder)
+    reports = dict(manifest["parity"])
+    if manifest["tensorrt"]:
+        reports["tensorrt"] = manifest["tensorrt"]["parity"]
+    click.echo(format_table(reports))
+    click.echo(f"parity inputs: {manifest['parity_inputs']}")
+    click.echo(f"wrote {folder}")
+
+
+def _fail(error: Exception, code: int) -> None:
+    click.echo(f"error: {error}", err=True)
+    sys.exit(code)

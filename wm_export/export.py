@@ -1,0 +1,217 @@
+"""Checkpoint -> artifact folder, atomically: ONNX graphs, parity gate, optional TensorRT engines, manifest.
+
+Everything is written to a temporary folder beside the destination and renamed into place at the end; any
+failure removes it, so a folder named like the destination is always complete. The one exception to "fail
+means nothing" is a missing TensorRT or CUDA device: the ONNX artifacts are still published (with
+`"tensorrt": null`), then TensorRTUnavailableError is raised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from wm_train.checkpoint import load_checkpoint
+
+from . import parity, tensorrt_build
+from .graphs import BATCH, HalfPrecisionGraph, build_graphs, graph_specs
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, build_manifest, manifest_files, write_manifest
+from .onnx_export import check_opset, export_onnx
+
+DEFAULT_FOLDER = "artifacts"
+"""default destination: this folder beside the checkpoint"""
+TIMING_CACHE = "tensorrt_timing.cache"
+"""TensorRT timing cache, kept beside the artifact folder so every export on this machine reuses it"""
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The options of one export after filling the unset ones from the checkpoint's `export` section."""
+
+    opset: int
+    decoder: bool
+    trt: bool
+    fp16: bool
+    opt_batch: int
+    max_batch: int
+
+
+def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, *, trt: bool = False,
+                     fp16: bool | None = None, opt_batch: int | None = None, max_batch: int | None = None,
+                     opset: int | None = None, decoder: bool | None = None, force: bool = False,
+                     data: str | Path | None = None, progress: bool = False) -> Path:
+    """Export `checkpoint` to an artifact folder (default `<checkpoint dir>/artifacts`) -> its path.
+
+    Options left as None come from the checkpoint config's `export` section. `data` is a folder of episode
+    files whose frames feed the parity gate (else random frames). Raises FileNotFoundError / ValueError /
+    FileExistsError for bad input, ParityError when a graph disagrees with the model, EngineBuildError when
+    TensorRT fails, TensorRTUnavailableError (after publishing the ONNX artifacts) when `trt` is asked for
+    without TensorRT or a CUDA device."""
+    checkpoint = Path(checkpoint)
+    model, cfg, extras = load_checkpoint(checkpoint)
+    codec = extras["action_codec"]
+    if codec.dim != cfg.model.action_dim:
+        raise ValueError(f"{checkpoint}: action codec width {codec.dim} != model.action_dim {cfg.model.action_dim}")
+    settings = _settings(cfg.export, trt=trt, fp16=fp16, opt_batch=opt_batch, max_batch=max_batch, opset=opset,
+                         decoder=decoder)
+    dest = Path(out_dir) if out_dir is not None else checkpoint.parent / DEFAULT_FOLDER
+    check_destination(dest, force)
+    frames = parity.load_frames(data, cfg.model.frame_size) if data is not None else None
+
+    created = _missing_parents(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the published folder gets the usual mode
+    unavailable = None
+    try:
+        specs = graph_specs(cfg.model, decoder=settings.decoder)
+        graphs = build_graphs(model, decoder=settings.decoder)
+        metadata = _metadata(cfg.model, codec)
+        onnx_files = {}
+        for name in tqdm(specs, desc="export onnx", disable=not progress, leave=False):
+            onnx_files[name] = staging / f"{name}.onnx"
+            export_onnx(graphs[name], specs[name], onnx_files[name], settings.opset,
+                        {**metadata, "graph": name})
+
+        reference_runner = parity.TorchRunner(graphs)
+        inputs = parity.make_inputs(reference_runner, specs, codec, frames,
+                                    source=f"frames from {data}" if data is not None else "random frames")
+        reference = parity.collect_outputs(reference_runner, specs, inputs, desc="parity reference",
+                                           progress=progress)
+        reports = {"onnxruntime": parity.run_parity_gate(
+            "onnxruntime", parity.OnnxRuntimeRunner(onnx_files), specs, inputs, reference,
+            parity.ONNXRUNTIME_TOLERANCES, progress)}
+
+        tensorrt = None
+        if settings.trt:
+            try:
+                tensorrt_build.require_tensorrt()
+            except tensorrt_build.TensorRTUnavailableError as error:
+                unavailable = error
+            else:
+                tensorrt = _build_tensorrt(graphs, specs, onnx_files, staging, dest, settings, metadata,
+                                           inputs, reference, progress)
+
+        manifest = build_manifest(staging, model_cfg=cfg.model, codec=codec, opset=settings.opset, specs=specs,
+                                  checkpoint=checkpoint, parity=reports, parity_inputs=inputs.source,
+                                  tensorrt=tensorrt)
+        write_manifest(staging, manifest)
+        _check_contents(staging, manifest)
+        _publish(staging, dest, force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:
+            _remove_if_empty(folder)
+        raise
+    if unavailable is not None:
+        raise tensorrt_build.TensorRTUnavailableError(
+            f"{unavailable}; the ONNX artifacts are complete in {dest}")
+    return dest
+
+
+def _settings(export_cfg, **given) -> ExportSettings:
+    """Options given explicitly win; unset ones (None) come from the config's `export` section."""
+    values = {key: getattr(export_cfg, key) if value is None else value for key, value in given.items()
+              if key != "trt"}
+    settings = ExportSettings(trt=bool(given["trt"]), **values)
+    check_opset(settings.opset)
+    tensorrt_build.optimization_profile(settings.opt_batch, settings.max_batch)
+    if given["fp16"] and not settings.trt:
+        raise ValueError("fp16 applies to TensorRT engines only (the ONNX graphs are float32); add --trt")
+    return settings
+
+
+def check_destination(dest: Path, force: bool) -> None:
+    """Refuse an existing destination unless `force`, and even then anything that is not an artifact folder
+    (or an empty folder): replacing it would delete files this export did not write."""
+    if not (dest.exists() or dest.is_symlink()):
+        return
+    if not dest.is_dir():
+        raise FileExistsError(f"output path {dest} exists and is not a folder")
+    if not force:
+        raise FileExistsError(f"output folder {dest} already exists; use --force (force=True) to replace it")
+    if any(dest.iterdir()) and not (dest / MANIFEST).is_file():
+        raise ValueError(f"refusing to replace {dest}: it is not an artifact folder (no {MANIFEST})")
+
+
+def _metadata(model_cfg, codec) -> dict[str, str]:
+    """Key facts as ONNX model properties (strings), so a lone .onnx file still says what it is."""
+    H = model_cfg.frame_size
+    return {"format": FORMAT, "format_version": str(FORMAT_VERSION), "deter": str(model_cfg.deter_dim),
+            "latent": str(model_cfg.latent_dim), "action": str(codec.dim), "frame": json.dumps([H, H, 3]),
+            "action_mode": codec.mode, "action_codec": json.dumps(codec.to_dict()), "batch_axis": BATCH}
+
+
+def _build_tensorrt(graphs, specs, onnx_files, staging, dest, settings, metadata, inputs, reference,
+                    progress) -> dict:
+    """Engines for every graph and their parity gate against the PyTorch reference -> manifest section."""
+    profile = tensorrt_build.optimization_profile(settings.opt_batch, settings.max_batch)
+    with tempfile.TemporaryDirectory(prefix="wm-fp16-") as scratch:
+        sources = onnx_files
+        if settings.fp16:
+            # The float16 graphs are only the engines' source; the folder ships the float32 ONNX files.
+            sources = {}
+            for name, spec in specs.items():
+                sources[name] = Path(scratch) / f"{name}.onnx"
+                export_onnx(HalfPrecisionGraph(graphs[name]), spec, sources[name], settings.opset,
+                            {**metadata, "graph": name, "precision": "fp16"})
+        section = tensorrt_build.build_engines(sources, staging, profile, settings.fp16,
+                                               dest.parent / TIMING_CACHE, progress)
+    runner = tensorrt_build.TensorRTRunner({name: staging / e["file"] for name, e in section["engines"].items()},
+                                           settings.max_batch)
+    tolerances = parity.TENSORRT_FP16_TOLERANCES if settings.fp16 else parity.TENSORRT_FP32_TOLERANCES
+    section["parity"] = parity.run_parity_gate("tensorrt", runner, specs, inputs, reference, tolerances, progress)
+    return section
+
+
+def _check_contents(staging: Path, manifest: dict) -> None:
+    """The folder holds exactly the manifest and the files it lists: no external-data side files."""
+    expected = set(manifest_files(manifest)) | {MANIFEST}
+    actual = {path.name for path in staging.iterdir()}
+    assert actual == expected, f"artifact folder holds {sorted(actual)}, manifest lists {sorted(expected)}"
+
+
+def _publish(staging: Path, dest: Path, force: bool) -> None:
+    """Rename the finished folder into place; with `force`, swap out the old one and only then delete it."""
+    if not dest.exists():
+        os.replace(staging, dest)
+        return
+    check_destination(dest, force)
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+    os.replace(dest, old / dest.name)
+    try:
+        os.replace(staging, dest)
+    except BaseException:
+        os.replace(old / dest.name, dest)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _missing_parents(dest: Path) -> list[Path]:
+    """Ancestors of `dest` that do not exist yet, deepest first (removed again if the export fails)."""
+    missing = []
+    for parent in dest.absolute().parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    return missing
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

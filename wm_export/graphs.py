@@ -1,0 +1,140 @@
+"""The exported graphs: tiny wrapper modules with tensor-only inputs and outputs, and their I/O contract.
+
+Dimensions: B batch (dynamic, named `batch`), H=W frame size, S latent, D deter, A encoded action.
+The contract (names, dtypes, shapes) is the one in docs/artifacts.md; `graph_specs` is its single source in
+code. `wm_deploy`'s torch backend runs these same wrappers, so they hold no export logic.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from wm_train.config import ModelConfig
+from wm_train.model import RSSM, Decoder, Encoder, WorldModel
+
+BATCH = "batch"
+"""name of the dynamic batch axis in every graph"""
+
+GRAPH_NAMES = ("encoder", "prior_step", "decoder")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str
+    """numpy dtype name: `uint8` or `float32`"""
+    shape: tuple[str | int, ...]
+    """`batch` first, then fixed sizes"""
+
+    def to_dict(self) -> dict:
+        return {"dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+def graph_specs(cfg: ModelConfig, decoder: bool = True) -> dict[str, GraphSpec]:
+    """The graphs of an artifact folder for a model of this config, by name."""
+    H, S, D, A = cfg.frame_size, cfg.latent_dim, cfg.deter_dim, cfg.action_dim
+    B = BATCH
+    specs = {
+        "encoder": GraphSpec(
+            "encoder",
+            inputs=(TensorSpec("obs", "uint8", (B, H, H, 3)),),
+            outputs=(TensorSpec("z_mean", "float32", (B, S)), TensorSpec("z_std", "float32", (B, S)))),
+        "prior_step": GraphSpec(
+            "prior_step",
+            inputs=(TensorSpec("h", "float32", (B, D)), TensorSpec("z", "float32", (B, S)),
+                    TensorSpec("action", "float32", (B, A))),
+            outputs=(TensorSpec("h_next", "float32", (B, D)), TensorSpec("prior_mean", "float32", (B, S)),
+                     TensorSpec("prior_std", "float32", (B, S)))),
+    }
+    if decoder:
+        specs["decoder"] = GraphSpec(
+            "decoder",
+            inputs=(TensorSpec("z", "float32", (B, S)),),
+            outputs=(TensorSpec("frames", "float32", (B, H, H, 3)),))
+    return specs
+
+
+def _compute_dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+class EncoderGraph(nn.Module):
+    """obs uint8 [B, H, W, 3] (raw frames) -> z_mean, z_std [B, S]."""
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Cast before the transpose: TensorRT takes uint8 only at the network's edge, into a Cast.
+        frames = obs.to(_compute_dtype(self)) / 255.0
+        frames = frames.permute(0, 3, 1, 2)  # [B, H, W, 3] -> [B, 3, H, W]
+        return self.encoder(frames)
+
+
+class PriorStepGraph(nn.Module):
+    """h [B, D], z [B, S], encoded action [B, A] -> h_next [B, D], prior_mean, prior_std [B, S]."""
+
+    def __init__(self, rssm: RSSM):
+        super().__init__()
+        self.rssm = rssm
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor):
+        return self.rssm.step(h, z, action)
+
+
+class DecoderGraph(nn.Module):
+    """z [B, S] -> frames float [B, H, W, 3] in [0, 1]."""
+
+    def __init__(self, decoder: Decoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).permute(0, 2, 3, 1)  # [B, 3, H, W] -> [B, H, W, 3]
+
+
+def build_graphs(model: WorldModel, decoder: bool = True) -> dict[str, nn.Module]:
+    """The wrapper modules of `model` (sharing its weights), by graph name, in eval mode."""
+    graphs = {"encoder": EncoderGraph(model.encoder), "prior_step": PriorStepGraph(model.rssm)}
+    if decoder:
+        graphs["decoder"] = DecoderGraph(model.decoder)
+    return {name: graph.eval() for name, graph in graphs.items()}
+
+
+class HalfPrecisionGraph(nn.Module):
+    """A float16 copy of a graph behind float32 inputs and outputs (integer inputs pass through unchanged).
+
+    TensorRT 11 has no FP16 builder flag: an FP16 engine is built from a graph whose weights and arithmetic
+    are float16, and this keeps the engine's tensors float32 so it is a drop-in for the FP32 one.
+    """
+
+    def __init__(self, graph: nn.Module):
+        super().__init__()
+        self.graph = copy.deepcopy(graph).half()
+
+    def forward(self, *inputs: torch.Tensor):
+        inputs = tuple(x.half() if x.is_floating_point() else x for x in inputs)
+        outputs = self.graph(*inputs)
+        if isinstance(outputs, torch.Tensor):
+            return outputs.float()
+        return tuple(y.float() for y in outputs)

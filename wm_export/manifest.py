@@ -1,0 +1,154 @@
+"""manifest.json of an artifact folder: build and write it (wm_export), read and verify it (wm_deploy).
+
+The layout is the contract in docs/artifacts.md. Every file of the folder but the manifest itself is listed
+with its sha256, so a reader can tell a complete export from a damaged or edited one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from wm_train.actions import ActionCodec
+from wm_train.config import ModelConfig
+
+from .graphs import GraphSpec
+
+FORMAT = "wm-artifacts"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_manifest(folder: str | Path, *, model_cfg: ModelConfig, codec: ActionCodec, opset: int,
+                   specs: dict[str, GraphSpec], checkpoint: str | Path, parity: dict, parity_inputs: str,
+                   tensorrt: dict | None = None) -> dict:
+    """The manifest of the ONNX files `<graph>.onnx` already in `folder` (hashed here). `parity` is
+    {backend: report}; `parity_inputs` says where the gate's frames came from."""
+    folder = Path(folder)
+    H = model_cfg.frame_size
+    graphs = {}
+    for name, spec in specs.items():
+        file = f"{name}.onnx"
+        graphs[name] = {"file": file, "sha256": sha256_file(folder / file),
+                        "inputs": {t.name: t.to_dict() for t in spec.inputs},
+                        "outputs": {t.name: t.to_dict() for t in spec.outputs}}
+    versions = {"torch": _distribution_version("torch"), "onnx": _distribution_version("onnx"),
+                "onnxruntime": _distribution_version("onnxruntime"), "wm": _distribution_version("wm")}
+    if tensorrt is not None:
+        versions["tensorrt"] = tensorrt["version"]
+    checkpoint = Path(checkpoint)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dims": {"deter": model_cfg.deter_dim, "latent": model_cfg.latent_dim, "action": codec.dim,
+                 "frame": [H, H, 3]},
+        "action_codec": codec.to_dict(),
+        "opset": opset,
+        "graphs": graphs,
+        "checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
+        "versions": versions,
+        "parity": parity,
+        "parity_inputs": parity_inputs,
+        "tensorrt": tensorrt,
+    }
+
+
+def _distribution_version(name: str) -> str:
+    # onnxruntime ships as onnxruntime, onnxruntime-gpu, ...: ask the module, which all of them provide.
+    if name == "onnxruntime":
+        try:
+            import onnxruntime
+        except ImportError:
+            return "not installed"
+        return onnxruntime.__version__
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def write_manifest(folder: str | Path, manifest: dict) -> Path:
+    """Write `folder/manifest.json` atomically (temporary file, then rename)."""
+    path = Path(folder) / MANIFEST
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is meant to be read
+        with os.fdopen(fd, "w") as file:
+            json.dump(manifest, file, indent=2, allow_nan=False)
+            file.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_manifest(folder: str | Path) -> dict:
+    """Read `folder/manifest.json` after checking that it is an artifact manifest of this format version.
+
+    Raises FileNotFoundError for a missing folder or manifest and ValueError for anything else."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"artifact folder not found: {folder}")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not an artifact folder: no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: unreadable manifest ({type(error).__name__}: {error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} manifest (format={_get(manifest, 'format')!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: artifact format version {manifest.get('format_version')!r}, "
+                         f"expected {FORMAT_VERSION}")
+    return manifest
+
+
+def _get(manifest, key):
+    return manifest.get(key) if isinstance(manifest, dict) else None
+
+
+def manifest_files(manifest: dict) -> dict[str, str]:
+    """Every file the manifest lists (ONNX graphs, TensorRT engines) -> its sha256."""
+    files = {entry["file"]: entry["sha256"] for entry in manifest["graphs"].values()}
+    if manifest.get("tensorrt"):
+        files.update({entry["file"]: entry["sha256"] for entry in manifest["tensorrt"]["engines"].values()})
+    return files
+
+
+def verify_file(folder: str | Path, manifest: dict, name: str) -> Path:
+    """-> the path of file `name` (e.g. `encoder.onnx`, `encoder.plan`) after checking its sha256 against the
+    manifest. Raises ValueError if the manifest does not list it or the content changed, FileNotFoundError
+    if it is missing."""
+    files = manifest_files(manifest)
+    if name not in files:
+        raise ValueError(f"{name} is not listed in the manifest of {folder}; listed: {sorted(files)}")
+    path = Path(folder) / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is listed in the manifest but missing")
+    actual = sha256_file(path)
+    if actual != files[name]:
+        raise ValueError(f"{path}: sha256 {actual} does not match the manifest's {files[name]}; "
+                         "the file changed after export")
+    return path
+
+
+def verify_folder(folder: str | Path) -> dict:
+    """load_manifest + verify_file for every listed file -> the manifest."""
+    manifest = load_manifest(folder)
+    for name in manifest_files(manifest):
+        verify_file(folder, manifest, name)
+    return manifest
