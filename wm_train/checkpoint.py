@@ -24,7 +24,7 @@ def versions() -> dict[str, str]:
         package = version("wm")
     except PackageNotFoundError:
         package = "unknown"
-    return {"wm": package, "torch": torch.__version__, "numpy": np.__version__}
+    return {"wm": package, "torch": str(torch.__version__), "numpy": str(np.__version__)}
 
 
 def atomic_torch_save(payload: dict, path: str | Path) -> None:

@@ -18,7 +18,7 @@ def user_errors_to_exit(command):
     def wrapper(*args, **kwargs):
         warnings.showwarning = lambda message, category, *_: click.echo(
             f"warning: {message} ({category.__name__})", err=True)
-        warnings.simplefilter("default", DeprecationWarning)
+        warnings.filterwarnings("default", category=DeprecationWarning, module="wm_")  # ours, not libraries'
         try:
             return command(*args, **kwargs)
         except USER_ERRORS as error:
@@ -63,3 +63,33 @@ def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers,
 
     paths = collect(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress)
     click.echo(f"wrote {len(paths)} episodes to {out_dir}")
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("checkpoint", metavar="CKPT", type=click.Path(dir_okay=False))
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder of episode files; split into train/val exactly as training split it.")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val",
+              help="Split shown by the summary and the strips (the report holds both).")
+@click.option("--context", default=5, help="Real frames the RSSM observes before imagining.")
+@click.option("--horizon", default=30, help="Steps imagined open loop with the true actions.")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Report folder: report.json, error_vs_horizon.png, strip_*.png.")
+@click.option("--max-sequences", default=64, help="Sequences evaluated per split, at most.")
+@click.option("--action-samples", default=8, help="Action sequences compared from each state for the spread.")
+@click.option("--seed", default=0, help="Seeds the shuffled and random actions.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@click.option("--overwrite", is_flag=True, help="Replace a report folder that already holds files.")
+@click.option("--progress/--no-progress", default=True)
+@user_errors_to_exit
+def eval_command(checkpoint, data_dir, split, context, horizon, out_dir, max_sequences, action_samples, seed, device,
+                 overwrite, progress):
+    """Evaluate the world model in CKPT: open-loop prediction, action identifiability, train/val gap."""
+    from .evaluate import run_eval, summary_lines
+
+    report = run_eval(checkpoint, data_dir, out_dir, overwrite, split=split, context=context, horizon=horizon,
+                      max_sequences=max_sequences, action_samples=action_samples, seed=seed, device=device,
+                      progress=progress)
+    for line in summary_lines(report):
+        click.echo(line)
+    click.echo(f"report in {out_dir}")

@@ -110,7 +110,7 @@ class Trainer:
                    leave=False, disable=not self.progress)
         start = time.perf_counter()
         for _ in bar:
-            obs, actions = to_batch(self.train_set.sample(self.rng, t.batch_size), self.codec, self.device)
+            obs, actions = self.train_batch()
             out = self.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale)
             self.optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -121,6 +121,11 @@ class Trainer:
         seconds = time.perf_counter() - start
         frames = self.steps_per_epoch * t.batch_size * self.cfg.data.seq_len
         return {k: float(v) / self.steps_per_epoch for k, v in sums.items()}, frames / seconds
+
+    def train_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of windows at random offsets: obs [B, T, 3, H, W], encoded actions [B, T, A]."""
+        windows = self.train_set.sample(self.rng, self.cfg.train.batch_size)
+        return to_batch(windows, self.codec, self.device)
 
     @torch.no_grad()
     def evaluate(self, episodes: EpisodeSet) -> dict[str, float]:

@@ -1,0 +1,37 @@
+# `make demo`: set up, record CarRacing episodes, train the default world model.
+# `make test`: set up and run the test suite. Both create or reuse the virtual environment in .venv.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed on its own first, pinned, so that pip never resolves a multi-GB CUDA build on a CPU
+# machine. Where the pinned CPU build is not on a local index, add e.g. TORCH_PIP_ARGS="--index-url <CPU index>".
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+DEMO_DATA := data/carracing
+DEMO_RUN := runs/carracing
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[cpu,envs,dev]"
+	touch $@
+
+$(DEMO_DATA)/.complete: | setup
+	$(VENV)/bin/wm-collect CarRacing-v3 -o $(DEMO_DATA) --episodes 32 --steps 200 --seed 0
+	touch $@
+
+demo: setup $(DEMO_DATA)/.complete
+	@if [ -f $(DEMO_RUN)/last.pt ]; then $(VENV)/bin/wm-train configs/carracing.yaml --resume; \
+	else $(VENV)/bin/wm-train configs/carracing.yaml; fi
+
+test: setup
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) data runs artifacts
