@@ -1,0 +1,229 @@
+"""The backend protocol: what torch, onnxruntime and TensorRT each provide so that the rollout loop
+(`wm_deploy.rollout`) is written once.
+
+Dimensions: B batch, T steps of a workspace, D GRU state (deter), S latent (stoch), A encoded action,
+H, W frame height and width.
+
+A backend computes three graphs, the ones `wm_export` exports (docs/artifacts.md): the encoder (uint8 frames
+[B, H, W, 3] -> posterior mean, std [B, S]), the prior step (h [B, D], z [B, S], encoded action [B, A] ->
+h_next [B, D], prior mean, std [B, S]) and the decoder (z [B, S] -> frames [B, H, W, 3] in [0, 1]). It reads
+and writes preallocated buffers held in a `Workspace`, one per (batch, steps) bucket, so that a call allocates
+nothing per step and a GPU backend can capture the whole loop in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, ContextManager, Protocol
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Dims:
+    deter: int
+    """D: size of the GRU state h"""
+    latent: int
+    """S: size of the latent z"""
+    action: int
+    """A: encoded action width (continuous: action width; discrete: number of actions)"""
+    frame: tuple[int, int, int]
+    """(H, W, 3): one uint8 observation"""
+
+
+class ArrayOps(Protocol):
+    """The few array operations the rollout needs, for the arrays a backend computes on (numpy on the host, or
+    torch tensors on the backend's device). Every method writes into `out`/`dst`, so a loop built from them
+    allocates nothing and is capturable in a CUDA graph."""
+
+    kind: str
+    """`numpy` or `torch`"""
+    device: torch.device
+
+    def zeros(self, shape: tuple[int, ...], dtype: str) -> Any: ...
+
+    def copy(self, dst, src) -> None: ...
+
+    def mul(self, a, b, out) -> None: ...
+
+    def add(self, a, b, out) -> None: ...
+
+    def write(self, dst, src, swap01: bool = False) -> None:
+        """dst[...] = src (or src with its first two axes swapped); `src` may be a numpy array or a tensor."""
+
+    def read(self, src, kind: str, swap01: bool = False) -> Any:
+        """A fresh caller-owned copy of `src` (first two axes swapped if asked) as `kind` ("numpy" or "torch")."""
+
+    def as_torch(self, array) -> torch.Tensor:
+        """A tensor sharing memory with `array` (to fill it from torch's seeded generators)."""
+
+
+class NumpyOps:
+    kind = "numpy"
+    device = torch.device("cpu")
+
+    def zeros(self, shape, dtype):
+        return np.zeros(shape, dtype=dtype)
+
+    def copy(self, dst, src):
+        np.copyto(dst, src)
+
+    def mul(self, a, b, out):
+        np.multiply(a, b, out=out)
+
+    def add(self, a, b, out):
+        np.add(a, b, out=out)
+
+    def write(self, dst, src, swap01=False):
+        if isinstance(src, torch.Tensor):
+            src = src.detach().cpu().numpy()
+        np.copyto(dst, src.swapaxes(0, 1) if swap01 else src)
+
+    def read(self, src, kind, swap01=False):
+        out = (src.swapaxes(0, 1) if swap01 else src).copy()  # ndarray.copy is C-contiguous
+        return torch.from_numpy(out) if kind == "torch" else out
+
+    def as_torch(self, array):
+        return torch.from_numpy(array)
+
+
+class TorchOps:
+    kind = "torch"
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def zeros(self, shape, dtype):
+        return torch.zeros(shape, dtype=getattr(torch, dtype), device=self.device)
+
+    def copy(self, dst, src):
+        dst.copy_(src)
+
+    def mul(self, a, b, out):
+        torch.mul(a, b, out=out)
+
+    def add(self, a, b, out):
+        torch.add(a, b, out=out)
+
+    def write(self, dst, src, swap01=False):
+        if isinstance(src, np.ndarray):
+            src = torch.from_numpy(np.ascontiguousarray(src))
+        dst.copy_(src.swapaxes(0, 1) if swap01 else src)
+
+    def read(self, src, kind, swap01=False):
+        view = src.swapaxes(0, 1) if swap01 else src
+        if kind == "torch":
+            return view.clone(memory_format=torch.contiguous_format)  # a copy even when `view` is contiguous
+        if view.device.type == "cpu":
+            return view.numpy().copy()
+        return np.ascontiguousarray(view.cpu().numpy())  # .cpu() of a device tensor is already a copy
+
+    def as_torch(self, array):
+        return array
+
+
+@dataclass(eq=False)
+class Workspace:
+    """Preallocated buffers for one (batch, steps) bucket.
+
+    Time-major, so that every step reads and writes contiguous [B, ...] slices: h [T+1, B, D] and z [T+1, B, S]
+    hold the start state at index 0 and the state after step t at t+1; prior_mean, prior_std, noise [T, B, S]
+    and action [T, B, A] are indexed by step. With `frames`, also obs uint8 [B, H, W, 3], the posterior
+    post_mean, post_std [B, S] and the decoded recon float32 [B, H, W, 3].
+    """
+
+    batch: int
+    steps: int
+    h: Any
+    z: Any
+    prior_mean: Any
+    prior_std: Any
+    action: Any
+    noise: Any
+    obs: Any = None
+    post_mean: Any = None
+    post_std: Any = None
+    recon: Any = None
+    runners: dict = field(default_factory=dict)
+    """compiled imagine loops, keyed by `sample` (see `Backend.compile`)"""
+    private: dict = field(default_factory=dict)
+    """what the backend keeps per workspace (IO bindings, tensor addresses)"""
+
+    def __post_init__(self):
+        # Per-step views, made once: indexing a Python list is cheaper than slicing an array in the loop.
+        self.hs = [self.h[t] for t in range(self.steps + 1)]
+        self.zs = [self.z[t] for t in range(self.steps + 1)]
+        self.means = [self.prior_mean[t] for t in range(self.steps)]
+        self.stds = [self.prior_std[t] for t in range(self.steps)]
+        self.actions = [self.action[t] for t in range(self.steps)]
+        self.noises = [self.noise[t] for t in range(self.steps)]
+
+    @classmethod
+    def allocate(cls, ops: ArrayOps, dims: Dims, batch: int, steps: int, frames: bool) -> Workspace:
+        B, T, D, S, A = batch, steps, dims.deter, dims.latent, dims.action
+        # Zeroed, so that a warm-up or capture run on a fresh workspace computes on finite numbers.
+        extra = {}
+        if frames:
+            extra = dict(obs=ops.zeros((B, *dims.frame), "uint8"), post_mean=ops.zeros((B, S), "float32"),
+                         post_std=ops.zeros((B, S), "float32"), recon=ops.zeros((B, *dims.frame), "float32"))
+        return cls(B, T, h=ops.zeros((T + 1, B, D), "float32"), z=ops.zeros((T + 1, B, S), "float32"),
+                   prior_mean=ops.zeros((T, B, S), "float32"), prior_std=ops.zeros((T, B, S), "float32"),
+                   action=ops.zeros((T, B, A), "float32"), noise=ops.zeros((T, B, S), "float32"), **extra)
+
+
+class Backend(Protocol):
+    """What every backend provides. Arrays are those of `ops` (numpy on the host or tensors on `device`)."""
+
+    name: str
+    """`torch`, `onnxruntime` or `tensorrt`"""
+    detail: str
+    """what runs it, for logs: execution provider, GPU, precision"""
+    device: torch.device
+    ops: ArrayOps
+    dims: Dims
+    max_batch: int
+    has_decoder: bool
+
+    def workspace(self, batch: int, steps: int, frames: bool) -> Workspace:
+        """Buffers for `batch` rows and `steps` prior steps (and frames when `frames`)."""
+
+    def encode_into(self, ws: Workspace) -> None:
+        """ws.obs -> ws.post_mean, ws.post_std."""
+
+    def step_into(self, ws: Workspace, t: int) -> None:
+        """(ws.h[t], ws.z[t], ws.action[t]) -> ws.h[t + 1], ws.prior_mean[t], ws.prior_std[t]."""
+
+    def decode_into(self, ws: Workspace) -> None:
+        """ws.post_mean -> ws.recon."""
+
+    def compile(self, loop: Callable[[], None], ws: Workspace) -> Callable[[], None]:
+        """A callable that runs `loop` (which only touches `ws`): `loop` itself on CPU, a CUDA graph replay
+        where the backend can capture one."""
+
+    def scope(self) -> ContextManager:
+        """Entered around every call that runs the backend (its stream, its grad mode)."""
+
+
+def capture_cuda_graph(loop: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """Capture `loop` in a CUDA graph and return its replay.
+
+    Warm-up runs on a side stream first, as torch.cuda.graphs asks: they let libraries (cuBLAS, TensorRT) finish
+    their lazy initialisation and shape-dependent setup outside the capture. `loop` must only read and write
+    tensors that outlive the graph (the workspace), since replay reuses their addresses.
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            loop()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loop()
+    return graph.replay
+
+
+def no_scope() -> ContextManager:
+    return contextlib.nullcontext()

@@ -1,0 +1,152 @@
+"""onnxruntime backend: the exported ONNX graphs, on the CPU execution provider or, with onnxruntime-gpu and a
+CUDA device, the CUDA execution provider.
+
+Every graph runs through IO binding on the workspace's preallocated buffers: for each step t of a workspace
+one binding is made ahead of time, reading (h[t], z[t], action[t]) and writing (h[t+1], prior_mean[t],
+prior_std[t]) in place, so a step is a single `run_with_iobinding` call with no per-step allocation, copy or
+rebinding. Binding a CPU buffer by address makes onnxruntime read and write that memory directly.
+
+On CUDA the buffers are torch tensors and onnxruntime runs on a stream of ours (`user_compute_stream`), so its
+kernels and the loop's own tensor ops are ordered on one stream without a host sync per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .base import Dims, NumpyOps, TorchOps, Workspace
+
+INSTALL_HINT = 'install onnxruntime: pip install ".[cpu]" (or ".[gpu]" for onnxruntime-gpu)'
+
+STEP_THREADS = 1
+"""intra-op threads of the prior step: a chain of small GEMVs gains nothing from a thread pool and pays for
+waking it at every step"""
+
+FRAME_THREADS = min(4, os.cpu_count() or 1)
+"""intra-op threads of the encoder and decoder, whose convolutions over a batch of frames do parallelise"""
+
+
+def require_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(f"the onnxruntime backend needs onnxruntime ({error}); {INSTALL_HINT}") from None
+    return onnxruntime
+
+
+def cuda_provider_available() -> bool:
+    try:
+        ort = require_onnxruntime()
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
+
+
+class OrtBackend:
+    name = "onnxruntime"
+
+    def __init__(self, files: dict[str, Path], dims: Dims, device: torch.device, max_batch: int,
+                 frame_threads: int | None = None):
+        """`files`: graph name -> verified .onnx path (`decoder` optional)."""
+        ort = require_onnxruntime()
+        self.ort = ort
+        self.dims = dims
+        self.device = device
+        self.max_batch = max_batch
+        self.has_decoder = "decoder" in files
+        self.run_options = ort.RunOptions()
+        if device.type == "cuda":
+            if not cuda_provider_available():
+                raise ValueError(
+                    "device cuda with the onnxruntime backend needs onnxruntime-gpu (CUDAExecutionProvider) and a "
+                    f"CUDA build of torch; available providers: {ort.get_available_providers()}, "
+                    f"torch.cuda.is_available()={torch.cuda.is_available()}; {INSTALL_HINT}")
+            self.ops = TorchOps(device)
+            # A stream of our own: onnxruntime treats torch's default stream (handle 0) as "no stream".
+            self.stream = torch.cuda.Stream(device)
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self.binding_device = ("cuda", index)
+            providers = [("CUDAExecutionProvider", {"device_id": str(index),
+                                                    "user_compute_stream": str(self.stream.cuda_stream)})]
+            # The loop's next op is ordered after onnxruntime's kernels by the shared stream; a host sync per
+            # step would only add latency.
+            self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+            self.detail = f"onnxruntime {ort.__version__}, CUDAExecutionProvider on {device}, IO binding"
+        else:
+            self.ops = NumpyOps()
+            self.stream = None
+            self.binding_device = ("cpu", 0)
+            providers = ["CPUExecutionProvider"]
+            self.detail = f"onnxruntime {ort.__version__}, CPUExecutionProvider, IO binding"
+        frame_threads = frame_threads or FRAME_THREADS
+        self.sessions = {name: ort.InferenceSession(
+            str(path), self._session_options(STEP_THREADS if name == "prior_step" else frame_threads),
+            providers=providers) for name, path in files.items()}
+
+    def _session_options(self, threads: int):
+        options = self.ort.SessionOptions()
+        options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # errors only: the "some nodes were not assigned" notes are expected
+        return options
+
+    def _bind(self, session, inputs: dict, outputs: dict):
+        binding = session.io_binding()
+        kind, index = self.binding_device
+        for names, bind in ((inputs, binding.bind_input), (outputs, binding.bind_output)):
+            for name, array in names.items():
+                if isinstance(array, torch.Tensor):
+                    dtype, pointer = np.dtype(str(array.dtype).removeprefix("torch.")), array.data_ptr()
+                else:
+                    dtype, pointer = array.dtype, array.ctypes.data
+                bind(name, kind, index, dtype, tuple(array.shape), pointer)
+        return binding
+
+    def workspace(self, batch: int, steps: int, frames: bool) -> Workspace:
+        ws = Workspace.allocate(self.ops, self.dims, batch, steps, frames)
+        step = self.sessions["prior_step"]
+        ws.private["steps"] = [
+            self._bind(step, {"h": ws.hs[t], "z": ws.zs[t], "action": ws.actions[t]},
+                       {"h_next": ws.hs[t + 1], "prior_mean": ws.means[t], "prior_std": ws.stds[t]})
+            for t in range(steps)]
+        if frames:
+            ws.private["encoder"] = self._bind(self.sessions["encoder"], {"obs": ws.obs},
+                                               {"z_mean": ws.post_mean, "z_std": ws.post_std})
+            if self.has_decoder:
+                ws.private["decoder"] = self._bind(self.sessions["decoder"], {"z": ws.post_mean},
+                                                   {"frames": ws.recon})
+        return ws
+
+    def encode_into(self, ws: Workspace) -> None:
+        self.sessions["encoder"].run_with_iobinding(ws.private["encoder"], self.run_options)
+
+    def step_into(self, ws: Workspace, t: int) -> None:
+        self.sessions["prior_step"].run_with_iobinding(ws.private["steps"][t], self.run_options)
+
+    def decode_into(self, ws: Workspace) -> None:
+        self.sessions["decoder"].run_with_iobinding(ws.private["decoder"], self.run_options)
+
+    def compile(self, loop, ws: Workspace):
+        return loop
+
+    def scope(self):
+        if self.stream is None:
+            return contextlib.nullcontext()
+        return _on_stream(self.stream)
+
+
+@contextlib.contextmanager
+def _on_stream(stream: torch.cuda.Stream):
+    """Run on `stream`, ordered after the caller's pending work and before the caller's next."""
+    caller = torch.cuda.current_stream(stream.device)
+    stream.wait_stream(caller)
+    with torch.no_grad(), torch.cuda.stream(stream):
+        yield
+    caller.wait_stream(stream)

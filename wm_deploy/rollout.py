@@ -1,0 +1,278 @@
+"""Roll a world model out on any backend: observe real frames, imagine latent futures, decode latents.
+
+Dimensions: B batch, H horizon, D GRU state (deter), S latent (stoch), A action width.
+
+The semantics are training's (wm_train.model.RSSM): h_0 = 0 pairs with the first frame's posterior z_0 and
+h_t+1 = GRUCell(h_t, f([z_t, a_t])) with the prior p(z_t+1 | h_t+1). So `observe` advances h with the
+previous action and takes the new frame's posterior mean as z; `imagine` feeds the prior mean (or a draw from
+the prior) back as the next z.
+
+The imagine loop (`imagine_loop`) is written once, against the backend protocol (backends/base.py). Each
+(batch, horizon) bucket gets a workspace of preallocated buffers, reused call after call, in which a GPU
+backend captures the loop in a CUDA graph. Outputs are copied out of the workspace, so they stay valid
+after the next call.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wm_train.actions import ActionCodec
+from wm_train.model import WorldModel
+
+from . import validation
+from .backends.base import ArrayOps, Backend, Workspace
+from .loading import build_backend, choose_backend, logger, open_source, resolve_device
+from .state import LatentState, Trajectory
+
+WORKSPACE_CACHE = 16
+"""(batch, horizon) buckets kept before the least recently used is freed"""
+
+
+def imagine_loop(step_into, ops: ArrayOps, ws: Workspace, sample: bool) -> None:
+    """The H prior steps of one imagine call, entirely inside `ws`: z_t+1 is the prior mean, or with
+    `sample` mean + std * noise_t. Allocates nothing, so a GPU backend can capture it as it is."""
+    zs, means, stds, noises = ws.zs, ws.means, ws.stds, ws.noises
+    for t in range(ws.steps):
+        step_into(ws, t)
+        if sample:
+            ops.mul(stds[t], noises[t], zs[t + 1])
+            ops.add(zs[t + 1], means[t], zs[t + 1])
+        else:
+            ops.copy(zs[t + 1], means[t])
+
+
+class Rollout:
+    """A loaded world model behind one backend. Build it with `Rollout.load` (or `Rollout.from_model`).
+
+    Inputs may be numpy arrays or torch tensors; each call returns the kind of its main input (frames for
+    `observe` and `encode`, actions for `imagine`, z for `decode`, h for `prior_step`), tensors on
+    `self.device`.
+    """
+
+    def __init__(self, backend: Backend, codec: ActionCodec, *, seed: int = 0, reason: str = ""):
+        if codec.dim != backend.dims.action:
+            raise ValueError(f"action codec width {codec.dim} != the model's action width {backend.dims.action}")
+        self.backend = backend
+        self.codec = codec
+        self.ops = backend.ops
+        self.dims = backend.dims
+        self.device = backend.device
+        self.max_batch = backend.max_batch
+        self.backend_reason = reason
+        """why `auto` chose this backend (empty when it was named)"""
+        self._generator = torch.Generator(self.ops.device).manual_seed(seed)
+        self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
+
+    @classmethod
+    def load(cls, path: str | Path, backend: str = "auto", device: str | torch.device = "auto", *,
+             max_batch: int | None = None, seed: int = 0, frame_threads: int | None = None) -> Rollout:
+        """Load an artifact folder (written by wm-export) or a checkpoint (torch backend only).
+
+        backend: `auto` (the fastest available on the device; logged once), `torch`, `onnxruntime` or
+        `tensorrt`. device: `auto` (CUDA when torch sees one), `cpu`, `cuda` or `cuda:N`. max_batch: the largest
+        batch accepted (default: the TensorRT profile's, else the export config's). seed: of the generator that
+        draws `imagine(sample=True)` noise. frame_threads: onnxruntime CPU threads of the encoder and decoder.
+        """
+        device = resolve_device(device)
+        source = open_source(path)
+        reason = ""
+        if backend == "auto":
+            backend, reason = choose_backend(source, device)
+        built, codec = build_backend(backend, source, device, max_batch, frame_threads)
+        rollout = cls(built, codec, seed=seed, reason=reason)
+        if reason:
+            logger.info("wm_deploy: backend auto -> %s (%s); %s", built.name, built.detail, reason)
+        return rollout
+
+    @classmethod
+    def from_model(cls, model: WorldModel, codec: ActionCodec, device: str | torch.device = "cpu", *,
+                   max_batch: int = 4096, seed: int = 0) -> Rollout:
+        """The torch backend on a model in memory (e.g. freshly trained), without a checkpoint file."""
+        from .backends.torch_backend import TorchBackend
+
+        return cls(TorchBackend(model, resolve_device(device), max_batch), codec, seed=seed)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def backend_detail(self) -> str:
+        return self.backend.detail
+
+    def __repr__(self) -> str:
+        return (f"Rollout(backend={self.backend_name!r} [{self.backend_detail}], dims={self.dims}, "
+                f"max_batch={self.max_batch}, actions={self.codec.mode}[{self.codec.dim}])")
+
+    # --- the API ------------------------------------------------------------------------------------------
+
+    def initial(self, batch: int, kind: str = "numpy") -> LatentState:
+        """The state before the first frame: h = 0, z = 0 (unused: the first `observe` replaces it)."""
+        validation.check_batch(batch, self.max_batch, "initial")
+        shapes = (batch, self.dims.deter), (batch, self.dims.latent)
+        if kind == "numpy":
+            h, z = (np.zeros(shape, np.float32) for shape in shapes)
+        elif kind == "torch":
+            h, z = (torch.zeros(shape, device=self.device) for shape in shapes)
+        else:
+            raise ValueError(f"kind must be 'numpy' or 'torch', got {kind!r}")
+        return LatentState(h, z, is_initial=True)
+
+    def observe(self, state: LatentState, obs, prev_action=None) -> LatentState:
+        """Advance `state` with the action taken since its frame, then encode the new frame.
+
+        obs: uint8 [B, H, W, 3]. prev_action: raw [B, A] (continuous) or int [B] (discrete); ignored, and
+        optional, for a state from `initial` (h stays 0 with the first frame, as in training).
+        -> LatentState(h [B, D], z = posterior mean [B, S])."""
+        kind = validation.array_kind(obs, "obs")
+        batch = validation.check_frames(obs, self.dims, self.max_batch)
+        validation.check_state(state, self.dims, self.max_batch, batch)
+        if prev_action is None and not state.is_initial:
+            raise ValueError("prev_action: required to advance a state that has seen a frame (None is only "
+                             "accepted for a state from Rollout.initial)")
+        if prev_action is not None:
+            validation.check_actions(prev_action, self.codec, batch, "prev_action", sequence=False)
+        ws = self._workspace(batch, 1, frames=True)
+        ops = self.ops
+        with self.backend.scope():
+            ops.write(ws.obs, obs)
+            self.backend.encode_into(ws)
+            if state.is_initial:
+                ops.write(ws.hs[1], state.h)
+            else:
+                ops.write(ws.hs[0], state.h)
+                ops.write(ws.zs[0], state.z)
+                ops.write(ws.actions[0], self._encode_actions(prev_action))
+                self.backend.step_into(ws, 0)
+            return LatentState(ops.read(ws.hs[1], kind), ops.read(ws.post_mean, kind))
+
+    def imagine(self, state: LatentState, actions, *, sample: bool = False, noise=None,
+                seed: int | None = None) -> Trajectory:
+        """Roll the prior forward from `state` under raw `actions` [B, H, A] (continuous) or int [B, H]
+        (discrete).
+
+        By default each next z is the prior mean. With `sample=True` it is mean + std * noise: `noise`
+        [B, H, S] when given (to compare backends on identical noise), else standard normal draws from the
+        rollout's generator (or from a fresh one seeded with `seed`), drawn on the backend's device.
+        -> Trajectory(z, prior_mean, prior_std [B, H, S], h [B, H, D])."""
+        kind = validation.array_kind(actions, "actions")
+        batch = validation.check_state(state, self.dims, self.max_batch)
+        horizon = validation.check_actions(actions, self.codec, batch, "actions", sequence=True)
+        if not sample and (noise is not None or seed is not None):
+            raise ValueError("noise and seed only apply with sample=True")
+        if noise is not None:
+            validation.check_noise(noise, batch, horizon, self.dims)
+        ws = self._workspace(batch, horizon, frames=False)
+        ops = self.ops
+        with self.backend.scope():
+            ops.write(ws.hs[0], state.h)
+            ops.write(ws.zs[0], state.z)
+            ops.write(ws.action, self._encode_actions(actions), swap01=True)
+            if sample:
+                if noise is not None:
+                    ops.write(ws.noise, noise, swap01=True)
+                else:
+                    generator = self._generator if seed is None else \
+                        torch.Generator(self.ops.device).manual_seed(seed)
+                    ops.as_torch(ws.noise).normal_(generator=generator)
+            self._runner(ws, sample)()
+            return Trajectory(z=ops.read(ws.z[1:], kind, swap01=True), h=ops.read(ws.h[1:], kind, swap01=True),
+                              prior_mean=ops.read(ws.prior_mean, kind, swap01=True),
+                              prior_std=ops.read(ws.prior_std, kind, swap01=True))
+
+    def decode(self, z):
+        """z [..., S] -> frames float32 [..., H, W, 3] in [0, 1] (needs the decoder in the artifacts)."""
+        if not self.backend.has_decoder:
+            raise ValueError("decode: these artifacts have no decoder (exported with --no-decoder)")
+        kind = validation.array_kind(z, "z")
+        if z.ndim < 2:
+            raise ValueError(f"z: expected shape [..., {self.dims.latent}], got {list(z.shape)}")
+        lead = tuple(z.shape[:-1])
+        flat = z.reshape(math.prod(lead), z.shape[-1])
+        batch = validation.check_latents(flat, self.dims, self.max_batch)
+        ws = self._workspace(batch, 1, frames=True)
+        with self.backend.scope():
+            self.ops.write(ws.post_mean, flat)
+            self.backend.decode_into(ws)
+            frames = self.ops.read(ws.recon, kind)
+        return frames.reshape(*lead, *self.dims.frame)
+
+    def encode(self, obs):
+        """One encoder call: uint8 [B, H, W, 3] -> posterior mean, std [B, S]."""
+        kind = validation.array_kind(obs, "obs")
+        batch = validation.check_frames(obs, self.dims, self.max_batch)
+        ws = self._workspace(batch, 1, frames=True)
+        with self.backend.scope():
+            self.ops.write(ws.obs, obs)
+            self.backend.encode_into(ws)
+            return self.ops.read(ws.post_mean, kind), self.ops.read(ws.post_std, kind)
+
+    def prior_step(self, h, z, action):
+        """One prior step: h [B, D], z [B, S], raw action [B, A] (or int [B]) -> h_next [B, D], prior mean,
+        std [B, S]."""
+        kind = validation.array_kind(h, "h")
+        batch = validation.check_state(LatentState(h, z), self.dims, self.max_batch)
+        validation.check_actions(action, self.codec, batch, "action", sequence=False)
+        ws = self._workspace(batch, 1, frames=False)
+        ops = self.ops
+        with self.backend.scope():
+            ops.write(ws.hs[0], h)
+            ops.write(ws.zs[0], z)
+            ops.write(ws.actions[0], self._encode_actions(action))
+            self.backend.step_into(ws, 0)
+            return ops.read(ws.hs[1], kind), ops.read(ws.means[0], kind), ops.read(ws.stds[0], kind)
+
+    def warmup(self, batch: int, horizon: int, *, frames: bool = True) -> None:
+        """Allocate the buffers of (batch, horizon) and run each path once on zeros, so the first real call
+        pays for no allocation, lazy runtime setup or (on GPU) CUDA-graph capture."""
+        validation.check_batch(batch, self.max_batch, "warmup")
+        if horizon < 1:
+            raise ValueError(f"warmup: horizon must be >= 1, got {horizon}")
+        ws = self._workspace(batch, horizon, frames=False)
+        with self.backend.scope():
+            for sample in (False, True):
+                self._runner(ws, sample)()
+            self._workspace(batch, 1, frames=False)
+            if frames:
+                frames_ws = self._workspace(batch, 1, frames=True)
+                self.backend.encode_into(frames_ws)
+                self.backend.step_into(frames_ws, 0)
+                if self.backend.has_decoder:
+                    self.backend.decode_into(frames_ws)
+
+    # --- internals ----------------------------------------------------------------------------------------
+
+    def _workspace(self, batch: int, steps: int, frames: bool) -> Workspace:
+        key = (batch, steps, frames)
+        ws = self._workspaces.get(key)
+        if ws is None:
+            ws = self._workspaces[key] = self.backend.workspace(batch, steps, frames)
+            if len(self._workspaces) > WORKSPACE_CACHE:
+                self._workspaces.popitem(last=False)
+        else:
+            self._workspaces.move_to_end(key)
+        return ws
+
+    def _runner(self, ws: Workspace, sample: bool):
+        runner = ws.runners.get(sample)
+        if runner is None:
+            loop = functools.partial(imagine_loop, self.backend.step_into, self.ops, ws, sample)
+            runner = ws.runners[sample] = self.backend.compile(loop, ws)
+        return runner
+
+    def _encode_actions(self, actions):
+        """Raw actions -> encoded float32, with the codec training used, on the backend's kind of array."""
+        if self.ops.kind == "numpy":
+            if isinstance(actions, torch.Tensor):
+                actions = actions.detach().cpu().numpy()
+            return self.codec.encode_numpy(actions)
+        if isinstance(actions, np.ndarray):
+            actions = torch.from_numpy(np.ascontiguousarray(actions))
+        return self.codec.encode(actions.to(self.device))

@@ -1,0 +1,123 @@
+"""Checks on everything a caller hands to `Rollout`, before any of it reaches a runtime.
+
+Every failure is a ValueError naming the argument, the expected and the actual value: a wrong shape or dtype
+must never turn into a silent wrong answer or a crash inside onnxruntime or TensorRT.
+
+Dimensions: B batch, H horizon, D GRU state (deter), S latent (stoch), A action width.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from wm_train.actions import ActionCodec
+
+from .backends.base import Dims
+from .state import LatentState
+
+
+def array_kind(x: Any, where: str) -> str:
+    """`numpy` or `torch`; anything else is refused."""
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    if isinstance(x, torch.Tensor):
+        return "torch"
+    raise ValueError(f"{where}: expected a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+def _is_float(x) -> bool:
+    return x.dtype.is_floating_point if isinstance(x, torch.Tensor) else x.dtype.kind == "f"
+
+
+def _is_real(x) -> bool:
+    if isinstance(x, torch.Tensor):
+        return x.dtype.is_floating_point or (not x.dtype.is_complex and x.dtype != torch.bool)
+    return x.dtype.kind in "fiu"
+
+
+def _all_finite(x) -> bool:
+    if isinstance(x, torch.Tensor):
+        return bool(torch.isfinite(x).all())  # one host sync for a device tensor
+    return bool(np.isfinite(x).all())
+
+
+def _dtype_name(x) -> str:
+    return str(x.dtype).removeprefix("torch.")
+
+
+def check_batch(batch: int, max_batch: int, where: str) -> None:
+    if not 1 <= batch <= max_batch:
+        raise ValueError(f"{where}: batch must be in [1, {max_batch}] (the artifact's maximum), got {batch}")
+
+
+def check_frames(obs, dims: Dims, max_batch: int, where: str = "obs") -> int:
+    """uint8 [B, H, W, 3] -> B."""
+    array_kind(obs, where)
+    expected = ("B", *dims.frame)
+    if obs.ndim != 4 or tuple(obs.shape[1:]) != dims.frame:
+        raise ValueError(f"{where}: expected frames of shape [{', '.join(map(str, expected))}] (uint8, HWC), "
+                         f"got shape {list(obs.shape)}")
+    if obs.dtype != (torch.uint8 if isinstance(obs, torch.Tensor) else np.uint8):
+        raise ValueError(f"{where}: expected dtype uint8 (raw frames, 0..255), got {_dtype_name(obs)}")
+    check_batch(obs.shape[0], max_batch, where)
+    return int(obs.shape[0])
+
+
+def _check_float(x, shape: tuple, where: str) -> None:
+    """x is float of `shape` (a tuple of ints and names), finite."""
+    array_kind(x, where)
+    want = [str(s) for s in shape]
+    if x.ndim != len(shape) or any(isinstance(s, int) and x.shape[i] != s for i, s in enumerate(shape)):
+        raise ValueError(f"{where}: expected shape [{', '.join(want)}], got {list(x.shape)}")
+    if not _is_float(x):
+        raise ValueError(f"{where}: expected a float array, got dtype {_dtype_name(x)}")
+    if not _all_finite(x):
+        raise ValueError(f"{where}: contains NaN or infinite values")
+
+
+def check_state(state: LatentState, dims: Dims, max_batch: int, batch: int | None = None) -> int:
+    """h [B, D], z [B, S] -> B; `batch` is the batch of the other inputs of the call."""
+    if not isinstance(state, LatentState):
+        raise ValueError(f"state: expected a LatentState (from Rollout.initial or observe), got {type(state).__name__}")
+    _check_float(state.h, ("B", dims.deter), "state.h")
+    _check_float(state.z, ("B", dims.latent), "state.z")
+    if state.h.shape[0] != state.z.shape[0]:
+        raise ValueError(f"state: h and z disagree on the batch size: {state.h.shape[0]} vs {state.z.shape[0]}")
+    if batch is not None and state.h.shape[0] != batch:
+        raise ValueError(f"state: batch size {state.h.shape[0]} does not match the batch size {batch} of the "
+                         "inputs; start a state of this batch size with Rollout.initial(batch)")
+    check_batch(int(state.h.shape[0]), max_batch, "state")
+    return int(state.h.shape[0])
+
+
+def check_actions(actions, codec: ActionCodec, batch: int, where: str, sequence: bool) -> int:
+    """Raw actions of `codec`: continuous [B, H, A] (or [B, A] when not `sequence`), discrete int [B, H] (or [B]).
+    Returns H (1 when not `sequence`)."""
+    array_kind(actions, where)
+    lead = ["B", "H"] if sequence else ["B"]
+    shape = lead + ([str(codec.dim)] if codec.mode == "continuous" else [])
+    expected = f"[{', '.join(shape)}] with B={batch}"
+    if actions.ndim != len(shape) or actions.shape[0] != batch or (
+            codec.mode == "continuous" and actions.shape[-1] != codec.dim):
+        raise ValueError(f"{where}: expected {codec.mode} actions of shape {expected}, got {list(actions.shape)}")
+    if codec.mode == "continuous" and not _is_real(actions):
+        raise ValueError(f"{where}: expected real-valued continuous actions, got dtype {_dtype_name(actions)}")
+    horizon = int(actions.shape[1]) if sequence else 1
+    if horizon < 1:
+        raise ValueError(f"{where}: the horizon (axis 1) must be >= 1, got {horizon}")
+    codec.validate(actions, where)  # dtype and range of discrete actions, NaN/inf of continuous ones
+    return horizon
+
+
+def check_noise(noise, batch: int, horizon: int, dims: Dims) -> None:
+    _check_float(noise, (batch, horizon, dims.latent), "noise")
+
+
+def check_latents(z, dims: Dims, max_batch: int, where: str = "z") -> int:
+    """[N, S] -> N."""
+    _check_float(z, ("N", dims.latent), where)
+    check_batch(int(z.shape[0]), max_batch, where)
+    return int(z.shape[0])
