@@ -38,11 +38,13 @@ install with pip install ".[gpu]"); {EXIT_PARITY} parity check failed (nothing w
 @click.option("--decoder/--no-decoder", default=None,
               help="Export the decoder too. Default: export.decoder (true).")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="Folder of episode *.npz files (obs uint8 [T,H,W,3]) whose frames feed the parity check, "
-                   "e.g. validation episodes. Default: random frames.")
+              help="Episode folder (*.npz, as written by wm-collect); frames of its validation split feed the "
+                   "parity check. Default: random frames.")
 @click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def main(checkpoint: Path, out_dir: Path | None, trt: bool, fp16: bool | None, opt_batch: int | None,
-         max_batch: int | None, opset: int | None, decoder: bool | None, data: Path | None, force: bool) -> None:
+         max_batch: int | None, opset: int | None, decoder: bool | None, data: Path | None, force: bool,
+         progress: bool) -> None:
     """Export a checkpoint to an artifact folder: ONNX graphs (encoder, prior_step, decoder) with a dynamic
     batch axis, checked against the PyTorch model with onnxruntime, optional TensorRT engines, manifest.json.
 
@@ -52,13 +54,13 @@ def main(checkpoint: Path, out_dir: Path | None, trt: bool, fp16: bool | None, o
     try:
         folder = export_artifacts(checkpoint, out_dir, trt=trt, fp16=fp16, opt_batch=opt_batch,
                                   max_batch=max_batch, opset=opset, decoder=decoder, force=force, data=data,
-                                  progress=sys.stderr.isatty())
+                                  progress=progress)
     except ParityError as error:
         click.echo(format_table({error.backend: error.report}), err=True)
         _fail(error, EXIT_PARITY)
     except TensorRTUnavailableError as error:
         _fail(error, EXIT_NO_TENSORRT)
-    except (FileNotFoundError, FileExistsError, ValueError, EngineBuildError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError, EngineBuildError) as error:
         _fail(error, EXIT_ERROR)
     manifest = load_manifest(folder)
     reports = dict(manifest["parity"])
@@ -70,5 +72,5 @@ def main(checkpoint: Path, out_dir: Path | None, trt: bool, fp16: bool | None, o
 
 
 def _fail(error: Exception, code: int) -> None:
-    click.echo(f"error: {error}", err=True)
+    click.echo(f"Error: {error}", err=True)
     sys.exit(code)

@@ -49,7 +49,7 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
     """Export `checkpoint` to an artifact folder (default `<checkpoint dir>/artifacts`) -> its path.
 
     Options left as None come from the checkpoint config's `export` section. `data` is a folder of episode
-    files whose frames feed the parity gate (else random frames). Raises FileNotFoundError / ValueError /
+    files whose validation split's frames feed the parity gate (else random frames). Raises FileNotFoundError / ValueError /
     FileExistsError for bad input, ParityError when a graph disagrees with the model, EngineBuildError when
     TensorRT fails, TensorRTUnavailableError (after publishing the ONNX artifacts) when `trt` is asked for
     without TensorRT or a CUDA device."""
@@ -62,12 +62,12 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
                          decoder=decoder)
     dest = Path(out_dir) if out_dir is not None else checkpoint.parent / DEFAULT_FOLDER
     check_destination(dest, force)
-    frames = parity.load_frames(data, cfg.model.frame_size) if data is not None else None
+    frames, source = parity.load_frames(data, cfg) if data is not None else (None, "random frames")
 
     created = _missing_parents(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the published folder gets the usual mode
+    staging.chmod(0o755)  # mkdtemp makes it private; the published folder is meant to be read
     unavailable = None
     try:
         specs = graph_specs(cfg.model, decoder=settings.decoder)
@@ -80,8 +80,7 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
                         {**metadata, "graph": name})
 
         reference_runner = parity.TorchRunner(graphs)
-        inputs = parity.make_inputs(reference_runner, specs, codec, frames,
-                                    source=f"frames from {data}" if data is not None else "random frames")
+        inputs = parity.make_inputs(reference_runner, specs, codec, frames, source)
         reference = parity.collect_outputs(reference_runner, specs, inputs, desc="parity reference",
                                            progress=progress)
         reports = {"onnxruntime": parity.run_parity_gate(
@@ -192,12 +191,6 @@ def _publish(staging: Path, dest: Path, force: bool) -> None:
         raise
     finally:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _missing_parents(dest: Path) -> list[Path]:

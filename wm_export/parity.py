@@ -22,6 +22,8 @@ from torch import nn
 from tqdm import tqdm
 
 from wm_train.actions import ActionCodec
+from wm_train.config import Config
+from wm_train.data import episode_paths, load_episode, split_episodes
 
 from .graphs import BATCH, GraphSpec
 
@@ -112,36 +114,26 @@ _OUTPUT_NAMES = {"encoder": ("z_mean", "z_std"), "prior_step": ("h_next", "prior
                  "decoder": ("frames",)}
 
 
-def load_frames(data_dir: str | Path, frame_size: int, count: int = max(BATCH_SIZES)) -> np.ndarray:
-    """`count` frames uint8 [count, H, W, 3], evenly spaced over the episodes `*.npz` in `data_dir` (each
-    with `obs` uint8 [T, H, W, 3]); repeated when the episodes hold fewer."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FileNotFoundError(f"data folder not found: {data_dir}")
-    files = sorted(data_dir.glob("*.npz"))
-    if not files:
-        raise FileNotFoundError(f"no episode files *.npz in {data_dir}")
-    episodes = []
-    for file in files:
-        try:
-            with np.load(file, allow_pickle=False) as episode:
-                obs = episode["obs"]
-        except Exception as error:
-            raise ValueError(f"{file}: not an episode with an `obs` array ({type(error).__name__}: {error})") from None
-        expected = (frame_size, frame_size, 3)
-        if obs.dtype != np.uint8 or obs.ndim != 4 or obs.shape[1:] != expected:
-            raise ValueError(f"{file}: obs must be uint8 [T, {frame_size}, {frame_size}, 3] for this model, "
-                             f"got {obs.dtype} {list(obs.shape)}")
-        episodes.append(obs)
-    frames = np.concatenate(episodes)  # [sum T, H, W, 3]
+def load_frames(data_dir: str | Path, cfg: Config, count: int = max(BATCH_SIZES)) -> tuple[np.ndarray, str]:
+    """`count` frames uint8 [count, H, W, 3] evenly spaced over the validation episodes of `data_dir` (the
+    split training made with this config; every episode when there is only one), repeated when they hold
+    fewer -> (frames, a description of where they came from)."""
+    paths = episode_paths(data_dir)
+    split = "all episodes"
+    if len(paths) >= 2:
+        _, paths = split_episodes(paths, cfg.data.val_fraction, cfg.train.seed)
+        split = "validation split"
+    m = cfg.model
+    frames = np.concatenate([load_episode(p, cfg.data.action_mode, m.action_dim, m.frame_size)[0]
+                             for p in paths])  # [sum T, H, W, 3]
     if len(frames) == 0:
         raise ValueError(f"the episodes in {data_dir} hold no frames")
     index = np.linspace(0, len(frames) - 1, count).round().astype(np.int64)
-    return np.ascontiguousarray(frames[index])
+    return np.ascontiguousarray(frames[index]), f"{len(frames)} frames of {len(paths)} episode(s), {split} of {data_dir}"
 
 
 def make_inputs(reference: Runner, specs: dict[str, GraphSpec], codec: ActionCodec,
-                frames: np.ndarray | None = None, source: str = "random", seed: int = 0) -> ParityInputs:
+                frames: np.ndarray | None = None, source: str = "random frames", seed: int = 0) -> ParityInputs:
     """Real-looking inputs for every graph at the largest batch size: `frames` (else uniform noise) for the
     encoder, the reference encoder's posterior means as z, GRU-range states as h, plausible actions."""
     batch = max(BATCH_SIZES)
