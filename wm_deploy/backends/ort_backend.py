@@ -13,7 +13,6 @@ kernels and the loop's own tensor ops are ordered on one stream without a host s
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +26,9 @@ STEP_THREADS = 1
 """intra-op threads of the prior step: a chain of small GEMVs gains nothing from a thread pool and pays for
 waking it at every step"""
 
-FRAME_THREADS = min(4, os.cpu_count() or 1)
-"""intra-op threads of the encoder and decoder, whose convolutions over a batch of frames do parallelise"""
+FRAME_THREADS = 1
+"""default intra-op threads of the encoder and decoder: right for the small batches of a control loop; the
+convolutions of large batches of frames do parallelise, so raise it (`frame_threads`) for those"""
 
 
 def require_onnxruntime():
