@@ -79,17 +79,18 @@ def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers,
 @click.option("--action-samples", default=8, help="Action sequences compared from each state for the spread.")
 @click.option("--seed", default=0, help="Seeds the shuffled and random actions.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@click.option("--threads", default=0, help="Torch threads on CPU; 0 keeps torch's default.")
 @click.option("--overwrite", is_flag=True, help="Replace a report folder that already holds files.")
 @click.option("--progress/--no-progress", default=True)
 @user_errors_to_exit
 def eval_command(checkpoint, data_dir, split, context, horizon, out_dir, max_sequences, action_samples, seed, device,
-                 overwrite, progress):
+                 threads, overwrite, progress):
     """Evaluate the world model in CKPT: open-loop prediction, action identifiability, train/val gap."""
     from .evaluate import run_eval, summary_lines
 
     report = run_eval(checkpoint, data_dir, out_dir, overwrite, split=split, context=context, horizon=horizon,
                       max_sequences=max_sequences, action_samples=action_samples, seed=seed, device=device,
-                      progress=progress)
+                      threads=threads, progress=progress)
     for line in summary_lines(report):
         click.echo(line)
     click.echo(f"report in {out_dir}")

@@ -380,10 +380,13 @@ def check_report_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", context: int = 5,
                         horizon: int = 30, max_sequences: int = 64, action_samples: int = 8, examples: int = 4,
-                        seed: int = 0, device: str = "cpu", progress: bool = True) -> EvalReport:
+                        seed: int = 0, device: str = "cpu", threads: int = 0, progress: bool = True) -> EvalReport:
     """Load a checkpoint and the episodes in `data`, split exactly as training split them (the checkpoint's
-    data.val_fraction and train.seed, so `val` holds the episodes training did not see), and evaluate."""
+    data.val_fraction and train.seed, so `val` holds the episodes training did not see), and evaluate.
+    `threads` > 0 sets torch's intra-op threads on CPU."""
     check_settings(context, horizon, split, max_sequences, action_samples)
+    if threads > 0:
+        torch.set_num_threads(threads)
     from .checkpoint import load_checkpoint
 
     model, cfg, extras = load_checkpoint(checkpoint, map_location=device)
