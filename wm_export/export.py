@@ -49,10 +49,11 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
     """Export `checkpoint` to an artifact folder (default `<checkpoint dir>/artifacts`) -> its path.
 
     Options left as None come from the checkpoint config's `export` section. `data` is a folder of episode
-    files whose validation split's frames feed the parity gate (else random frames). Raises FileNotFoundError / ValueError /
-    FileExistsError for bad input, ParityError when a graph disagrees with the model, EngineBuildError when
-    TensorRT fails, TensorRTUnavailableError (after publishing the ONNX artifacts) when `trt` is asked for
-    without TensorRT or a CUDA device."""
+    files whose validation split's frames feed the parity gate (else random frames).
+
+    Raises FileNotFoundError / ValueError / FileExistsError for bad input, ParityError when a graph disagrees
+    with the model, EngineBuildError when TensorRT fails, and TensorRTUnavailableError (after publishing the
+    ONNX artifacts) when `trt` is asked for without TensorRT or a CUDA device."""
     checkpoint = Path(checkpoint)
     model, cfg, extras = load_checkpoint(checkpoint)
     codec = extras["action_codec"]
@@ -81,8 +82,7 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
 
         reference_runner = parity.TorchRunner(graphs)
         inputs = parity.make_inputs(reference_runner, specs, codec, frames, source)
-        reference = parity.collect_outputs(reference_runner, specs, inputs, desc="parity reference",
-                                           progress=progress)
+        reference = parity.collect_outputs(reference_runner, specs, inputs, "torch", progress)
         reports = {"onnxruntime": parity.run_parity_gate(
             "onnxruntime", parity.OnnxRuntimeRunner(onnx_files), specs, inputs, reference,
             parity.ONNXRUNTIME_TOLERANCES, progress)}

@@ -70,8 +70,8 @@ def export_onnx(graph: nn.Module, spec: GraphSpec, path: str | Path, opset: int,
 
 def _set_declared_shapes(model: onnx.ModelProto, spec: GraphSpec) -> None:
     """Write the contract's shapes onto the graph outputs. The exporter names the batch axis but leaves
-    placeholder names (e.g. `Slicez_mean_dim_1`) on fixed axes after a `chunk`; the full checker's strict
-    shape inference then confirms these declared shapes against the graph."""
+    placeholder names (e.g. `Slicez_mean_dim_1`) on fixed axes after a `chunk`. ONNX shape inference does
+    not check declared output shapes, so the parity gate checks the shapes the graph really produces."""
     declared = {t.name: t for t in spec.outputs}
     for value in model.graph.output:
         dims = value.type.tensor_type.shape.dim
