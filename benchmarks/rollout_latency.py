@@ -1,0 +1,506 @@
+"""Rollout latency per backend: the table users pick a backend and a batch size from.
+
+For every backend x batch size x horizon it times one `Rollout.imagine` call (p50, p90, p99 over repeated
+calls after a warm-up) and derives latent steps per second (batch x horizon / p50), the speed-up over torch
+eager measured in the same run, the achieved GFLOP/s and its fraction of this device's own matmul peak
+(a 2048 x 2048 fp32 `torch.matmul`, measured in the same run). It also times `observe` at batch 1: the
+encoder plus one prior step, one control tick.
+
+    python benchmarks/rollout_latency.py                      # random default-size model, CPU
+    python benchmarks/rollout_latency.py --quick              # fewer cells and calls: under a minute on 2 cores
+    python benchmarks/rollout_latency.py --device cuda --json out.json --plot out.png
+    python benchmarks/rollout_latency.py --checkpoint runs/carracing/last.pt   # or --artifacts <folder>
+
+Without --checkpoint or --artifacts a randomly initialised model (--size, default `default`) is saved and
+exported to a temporary folder; timings do not depend on the weights. The export leaves out the decoder,
+which nothing here times.
+
+What a timing includes: the whole `Rollout` call as a user makes it (input checks, action encoding, copying
+the inputs into the backend's preallocated buffers, the H prior steps, copying the outputs out as new arrays),
+with the device synchronised before the clock is read at both ends. The inputs are already where the backend
+computes (numpy arrays for onnxruntime on CPU, torch tensors on the device otherwise), so on a GPU no
+host<->device copy is timed; `--host-io` passes numpy arrays instead, which adds those copies.
+
+Backends (`--backends`, default all; those that cannot run here are listed as skipped, with the reason):
+  torch             PyTorch eager, the baseline of the speed-up column
+  torch-cudagraphs  PyTorch with the imagine loop captured in a CUDA graph (CUDA only)
+  onnxruntime       the exported ONNX graphs; CPUExecutionProvider on cpu, CUDAExecutionProvider on cuda
+  tensorrt-fp32     TensorRT engines, float32 (CUDA only)
+  tensorrt-fp16     TensorRT engines, float16 (CUDA only)
+
+FLOPs per latent step are counted from the RSSM's layer sizes, matrix products only: 2 * in * out for every
+Linear and 2 * 3 * (K * D + D * D) for the GRUCell's three gates. Elementwise work (biases, activations, the
+GRU's gate arithmetic, softplus) is left out; for the default model it is under 1% of the total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+import wm_train
+from wm_deploy import LatentState, Rollout
+from wm_export import export_artifacts, load_manifest
+
+BACKENDS = ("torch", "torch-cudagraphs", "onnxruntime", "tensorrt-fp32", "tensorrt-fp16")
+BASELINE = "torch"
+BATCHES = (1, 16, 256, 1024, 4096)
+HORIZONS = (15, 50)
+QUICK_BATCHES = (1, 1024)
+QUICK_HORIZONS = (15,)
+MATMUL_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How many calls a cell is timed over: at least `min_calls`, then more while under `budget_s` seconds,
+    at most `max_calls`."""
+
+    min_calls: int
+    max_calls: int
+    budget_s: float
+    warmup_calls: int
+
+
+FULL = Sampling(min_calls=5, max_calls=1000, budget_s=2.0, warmup_calls=3)
+QUICK = Sampling(min_calls=3, max_calls=200, budget_s=0.3, warmup_calls=1)
+
+
+@dataclass
+class Result:
+    backend: str
+    call: str
+    """`imagine` or `observe`"""
+    batch: int
+    horizon: int
+    """prior steps per call (1 for observe)"""
+    calls: int
+    """timed calls the percentiles come from"""
+    p50_us: float
+    p90_us: float
+    p99_us: float
+    mean_us: float
+    steps_per_s: float
+    """latent steps per second: batch x horizon / p50"""
+    speedup: float | None = None
+    """torch eager's p50 / this p50, same call, batch and horizon, same run (None without the baseline)"""
+    gflops: float | None = None
+    """achieved GFLOP/s of the prior steps' matrix products (imagine only)"""
+    peak_fraction: float | None = None
+    """gflops / the matmul peak of the same precision on the same device"""
+
+
+# --- measuring ----------------------------------------------------------------------------------------------
+
+def synchronizer(device: torch.device):
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def time_calls(call, sync, sampling: Sampling) -> np.ndarray:
+    """Seconds per call of `call()`, each bracketed by device synchronisations, after untimed warm-up calls."""
+    for _ in range(sampling.warmup_calls):
+        call()
+    sync()
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < sampling.max_calls and (
+            len(samples) < sampling.min_calls or time.perf_counter() - start < sampling.budget_s):
+        sync()
+        t0 = time.perf_counter()
+        call()
+        sync()
+        samples.append(time.perf_counter() - t0)
+    return np.asarray(samples)
+
+
+def summarise(backend: str, call: str, batch: int, horizon: int, seconds: np.ndarray) -> Result:
+    p50, p90, p99 = np.percentile(seconds, (50, 90, 99))
+    return Result(backend, call, batch, horizon, len(seconds), p50 * 1e6, p90 * 1e6, p99 * 1e6,
+                  float(seconds.mean()) * 1e6, batch * horizon / p50)
+
+
+def matmul_peak(device: torch.device, dtype: torch.dtype, sampling: Sampling) -> dict:
+    """GFLOP/s of a MATMUL_SIZE^2 matmul on `device`: the best call (the peak) and the median call."""
+    n = MATMUL_SIZE
+    generator = torch.Generator(device).manual_seed(0)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=generator) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    seconds = time_calls(lambda: torch.matmul(a, b, out=out), synchronizer(device), sampling)
+    flops = 2 * n**3
+    return {"dtype": str(dtype).removeprefix("torch."), "size": n, "calls": len(seconds),
+            "gflops": flops / seconds.min() / 1e9, "median_gflops": flops / np.median(seconds) / 1e9}
+
+
+def step_flops(rssm: nn.Module) -> dict:
+    """Matrix-product FLOPs of one prior step per batch row, from the RSSM's layer sizes."""
+    layers = {}
+    for name, module in rssm.named_modules():
+        if isinstance(module, nn.Linear):
+            layers[name] = 2 * module.in_features * module.out_features
+        elif isinstance(module, nn.GRUCell):
+            # three gates (reset, update, new), each an input and a hidden product
+            layers[name] = 2 * 3 * module.hidden_size * (module.input_size + module.hidden_size)
+    return {"per_step": sum(layers.values()), "layers": layers,
+            "counted": "matrix products only (2*in*out per Linear, 2*3*(K*D + D*D) for the GRUCell); "
+                       "elementwise ops left out"}
+
+
+# --- backends -----------------------------------------------------------------------------------------------
+
+def prepare_artifacts(args, scratch: Path, wanted: list[str], device: torch.device) -> tuple[dict, dict]:
+    """-> ({"onnx" | "fp32" | "fp16": artifact folder}, {backend: why skipped}) for what `wanted` needs."""
+    skipped = {}
+    trt_wanted = [name for name in wanted if name.startswith("tensorrt")]
+    if device.type != "cuda":
+        skipped.update({name: "TensorRT engines run on CUDA devices only (--device cuda)" for name in trt_wanted})
+        trt_wanted = []
+
+    if args.artifacts is not None:
+        folder = Path(args.artifacts)
+        folders = {"onnx": folder}
+        section = load_manifest(folder).get("tensorrt")
+        for name in trt_wanted:
+            precision = name.removeprefix("tensorrt-")
+            if section and section["precision"] == precision:
+                folders[precision] = folder
+            else:
+                held = f"{section['precision']} engines only" if section else "no TensorRT engines"
+                skipped[name] = f"{folder} holds {held}"
+        return folders, skipped
+
+    checkpoint = Path(args.checkpoint) if args.checkpoint is not None else random_checkpoint(scratch, args.size)
+    max_batch = max(args.batches)
+    common = dict(decoder=False, max_batch=max(max_batch, wm_train.config.ExportConfig.max_batch))
+    folders = {}
+    for precision in ("fp32", "fp16"):
+        if f"tensorrt-{precision}" not in trt_wanted:
+            continue
+        folder = scratch / f"artifacts-{precision}"
+        try:
+            export_artifacts(checkpoint, folder, trt=True, fp16=precision == "fp16", **common)
+            folders[precision] = folder
+        except Exception as error:  # TensorRT missing, engine build or parity failure: report, keep going
+            skipped[f"tensorrt-{precision}"] = f"export failed: {type(error).__name__}: {error}"
+        if folder.is_dir():
+            folders.setdefault("onnx", folder)  # the ONNX graphs are published even without TensorRT
+    if "onnx" not in folders:
+        folders["onnx"] = export_artifacts(checkpoint, scratch / "artifacts", **common)
+    return folders, skipped
+
+
+def random_checkpoint(scratch: Path, size: str) -> Path:
+    torch.manual_seed(0)
+    cfg = wm_train.Config.from_dict({"model": {"size": size}})
+    path = scratch / "random.pt"
+    codec = wm_train.ActionCodec("continuous", cfg.model.action_dim, (0.0,) * cfg.model.action_dim,
+                                 (1.0,) * cfg.model.action_dim)
+    wm_train.save_checkpoint(path, wm_train.WorldModel(cfg.model), cfg, codec)
+    return path
+
+
+def load_backend(name: str, folders: dict, device: torch.device, max_batch: int) -> Rollout:
+    """Raises ValueError / FileNotFoundError / ImportError when `name` cannot run here."""
+    if name == "torch-cudagraphs" and device.type != "cuda":
+        raise ValueError("CUDA graphs need a CUDA device (--device cuda)")
+    if name.startswith("tensorrt"):
+        rollout = Rollout.load(folders[name.removeprefix("tensorrt-")], backend="tensorrt", device=device,
+                               max_batch=max_batch)
+    else:
+        rollout = Rollout.load(folders["onnx"], backend=name.removesuffix("-cudagraphs"), device=device,
+                               max_batch=max_batch)
+    if name == "torch":
+        # The torch backend captures a CUDA graph whenever it runs on CUDA; the baseline is eager, so switch
+        # capture off before the first workspace is compiled (Rollout.load has no option for it).
+        rollout.backend.capture = False
+    return rollout
+
+
+def input_kind(rollout: Rollout, host_io: bool) -> str:
+    """numpy where the backend computes on numpy (onnxruntime on CPU) or where --host-io asks, else torch."""
+    return "numpy" if host_io or rollout.ops.kind == "numpy" else "torch"
+
+
+def random_inputs(rollout: Rollout, batch: int, horizon: int, kind: str, rng: np.random.Generator):
+    """A state that has seen a frame, raw actions [B, H, A] and one frame, as `kind` on the right device."""
+    dims, codec = rollout.dims, rollout.codec
+    if codec.mode == "discrete":
+        actions = rng.integers(0, codec.dim, (batch, horizon))
+    else:
+        actions = rng.uniform(-1, 1, (batch, horizon, codec.dim)).astype(np.float32)
+    arrays = dict(h=np.tanh(rng.standard_normal((batch, dims.deter), np.float32)),
+                  z=rng.standard_normal((batch, dims.latent), np.float32), actions=actions,
+                  frame=rng.integers(0, 256, (batch, *dims.frame), dtype=np.uint8))
+    if kind == "torch":
+        arrays = {key: torch.from_numpy(value).to(rollout.device) for key, value in arrays.items()}
+    return LatentState(arrays["h"], arrays["z"]), arrays["actions"], arrays["frame"]
+
+
+def benchmark_backend(name: str, rollout: Rollout, args, sampling: Sampling) -> list[Result]:
+    sync = synchronizer(rollout.device)
+    kind = input_kind(rollout, args.host_io)
+    rng = np.random.default_rng(0)
+    results = []
+    for horizon in args.horizons:
+        for batch in args.batches:
+            state, actions, _ = random_inputs(rollout, batch, horizon, kind, rng)
+            rollout.warmup(batch, horizon, frames=False)
+            seconds = time_calls(lambda: rollout.imagine(state, actions), sync, sampling)
+            results.append(summarise(name, "imagine", batch, horizon, seconds))
+            print(f"  {name:16s} imagine B={batch:<5d} H={horizon:<3d} p50 {format_time(results[-1].p50_us)}",
+                  file=sys.stderr, flush=True)
+    state, actions, frame = random_inputs(rollout, 1, 1, kind, rng)
+    rollout.warmup(1, 1, frames=True)
+    seconds = time_calls(lambda: rollout.observe(state, frame, actions[:, 0]), sync, sampling)
+    results.append(summarise(name, "observe", 1, 1, seconds))
+    return results
+
+
+def fill_derived(results: list[Result], flops: dict | None, peaks: dict, precisions: dict) -> None:
+    """Speed-up over the baseline, achieved GFLOP/s and fraction of the peak, in place."""
+    baseline = {(r.call, r.batch, r.horizon): r.p50_us for r in results if r.backend == BASELINE}
+    for r in results:
+        base = baseline.get((r.call, r.batch, r.horizon))
+        r.speedup = base / r.p50_us if base is not None else None
+        if r.call == "imagine" and flops is not None:
+            r.gflops = r.steps_per_s * flops["per_step"] / 1e9
+            peak = peaks.get(precisions.get(r.backend, "float32"))
+            r.peak_fraction = r.gflops / peak["gflops"] if peak else None
+
+
+# --- reporting ----------------------------------------------------------------------------------------------
+
+def environment(device: torch.device, rollouts: dict[str, Rollout]) -> dict:
+    env = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+           "device": str(device), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+           "env_threads": {key: os.environ[key] for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if key in os.environ}}
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    env["backends"] = {name: ro.backend_detail for name, ro in rollouts.items()}
+    for name, ro in rollouts.items():
+        sessions = getattr(ro.backend, "sessions", None)
+        if sessions:
+            env[f"{name}_intra_op_threads"] = {graph: s.get_session_options().intra_op_num_threads
+                                               for graph, s in sessions.items()}
+        if name.startswith("tensorrt"):
+            import tensorrt
+
+            env["tensorrt"] = tensorrt.__version__
+    return env
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def format_time(us: float) -> str:
+    if us < 1e3:
+        return f"{us:.0f} µs"
+    if us < 1e6:
+        return f"{us / 1e3:.3g} ms"
+    return f"{us / 1e6:.3g} s"
+
+
+def format_optional(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown_table(results: list[Result]) -> str:
+    lines = ["| backend | call | B | H | p50 | p90 | p99 | calls | latent steps/s | × torch eager | GFLOP/s "
+             "| % matmul peak |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    order = sorted(results, key=lambda r: (r.call != "imagine", r.horizon, r.batch, BACKENDS.index(r.backend)))
+    for r in order:
+        fraction = None if r.peak_fraction is None else 100 * r.peak_fraction
+        lines.append(f"| {r.backend} | {r.call} | {r.batch} | {r.horizon} | {format_time(r.p50_us)} "
+                     f"| {format_time(r.p90_us)} | {format_time(r.p99_us)} | {r.calls} | {r.steps_per_s:.3g} "
+                     f"| {format_optional(r.speedup, '.2f')} | {format_optional(r.gflops, '.3g')} "
+                     f"| {format_optional(fraction, '.0f')} |")
+    return "\n".join(lines)
+
+
+def report_header(env: dict, flops: dict | None, peaks: dict, load: tuple, host_io: bool) -> str:
+    where = env.get("gpu", env["cpu"])
+    versions = ", ".join(f"{key} {env[key]}" for key in ("torch", "onnxruntime", "tensorrt", "cuda", "numpy")
+                         if key in env)
+    threads = f"torch {env['torch_threads']} intra-op / {env['torch_interop_threads']} inter-op threads"
+    for key, value in env.items():
+        if key.endswith("_intra_op_threads"):
+            threads += f"; {key.removesuffix('_intra_op_threads')} intra-op threads per graph {value}"
+    if env["env_threads"]:
+        threads += f"; {env['env_threads']}"
+    copies = ("inputs and outputs are host numpy arrays (host<->device copies included)" if host_io else
+              "inputs and outputs stay where the backend computes (no host<->device copy timed)")
+    lines = [f"Device: {env['device']} ({where}, {env['cpu_count']} CPUs). {versions}. {threads}.",
+             f"Load average (1, 5, 15 min) at start {load[0]}, at end {load[1]}.",
+             f"Timing: one Rollout call, device synchronised before each clock read; {copies}."]
+    if flops is not None:
+        lines.append(f"FLOPs per latent step: {flops['per_step'] / 1e6:.3f} M ({flops['counted']}).")
+    for peak in peaks.values():
+        lines.append(f"Matmul peak ({peak['size']}x{peak['size']} {peak['dtype']}, torch.matmul, best of "
+                     f"{peak['calls']}): {peak['gflops']:.1f} GFLOP/s (median {peak['median_gflops']:.1f}).")
+    lines.append("× torch eager: torch eager's p50 / this p50 in this run. % matmul peak: achieved GFLOP/s / "
+                 "that peak.")
+    return "\n".join(lines)
+
+
+def plot(results: list[Result], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    horizons = sorted({r.horizon for r in results if r.call == "imagine"})
+    styles = ["-", "--", ":", "-."]
+    for i, backend in enumerate(b for b in BACKENDS if any(r.backend == b for r in results)):
+        for j, horizon in enumerate(horizons):
+            rows = sorted((r for r in results if r.backend == backend and r.call == "imagine"
+                           and r.horizon == horizon), key=lambda r: r.batch)
+            if rows:
+                ax.plot([r.batch for r in rows], [r.p50_us / 1e3 for r in rows], marker="o", color=f"C{i}",
+                        linestyle=styles[j % len(styles)], label=f"{backend}, H={horizon}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("imagine p50 latency (ms)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- main ---------------------------------------------------------------------------------------------------
+
+def int_list(text: str) -> list[int]:
+    values = [int(item) for item in text.split(",") if item.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def backend_list(text: str) -> list[str]:
+    names = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown backend(s) {unknown}; expected some of {list(BACKENDS)}")
+    return names
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", help="export this checkpoint to a temporary folder and time it")
+    source.add_argument("--artifacts", help="time this artifact folder as it is (no export)")
+    parser.add_argument("--size", default="default", choices=sorted(wm_train.config.MODEL_PRESETS),
+                        help="model size of the random model used without --checkpoint/--artifacts")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--backends", type=backend_list, default=list(BACKENDS),
+                        help=f"comma-separated, from {','.join(BACKENDS)}")
+    parser.add_argument("--batches", type=int_list, default=None,
+                        help=f"comma-separated (default {','.join(map(str, BATCHES))}; "
+                             f"--quick: {','.join(map(str, QUICK_BATCHES))})")
+    parser.add_argument("--horizons", type=int_list, default=None,
+                        help=f"comma-separated (default {','.join(map(str, HORIZONS))}; "
+                             f"--quick: {','.join(map(str, QUICK_HORIZONS))})")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"fewer cells and calls ({QUICK.min_calls}+ per cell, {QUICK.budget_s} s budget)")
+    parser.add_argument("--host-io", action="store_true", help="pass and get numpy arrays on the host")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--plot", type=Path, help="write latency vs batch (log-log) here")
+    args = parser.parse_args(argv)
+    args.batches = args.batches or list(QUICK_BATCHES if args.quick else BATCHES)
+    args.horizons = args.horizons or list(QUICK_HORIZONS if args.quick else HORIZONS)
+    return args
+
+
+def run(args) -> dict:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
+    sampling = QUICK if args.quick else FULL
+    load_start = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="wm-rollout-bench-") as scratch:
+        folders, skipped = prepare_artifacts(args, Path(scratch), args.backends, device)
+        rollouts = {}
+        for name in args.backends:
+            if name in skipped:
+                continue
+            try:
+                rollouts[name] = load_backend(name, folders, device, max(args.batches))
+            except (ValueError, FileNotFoundError, ImportError) as error:
+                skipped[name] = str(error)
+
+        # The layer sizes come from the checkpoint the graphs were exported from (None when it is gone).
+        checkpoint = Path(load_manifest(folders["onnx"])["checkpoint"]["path"])
+        flops = step_flops(wm_train.load_checkpoint(checkpoint)[0].rssm) if checkpoint.is_file() else None
+
+        peaks = {"float32": matmul_peak(device, torch.float32, sampling)}
+        if "tensorrt-fp16" in rollouts:
+            peaks["float16"] = matmul_peak(device, torch.float16, sampling)
+        results = []
+        for name, rollout in rollouts.items():
+            results += benchmark_backend(name, rollout, args, sampling)
+        env = environment(device, rollouts)
+    fill_derived(results, flops, peaks, {"tensorrt-fp16": "float16"})
+    load = (tuple(round(x, 2) for x in load_start), tuple(round(x, 2) for x in os.getloadavg()))
+    return {"environment": env, "load_average": {"start": load[0], "end": load[1]}, "flops": flops,
+            "matmul_peak": peaks, "host_io": args.host_io, "quick": args.quick,
+            "sampling": dataclasses.asdict(sampling), "results": [dataclasses.asdict(r) for r in results],
+            "skipped": skipped}
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        sys.exit(f"rollout_latency: {error}")
+    results = [Result(**r) for r in report["results"]]
+    load = report["load_average"]
+    print(report_header(report["environment"], report["flops"], report["matmul_peak"],
+                        (load["start"], load["end"]), args.host_io))
+    print()
+    print(markdown_table(results))
+    if report["skipped"]:
+        print()
+        for name, reason in report["skipped"].items():
+            print(f"- skipped {name}: {reason}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        env = report["environment"]
+        plot(results, args.plot, f"Rollout.imagine on {env.get('gpu', env['cpu'])} ({env['device']})")
+
+
+if __name__ == "__main__":
+    main()
