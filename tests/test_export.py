@@ -94,7 +94,7 @@ def test_export_writes_the_contract_files_next_to_the_checkpoint(checkpoint, exp
 
 def test_graphs_accept_any_batch_size_and_match_the_model(checkpoint, exported):
     model, cfg, _ = load_checkpoint(checkpoint)
-    torch_runner = TorchRunner(build_graphs(model))
+    torch_runner = TorchRunner(build_graphs(model), graph_specs(cfg.model))
     onnx_runner = OnnxRuntimeRunner({n: exported / f"{n}.onnx" for n in ("encoder", "prior_step", "decoder")})
     rng = np.random.default_rng(1)
     for batch in (1, 3, 300):
@@ -185,7 +185,7 @@ def test_parity_gate_names_the_output_of_a_perturbed_graph(checkpoint, exported,
     for name, path in files.items():
         shutil.copy(exported / path.name, path)
     _perturb(files["decoder"])
-    reference_runner = TorchRunner(build_graphs(model))
+    reference_runner = TorchRunner(build_graphs(model), specs)
     inputs = make_inputs(reference_runner, specs, extras["action_codec"])
     reference = collect_outputs(reference_runner, specs, inputs)
     with pytest.raises(ParityError, match=r"decoder\.frames max abs error [0-9.e-]+ > tolerance 1e-03") as caught:

@@ -70,7 +70,7 @@ def test_fp16_source_graph_has_float32_io_and_float16_weights(tmp_path):
                             "z": rng.standard_normal((5, 8), np.float32),
                             "action": rng.standard_normal((5, 3), np.float32)},
              "decoder": {"z": rng.standard_normal((5, 8), np.float32)}}
-    fp16, fp32 = OnnxRuntimeRunner(files), TorchRunner(graphs)
+    fp16, fp32 = OnnxRuntimeRunner(files), TorchRunner(graphs, specs)
     for graph, feed in feeds.items():
         got, want = fp16(graph, feed), fp32(graph, feed)
         for name in want:

@@ -48,9 +48,9 @@ def main(checkpoint: Path, out_dir: Path | None, trt: bool, fp16: bool | None, o
     """Export a checkpoint to an artifact folder: ONNX graphs (encoder, prior_step, decoder) with a dynamic
     batch axis, checked against the PyTorch model with onnxruntime, optional TensorRT engines, manifest.json.
 
-    Defaults for the options come from the `export` section of the checkpoint's config; the values in
-    brackets are those of a default config. The TensorRT timing cache is kept in tensorrt_timing.cache beside the
-    artifact folder."""
+    Defaults for the options come from the `export` section of the checkpoint's config (in parentheses: a
+    default config's values). The TensorRT timing cache is kept in tensorrt_timing.cache beside the artifact
+    folder and reused by later exports."""
     try:
         folder = export_artifacts(checkpoint, out_dir, trt=trt, fp16=fp16, opt_batch=opt_batch,
                                   max_batch=max_batch, opset=opset, decoder=decoder, force=force, data=data,

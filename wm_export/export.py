@@ -80,7 +80,7 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
             export_onnx(graphs[name], specs[name], onnx_files[name], settings.opset,
                         {**metadata, "graph": name})
 
-        reference_runner = parity.TorchRunner(graphs)
+        reference_runner = parity.TorchRunner(graphs, specs)
         inputs = parity.make_inputs(reference_runner, specs, codec, frames, source)
         reference = parity.collect_outputs(reference_runner, specs, inputs, "torch", progress)
         reports = {"onnxruntime": parity.run_parity_gate(

@@ -80,25 +80,29 @@ class ParityInputs:
 
 
 class TorchRunner:
-    """The PyTorch wrappers as a runner (float32, no autograd)."""
+    """The PyTorch wrappers as a runner (no autograd)."""
 
-    def __init__(self, graphs: dict[str, nn.Module]):
+    def __init__(self, graphs: dict[str, nn.Module], specs: dict[str, GraphSpec]):
         self.graphs = graphs
+        self.specs = specs
 
     def __call__(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        module = self.graphs[graph]
+        spec = self.specs[graph]
         with torch.inference_mode():
-            outputs = module(*(torch.from_numpy(x) for x in inputs.values()))
+            outputs = self.graphs[graph](*(torch.from_numpy(inputs[name]) for name in spec.input_names))
         outputs = (outputs,) if isinstance(outputs, torch.Tensor) else outputs
-        names = _OUTPUT_NAMES[graph]
-        return {name: y.numpy() for name, y in zip(names, outputs)}
+        return {name: y.numpy() for name, y in zip(spec.output_names, outputs, strict=True)}
 
 
 class OnnxRuntimeRunner:
     """ONNX files run with onnxruntime's CPU provider."""
 
     def __init__(self, files: dict[str, Path]):
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError('the parity check runs the graphs with onnxruntime, which is not installed; '
+                              'pip install ".[cpu]" (or ".[gpu]")') from None
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
@@ -109,10 +113,6 @@ class OnnxRuntimeRunner:
         session = self.sessions[graph]
         names = [o.name for o in session.get_outputs()]
         return dict(zip(names, session.run(names, inputs)))
-
-
-_OUTPUT_NAMES = {"encoder": ("z_mean", "z_std"), "prior_step": ("h_next", "prior_mean", "prior_std"),
-                 "decoder": ("frames",)}
 
 
 def load_frames(data_dir: str | Path, cfg: Config, count: int = max(BATCH_SIZES)) -> tuple[np.ndarray, str]:

@@ -96,8 +96,8 @@ def _build_engine(trt, logger, onnx_path: Path, plan_path: Path, profile: dict[s
     config.add_optimization_profile(shapes)
 
     cache = config.create_timing_cache(cache_blob)
-    # A cache from another GPU or TensorRT version is refused; start from an empty one then.
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
+    # A cache from another GPU or TensorRT version (or a damaged file) is refused; start from an empty one.
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     serialized = builder.build_serialized_network(network, config)
