@@ -52,7 +52,7 @@ from torch import nn
 
 import wm_train
 from wm_deploy import LatentState, Rollout
-from wm_export import export_artifacts, load_manifest
+from wm_export import EngineBuildError, ParityError, TensorRTUnavailableError, export_artifacts, load_manifest
 
 BACKENDS = ("torch", "torch-cudagraphs", "onnxruntime", "tensorrt-fp32", "tensorrt-fp16")
 BASELINE = "torch"
@@ -187,14 +187,17 @@ def prepare_artifacts(args, scratch: Path, wanted: list[str], device: torch.devi
     common = dict(decoder=False, max_batch=max(max_batch, wm_train.config.ExportConfig.max_batch))
     folders = {}
     for precision in ("fp32", "fp16"):
-        if f"tensorrt-{precision}" not in trt_wanted:
+        name = f"tensorrt-{precision}"
+        if name not in trt_wanted or name in skipped:
             continue
         folder = scratch / f"artifacts-{precision}"
         try:
             export_artifacts(checkpoint, folder, trt=True, fp16=precision == "fp16", **common)
             folders[precision] = folder
-        except Exception as error:  # TensorRT missing, engine build or parity failure: report, keep going
-            skipped[f"tensorrt-{precision}"] = f"export failed: {type(error).__name__}: {error}"
+        except TensorRTUnavailableError as error:  # raised after publishing the ONNX artifacts
+            skipped.update({n: str(error) for n in trt_wanted if n.removeprefix("tensorrt-") not in folders})
+        except (EngineBuildError, ParityError) as error:
+            skipped[name] = f"export failed: {type(error).__name__}: {error}"
         if folder.is_dir():
             folders.setdefault("onnx", folder)  # the ONNX graphs are published even without TensorRT
     if "onnx" not in folders:
