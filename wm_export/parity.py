@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 from wm_train.actions import ActionCodec
 from wm_train.config import Config
-from wm_train.data import episode_paths, load_episode, split_episodes
 
 from .graphs import BATCH, GraphSpec
 
@@ -119,6 +118,10 @@ def load_frames(data_dir: str | Path, cfg: Config, count: int = max(BATCH_SIZES)
     """`count` frames uint8 [count, H, W, 3] evenly spaced over the validation episodes of `data_dir` (the
     split training made with this config; every episode when there is only one), repeated when they hold
     fewer -> (frames, a description of where they came from)."""
+    # Imported here: wm_deploy imports wm_export (manifest helpers, graph wrappers) and must not load the
+    # training data pipeline.
+    from wm_train.data import episode_paths, load_episode, split_episodes
+
     paths = episode_paths(data_dir)
     split = "all episodes"
     if len(paths) >= 2:
