@@ -310,6 +310,11 @@ def test_cli_errors_are_one_line_with_exit_codes(checkpoint, tmp_path, monkeypat
     assert result.exit_code == EXIT_ERROR and "already exists" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    result = runner.invoke(main, [str(tmp_path / "notes.txt")])
+    assert result.exit_code == EXIT_ERROR
+    assert len(result.stderr.strip().splitlines()) == 1 and "is not a readable wm checkpoint" in result.stderr
+
     result = runner.invoke(main, [str(checkpoint), "--max-batch", "0"])
     assert result.exit_code == 2  # click's usage error
 
@@ -337,5 +342,6 @@ def test_cli_trt_without_tensorrt_exits_3_and_keeps_the_onnx_artifacts(checkpoin
     assert len(lines) == 1 and 'pip install ".[gpu]"' in lines[0]
     assert ("TensorRT is not installed" if not has_tensorrt else "no CUDA device") in lines[0]
     assert f"ONNX artifacts are complete in {tmp_path / 'a'}" in lines[0]
+    assert "onnxruntime  rollout50.z" in result.stdout  # the ONNX parity table still comes out
     manifest = verify_folder(tmp_path / "a")
     assert manifest["tensorrt"] is None and set(manifest["graphs"]) == {"encoder", "prior_step", "decoder"}

@@ -59,9 +59,15 @@ def main(checkpoint: Path, out_dir: Path | None, trt: bool, fp16: bool | None, o
         click.echo(format_table({error.backend: error.report}), err=True)
         _fail(error, EXIT_PARITY)
     except TensorRTUnavailableError as error:
+        if error.artifacts is not None:
+            _report(error.artifacts)
         _fail(error, EXIT_NO_TENSORRT)
     except (FileNotFoundError, FileExistsError, ValueError, ImportError, EngineBuildError) as error:
         _fail(error, EXIT_ERROR)
+    _report(folder)
+
+
+def _report(folder: Path) -> None:
     manifest = load_manifest(folder)
     reports = dict(manifest["parity"])
     if manifest["tensorrt"]:
@@ -72,5 +78,7 @@ def main(checkpoint: Path, out_dir: Path | None, trt: bool, fp16: bool | None, o
 
 
 def _fail(error: Exception, code: int) -> None:
-    click.echo(f"Error: {error}", err=True)
+    # One line: some causes (torch.load's unpickling errors) carry a multi-line explanation after the first.
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    click.echo(f"Error: {lines[0]}", err=True)
     sys.exit(code)

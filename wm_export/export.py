@@ -110,7 +110,7 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
         raise
     if unavailable is not None:
         raise tensorrt_build.TensorRTUnavailableError(
-            f"{unavailable}; the ONNX artifacts are complete in {dest}")
+            f"{unavailable}; the ONNX artifacts are complete in {dest}", artifacts=dest)
     return dest
 
 

@@ -24,7 +24,11 @@ INSTALL_HINT = 'install the GPU extra: pip install ".[gpu]"'
 
 
 class TensorRTUnavailableError(RuntimeError):
-    """TensorRT or a CUDA device is missing."""
+    """TensorRT or a CUDA device is missing. `artifacts`: the ONNX-only folder written anyway, if any."""
+
+    def __init__(self, message: str, artifacts: Path | None = None):
+        super().__init__(message)
+        self.artifacts = artifacts
 
 
 class EngineBuildError(RuntimeError):
