@@ -19,9 +19,6 @@ from wm_train.model import RSSM, Decoder, Encoder, WorldModel
 BATCH = "batch"
 """name of the dynamic batch axis in every graph"""
 
-GRAPH_NAMES = ("encoder", "prior_step", "decoder")
-
-
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
