@@ -63,7 +63,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path} is not a readable wm checkpoint: {type(error).__name__}: {error}") from None
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(f"{path} is not a readable wm checkpoint: {type(error).__name__}: {first_line}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a wm checkpoint (no format={FORMAT!r} entry)")
     if payload.get("format_version") != FORMAT_VERSION:
