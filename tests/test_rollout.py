@@ -171,9 +171,6 @@ def test_a_checkpoint_loads_on_the_torch_backend():
     assert isinstance(state, LatentState) and state.z.shape == (1, rollout.dims.latent)
 
 
-@pytest.mark.xfail(reason="wm_export/parity.py imports wm_train.data at module level, and importing anything from "
-                          "wm_export runs wm_export/__init__ -> export -> parity; needs that import moved into "
-                          "parity.load_frames", strict=False)
 def test_importing_and_running_wm_deploy_leaves_the_trainer_unimported():
     script = (
         "import sys, numpy as np\n"

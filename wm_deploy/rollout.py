@@ -36,16 +36,19 @@ WORKSPACE_CACHE = 16
 
 
 def imagine_loop(step_into, ops: ArrayOps, ws: Workspace, sample: bool) -> None:
-    """The H prior steps of one imagine call, entirely inside `ws`: z_t+1 is the prior mean, or with
-    `sample` mean + std * noise_t. Allocates nothing, so a GPU backend can capture it as it is."""
+    """The H prior steps of one imagine call, entirely inside `ws`: z_t+1 is the prior mean (the step wrote
+    it there), or with `sample` mean + std * noise_t. Allocates nothing, so a GPU backend can capture it as
+    it is. The noise buffer is consumed (scaled in place); it is refilled before every call."""
+    if not sample:
+        for t in range(ws.steps):
+            step_into(ws, t)
+        return
     zs, means, stds, noises = ws.zs, ws.means, ws.stds, ws.noises
     for t in range(ws.steps):
         step_into(ws, t)
-        if sample:
-            ops.mul(stds[t], noises[t], zs[t + 1])
-            ops.add(zs[t + 1], means[t], zs[t + 1])
-        else:
-            ops.copy(zs[t + 1], means[t])
+        ops.copy(means[t], zs[t + 1])
+        ops.mul(noises[t], stds[t], noises[t])
+        ops.add(zs[t + 1], noises[t], zs[t + 1])
 
 
 class Rollout:
@@ -184,7 +187,7 @@ class Rollout:
                     ops.as_torch(ws.noise).normal_(generator=generator)
             self._runner(ws, sample)()
             return Trajectory(z=ops.read(ws.z[1:], kind, swap01=True), h=ops.read(ws.h[1:], kind, swap01=True),
-                              prior_mean=ops.read(ws.prior_mean, kind, swap01=True),
+                              prior_mean=ops.read(ws.prior_mean if sample else ws.z[1:], kind, swap01=True),
                               prior_std=ops.read(ws.prior_std, kind, swap01=True))
 
     def decode(self, z):
@@ -227,7 +230,7 @@ class Rollout:
             ops.write(ws.zs[0], z)
             ops.write(ws.actions[0], self._encode_actions(action))
             self.backend.step_into(ws, 0)
-            return ops.read(ws.hs[1], kind), ops.read(ws.means[0], kind), ops.read(ws.stds[0], kind)
+            return ops.read(ws.hs[1], kind), ops.read(ws.zs[1], kind), ops.read(ws.stds[0], kind)
 
     def warmup(self, batch: int, horizon: int, *, frames: bool = True) -> None:
         """Allocate the buffers of (batch, horizon) and run each path once on zeros, so the first real call

@@ -68,7 +68,7 @@ class NumpyOps:
         return np.zeros(shape, dtype=dtype)
 
     def copy(self, dst, src):
-        np.copyto(dst, src)
+        dst[...] = src  # same as np.copyto, a third of its call overhead
 
     def mul(self, a, b, out):
         np.multiply(a, b, out=out)
@@ -79,7 +79,7 @@ class NumpyOps:
     def write(self, dst, src, swap01=False):
         if isinstance(src, torch.Tensor):
             src = src.detach().cpu().numpy()
-        np.copyto(dst, src.swapaxes(0, 1) if swap01 else src)
+        dst[...] = src.swapaxes(0, 1) if swap01 else src
 
     def read(self, src, kind, swap01=False):
         out = (src.swapaxes(0, 1) if swap01 else src).copy()  # ndarray.copy is C-contiguous
@@ -130,7 +130,9 @@ class Workspace:
 
     Time-major, so that every step reads and writes contiguous [B, ...] slices: h [T+1, B, D] and z [T+1, B, S]
     hold the start state at index 0 and the state after step t at t+1; prior_mean, prior_std, noise [T, B, S]
-    and action [T, B, A] are indexed by step. With `frames`, also obs uint8 [B, H, W, 3], the posterior
+    and action [T, B, A] are indexed by step. A step writes its prior mean into z[t+1], which is the next z
+    as it stands when rolling out the mean (no copy per step); only a sampling loop keeps the mean apart in
+    prior_mean[t] before replacing z[t+1] with the draw. With `frames`, also obs uint8 [B, H, W, 3], the posterior
     post_mean, post_std [B, S] and the decoded recon float32 [B, H, W, 3].
     """
 
@@ -193,7 +195,8 @@ class Backend(Protocol):
         """ws.obs -> ws.post_mean, ws.post_std."""
 
     def step_into(self, ws: Workspace, t: int) -> None:
-        """(ws.h[t], ws.z[t], ws.action[t]) -> ws.h[t + 1], ws.prior_mean[t], ws.prior_std[t]."""
+        """(ws.h[t], ws.z[t], ws.action[t]) -> h_next into ws.h[t + 1], prior mean into ws.z[t + 1], prior std
+        into ws.prior_std[t]."""
 
     def decode_into(self, ws: Workspace) -> None:
         """ws.post_mean -> ws.recon."""

@@ -42,7 +42,7 @@ class TorchBackend:
     def step_into(self, ws: Workspace, t: int) -> None:
         h_next, mean, std = self.prior_step(ws.hs[t], ws.zs[t], ws.actions[t])
         ws.hs[t + 1].copy_(h_next)
-        ws.means[t].copy_(mean)
+        ws.zs[t + 1].copy_(mean)
         ws.stds[t].copy_(std)
 
     def decode_into(self, ws: Workspace) -> None:

@@ -104,7 +104,7 @@ class TrtBackend:
         ws = Workspace.allocate(self.ops, self.dims, batch, steps, frames)
         ws.private["steps"] = [
             [("h", ws.hs[t].data_ptr()), ("z", ws.zs[t].data_ptr()), ("action", ws.actions[t].data_ptr()),
-             ("h_next", ws.hs[t + 1].data_ptr()), ("prior_mean", ws.means[t].data_ptr()),
+             ("h_next", ws.hs[t + 1].data_ptr()), ("prior_mean", ws.zs[t + 1].data_ptr()),
              ("prior_std", ws.stds[t].data_ptr())]
             for t in range(steps)]
         if frames:
