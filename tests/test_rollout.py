@@ -180,3 +180,11 @@ def test_importing_and_running_wm_deploy_leaves_the_trainer_unimported():
         "print(sorted(m for m in sys.modules if m in ('wm_train.trainer', 'wm_train.data')))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", f"wm_deploy imported {result.stdout.strip()}"
+
+
+def test_from_model_runs_a_model_in_memory_like_its_checkpoint(model):
+    in_memory = Rollout.from_model(model, CODECS["continuous"], device="cpu")
+    from_file = Rollout.load(tiny_checkpoint("continuous"), backend="torch", device="cpu")
+    frames, actions = random_frames(2), random_actions("continuous", 2, 6)
+    a, b = (ro.imagine(ro.observe(ro.initial(2), frames), actions) for ro in (in_memory, from_file))
+    assert in_memory.backend_name == "torch" and max_abs(a.z, b.z) == 0

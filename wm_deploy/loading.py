@@ -122,14 +122,14 @@ def choose_backend(source: Source, device: torch.device) -> tuple[str, str]:
 
 
 def build_backend(name: str, source: Source, device: torch.device, max_batch: int | None,
-                  frame_threads: int | None) -> tuple[Backend, ActionCodec]:
+                  frame_threads: int | None = None, cuda_graphs: bool = True) -> tuple[Backend, ActionCodec]:
     reason = unavailable(name, source, device)
     if reason is not None:
         if name == "torch" and source.is_folder:
             raise FileNotFoundError(reason)
         raise ValueError(f"backend {name!r} cannot run {source.path} on {device}: {reason}")
     if not source.is_folder:
-        return _torch_backend(source.path, None, device, max_batch)
+        return _torch_backend(source.path, None, device, max_batch, cuda_graphs)
 
     from wm_export.manifest import verify_file
 
@@ -142,7 +142,7 @@ def build_backend(name: str, source: Source, device: torch.device, max_batch: in
     if max_batch is None:
         max_batch = profile_max or ExportConfig.max_batch
     if name == "torch":
-        backend, _ = _torch_backend(Path(manifest["checkpoint"]["path"]), manifest, device, max_batch)
+        backend, _ = _torch_backend(Path(manifest["checkpoint"]["path"]), manifest, device, max_batch, cuda_graphs)
         return backend, codec
     if name == "onnxruntime":
         from .backends.ort_backend import OrtBackend
@@ -155,10 +155,11 @@ def build_backend(name: str, source: Source, device: torch.device, max_batch: in
     if max_batch > profile_max:
         raise ValueError(f"max_batch {max_batch} exceeds the TensorRT engines' profile maximum {profile_max}")
     plans = {g: verify_file(source.path, manifest, e["file"]) for g, e in trt_section["engines"].items()}
-    return TrtBackend(plans, trt_section, dims, device, max_batch), codec
+    return TrtBackend(plans, trt_section, dims, device, max_batch, cuda_graphs), codec
 
 
-def _torch_backend(checkpoint: Path, manifest: dict | None, device: torch.device, max_batch: int | None):
+def _torch_backend(checkpoint: Path, manifest: dict | None, device: torch.device, max_batch: int | None,
+                   cuda_graphs: bool):
     from wm_export.manifest import sha256_file
 
     from .backends.torch_backend import TorchBackend
@@ -170,7 +171,7 @@ def _torch_backend(checkpoint: Path, manifest: dict | None, device: torch.device
                              "checkpoint changed after export, so the torch reference would not match the graphs")
     model, cfg, extras = load_checkpoint(checkpoint, map_location=device)
     codec = extras["action_codec"]
-    backend = TorchBackend(model, device, max_batch or cfg.export.max_batch)
+    backend = TorchBackend(model, device, max_batch or cfg.export.max_batch, cuda_graphs)
     if manifest is not None and backend.dims != manifest_dims(manifest):
         raise ValueError(f"{checkpoint}: model dims {backend.dims} differ from the manifest's {manifest_dims(manifest)}")
     return backend, codec

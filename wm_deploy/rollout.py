@@ -75,20 +75,23 @@ class Rollout:
 
     @classmethod
     def load(cls, path: str | Path, backend: str = "auto", device: str | torch.device = "auto", *,
-             max_batch: int | None = None, seed: int = 0, frame_threads: int | None = None) -> Rollout:
+             max_batch: int | None = None, seed: int = 0, frame_threads: int | None = None,
+             cuda_graphs: bool = True) -> Rollout:
         """Load an artifact folder (written by wm-export) or a checkpoint (torch backend only).
 
         backend: `auto` (the fastest available on the device; logged once), `torch`, `onnxruntime` or
         `tensorrt`. device: `auto` (CUDA when torch sees one), `cpu`, `cuda` or `cuda:N`. max_batch: the largest
         batch accepted (default: the TensorRT profile's, else the export config's). seed: of the generator that
-        draws `imagine(sample=True)` noise. frame_threads: onnxruntime CPU threads of the encoder and decoder.
+        draws `imagine(sample=True)` noise. frame_threads: onnxruntime CPU threads of the encoder and decoder
+        (default 1, right for small batches). cuda_graphs: capture the imagine loop in CUDA graphs on GPU
+        (torch and TensorRT backends); off, every step is launched from Python (for comparisons).
         """
         device = resolve_device(device)
         source = open_source(path)
         reason = ""
         if backend == "auto":
             backend, reason = choose_backend(source, device)
-        built, codec = build_backend(backend, source, device, max_batch, frame_threads)
+        built, codec = build_backend(backend, source, device, max_batch, frame_threads, cuda_graphs)
         rollout = cls(built, codec, seed=seed, reason=reason)
         if reason:
             logger.info("wm_deploy: backend auto -> %s (%s); %s", built.name, built.detail, reason)
@@ -96,11 +99,11 @@ class Rollout:
 
     @classmethod
     def from_model(cls, model: WorldModel, codec: ActionCodec, device: str | torch.device = "cpu", *,
-                   max_batch: int = 4096, seed: int = 0) -> Rollout:
+                   max_batch: int = 4096, seed: int = 0, cuda_graphs: bool = True) -> Rollout:
         """The torch backend on a model in memory (e.g. freshly trained), without a checkpoint file."""
         from .backends.torch_backend import TorchBackend
 
-        return cls(TorchBackend(model, resolve_device(device), max_batch), codec, seed=seed)
+        return cls(TorchBackend(model, resolve_device(device), max_batch, cuda_graphs), codec, seed=seed)
 
     @property
     def backend_name(self) -> str:

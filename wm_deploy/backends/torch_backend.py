@@ -17,7 +17,7 @@ from .base import Dims, TorchOps, Workspace, capture_cuda_graph
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: WorldModel, device: torch.device, max_batch: int):
+    def __init__(self, model: WorldModel, device: torch.device, max_batch: int, cuda_graphs: bool = True):
         self.device = device
         self.model = model.to(device).eval().requires_grad_(False)
         cfg = model.cfg
@@ -28,7 +28,7 @@ class TorchBackend:
         # The wrappers wm_export exports, so that every backend computes the same function (uint8 NHWC in, ...).
         graphs = build_graphs(self.model)
         self.encoder, self.prior_step, self.decoder = graphs["encoder"], graphs["prior_step"], graphs["decoder"]
-        self.capture = device.type == "cuda"
+        self.capture = cuda_graphs and device.type == "cuda"
         self.detail = f"PyTorch {torch.__version__} on {device}" + (", CUDA graphs" if self.capture else ", eager")
 
     def workspace(self, batch: int, steps: int, frames: bool) -> Workspace:

@@ -45,7 +45,8 @@ def check_engine_compatible(section: dict, device: torch.device, trt_version: st
 class TrtBackend:
     name = "tensorrt"
 
-    def __init__(self, plans: dict[str, Path], section: dict, dims: Dims, device: torch.device, max_batch: int):
+    def __init__(self, plans: dict[str, Path], section: dict, dims: Dims, device: torch.device, max_batch: int,
+                 cuda_graphs: bool = True):
         """`plans`: graph name -> verified .plan path (`decoder` optional); `section`: the manifest's
         `tensorrt` entry."""
         from wm_export.tensorrt_build import require_tensorrt
@@ -58,8 +59,9 @@ class TrtBackend:
         self.ops = TorchOps(device)
         self.max_batch = max_batch
         self.has_decoder = "decoder" in plans
+        self.capture = cuda_graphs
         self.detail = (f"TensorRT {trt.__version__} {section['precision']} on {section['gpu']}, "
-                       "name-based tensor API, CUDA graphs")
+                       f"name-based tensor API, {'CUDA graphs' if cuda_graphs else 'one enqueue per step'}")
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines, self.contexts, self.inputs = {}, {}, {}
         self._shape_batch = {}  # graph -> batch its context's input shapes are set for
@@ -125,7 +127,7 @@ class TrtBackend:
     def compile(self, loop, ws: Workspace):
         # The warm-up runs inside capture_cuda_graph also flush TensorRT's deferred shape-dependent work, which
         # the TensorRT guide asks for (one enqueue after set_input_shape) before a capture.
-        return capture_cuda_graph(loop, self.device)
+        return capture_cuda_graph(loop, self.device) if self.capture else loop
 
     def scope(self):
         return contextlib.nullcontext()
