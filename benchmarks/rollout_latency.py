@@ -45,6 +45,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -65,13 +66,16 @@ MATMUL_SIZE = 2048
 
 @dataclass(frozen=True)
 class Sampling:
-    """How many calls a cell is timed over: at least `min_calls`, then more while under `budget_s` seconds,
-    at most `max_calls`."""
+    """How many calls each backend of a cell is timed over (see `time_calls`)."""
 
     min_calls: int
+    """timed calls at least"""
     max_calls: int
+    """timed calls at most"""
     budget_s: float
+    """seconds per backend and cell: once `min_calls` are done, no call starts after it"""
     warmup_calls: int
+    """untimed calls at most, after `Rollout.warmup` (at least one)"""
 
 
 FULL = Sampling(min_calls=5, max_calls=1000, budget_s=2.0, warmup_calls=3)
@@ -110,21 +114,31 @@ def synchronizer(device: torch.device):
     return lambda: None
 
 
-def time_calls(call, sync, sampling: Sampling) -> np.ndarray:
-    """Seconds per call of `call()`, each bracketed by device synchronisations, after untimed warm-up calls."""
-    for _ in range(sampling.warmup_calls):
-        call()
+def time_calls(calls: dict[str, Callable[[], object]], sync, sampling: Sampling) -> dict[str, np.ndarray]:
+    """Seconds per call of each of `calls`, each call bracketed by device synchronisations.
+
+    The calls take turns, one of each per round, so that every backend of a cell sees the same load on a shared
+    machine and their ratios stay fair. One untimed warm-up round first, and more (up to `warmup_calls`) while
+    under half the budget; then at least `min_calls` timed rounds and more while under `budget_s` per callable,
+    at most `max_calls`."""
+    budget = sampling.budget_s * len(calls)
+    start, rounds = time.perf_counter(), 0
+    while rounds < sampling.warmup_calls and (rounds == 0 or time.perf_counter() - start < budget / 2):
+        for call in calls.values():
+            call()
+        rounds += 1
     sync()
-    samples = []
-    start = time.perf_counter()
-    while len(samples) < sampling.max_calls and (
-            len(samples) < sampling.min_calls or time.perf_counter() - start < sampling.budget_s):
-        sync()
-        t0 = time.perf_counter()
-        call()
-        sync()
-        samples.append(time.perf_counter() - t0)
-    return np.asarray(samples)
+    samples = {name: [] for name in calls}
+    start, rounds = time.perf_counter(), 0
+    while rounds < sampling.max_calls and (rounds < sampling.min_calls or time.perf_counter() - start < budget):
+        for name, call in calls.items():
+            sync()
+            t0 = time.perf_counter()
+            call()
+            sync()
+            samples[name].append(time.perf_counter() - t0)
+        rounds += 1
+    return {name: np.asarray(seconds) for name, seconds in samples.items()}
 
 
 def summarise(backend: str, call: str, batch: int, horizon: int, seconds: np.ndarray) -> Result:
@@ -139,7 +153,7 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, sampling: Sampling) ->
     generator = torch.Generator(device).manual_seed(0)
     a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=generator) for _ in range(2))
     out = torch.empty(n, n, device=device, dtype=dtype)
-    seconds = time_calls(lambda: torch.matmul(a, b, out=out), synchronizer(device), sampling)
+    seconds = time_calls({"matmul": lambda: torch.matmul(a, b, out=out)}, synchronizer(device), sampling)["matmul"]
     flops = 2 * n**3
     return {"dtype": str(dtype).removeprefix("torch."), "size": n, "calls": len(seconds),
             "gflops": flops / seconds.min() / 1e9, "median_gflops": flops / np.median(seconds) / 1e9}
@@ -237,38 +251,41 @@ def input_kind(rollout: Rollout, host_io: bool) -> str:
     return "numpy" if host_io or rollout.ops.kind == "numpy" else "torch"
 
 
-def random_inputs(rollout: Rollout, batch: int, horizon: int, kind: str, rng: np.random.Generator):
-    """A state that has seen a frame, raw actions [B, H, A] and one frame, as `kind` on the right device."""
+def prepared_call(rollout: Rollout, call: str, batch: int, horizon: int, host_io: bool,
+                  rng: np.random.Generator) -> Callable[[], object]:
+    """Warm `rollout` up for one cell and return the call to time, its random inputs bound: a state that has
+    seen a frame, raw actions [B, H, A] (and a frame for observe), as arrays of the kind `input_kind` picks."""
     dims, codec = rollout.dims, rollout.codec
     if codec.mode == "discrete":
         actions = rng.integers(0, codec.dim, (batch, horizon))
     else:
         actions = rng.uniform(-1, 1, (batch, horizon, codec.dim)).astype(np.float32)
     arrays = dict(h=np.tanh(rng.standard_normal((batch, dims.deter), np.float32)),
-                  z=rng.standard_normal((batch, dims.latent), np.float32), actions=actions,
-                  frame=rng.integers(0, 256, (batch, *dims.frame), dtype=np.uint8))
-    if kind == "torch":
+                  z=rng.standard_normal((batch, dims.latent), np.float32), actions=actions)
+    if call == "observe":
+        arrays["frame"] = rng.integers(0, 256, (batch, *dims.frame), dtype=np.uint8)
+    if input_kind(rollout, host_io) == "torch":
         arrays = {key: torch.from_numpy(value).to(rollout.device) for key, value in arrays.items()}
-    return LatentState(arrays["h"], arrays["z"]), arrays["actions"], arrays["frame"]
+    state = LatentState(arrays["h"], arrays["z"])
+    if call == "observe":
+        rollout.warmup(batch, 1, frames=True)
+        return lambda: rollout.observe(state, arrays["frame"], arrays["actions"][:, 0])
+    rollout.warmup(batch, horizon, frames=False)
+    return lambda: rollout.imagine(state, arrays["actions"])
 
 
-def benchmark_backend(name: str, rollout: Rollout, args, sampling: Sampling) -> list[Result]:
-    sync = synchronizer(rollout.device)
-    kind = input_kind(rollout, args.host_io)
+def benchmark(rollouts: dict[str, Rollout], device: torch.device, args, sampling: Sampling) -> list[Result]:
+    """Every cell (imagine at each horizon and batch, observe at batch 1) on every backend."""
     rng = np.random.default_rng(0)
+    cells = [("imagine", batch, horizon) for horizon in args.horizons for batch in args.batches]
     results = []
-    for horizon in args.horizons:
-        for batch in args.batches:
-            state, actions, _ = random_inputs(rollout, batch, horizon, kind, rng)
-            rollout.warmup(batch, horizon, frames=False)
-            seconds = time_calls(lambda: rollout.imagine(state, actions), sync, sampling)
-            results.append(summarise(name, "imagine", batch, horizon, seconds))
-            print(f"  {name:16s} imagine B={batch:<5d} H={horizon:<3d} p50 {format_time(results[-1].p50_us)}",
+    for call, batch, horizon in cells + [("observe", 1, 1)]:
+        calls = {name: prepared_call(rollout, call, batch, horizon, args.host_io, rng)
+                 for name, rollout in rollouts.items()}
+        for name, seconds in time_calls(calls, synchronizer(device), sampling).items():
+            results.append(summarise(name, call, batch, horizon, seconds))
+            print(f"  {call} B={batch:<5d} H={horizon:<3d} {name:16s} p50 {format_time(results[-1].p50_us)}",
                   file=sys.stderr, flush=True)
-    state, actions, frame = random_inputs(rollout, 1, 1, kind, rng)
-    rollout.warmup(1, 1, frames=True)
-    seconds = time_calls(lambda: rollout.observe(state, frame, actions[:, 0]), sync, sampling)
-    results.append(summarise(name, "observe", 1, 1, seconds))
     return results
 
 
@@ -470,9 +487,7 @@ def run(args) -> dict:
         peaks = {"float32": matmul_peak(device, torch.float32, sampling)}
         if "tensorrt-fp16" in rollouts:
             peaks["float16"] = matmul_peak(device, torch.float16, sampling)
-        results = []
-        for name, rollout in rollouts.items():
-            results += benchmark_backend(name, rollout, args, sampling)
+        results = benchmark(rollouts, device, args, sampling)
         env = environment(device, rollouts)
     fill_derived(results, flops, peaks, {"tensorrt-fp16": "float16"})
     load = (tuple(round(x, 2) for x in load_start), tuple(round(x, 2) for x in os.getloadavg()))
