@@ -1,8 +1,8 @@
 """Evaluation of a trained world model (`wm-eval`): open-loop prediction, action identifiability and the
 train/validation gap, written as a report folder.
 
-Dimensions: N sequences, B batch, L = context + horizon frames, H horizon, S latent, D deter, A encoded
-action, K action sequences compared from one state.
+Dimensions: N sequences, B batch, L = context + horizon frames, F horizon (future) steps, C=3 colour channels,
+H=W frame size, S latent, D deter, A encoded action, K action sequences compared from one state.
 
 Open loop: the RSSM is teacher-forced through the first `context` frames with the encoder's posterior means
 (as in training: h_0 = 0 pairs with z_0), then imagines `horizon` steps from the prior with the true actions.
@@ -110,7 +110,7 @@ class Examples:
     real: np.ndarray
     """[n, L, 3, H, W]: context and horizon frames"""
     predicted: np.ndarray
-    """[n, H_horizon, 3, H, W]: decoded imagined prior means with the true actions"""
+    """[n, F, 3, H, W]: decoded imagined prior means with the true actions"""
 
 
 @dataclass
@@ -224,19 +224,19 @@ def open_loop(model: WorldModel, codec: ActionCodec, sequences: Sequences, conte
     sums = {name: torch.zeros(horizon, dtype=torch.float64) for name in (
         "pixel_mse", "latent_kl", "latent_mse", "copy_last_mse", "shuffled_pixel_mse", "random_pixel_mse",
         "shuffled_latent_mse", "random_latent_mse", "spread")}
-    recon_sum = 0.0
+    recon_sum = torch.zeros((), dtype=torch.float64)
     moments = torch.zeros(2, model.cfg.latent_dim, dtype=torch.float64)  # sum and sum of squares per dimension
     frames_seen = 0
     real_examples, predicted_examples = [], []
     future = slice(context, context + horizon)  # the frames the horizon predicts
 
     def imagined_actions(raw: list[np.ndarray]) -> torch.Tensor:
-        return codec.encode(torch.from_numpy(np.stack(raw)).to(device))  # [B, H, A]
+        return codec.encode(torch.from_numpy(np.stack(raw)).to(device))  # [B, F, A]
 
     for first in range(0, n, batch_size):
         ids = list(range(first, min(first + batch_size, n)))
         windows = [(sequences.obs[i], sequences.actions[i]) for i in ids]
-        obs, actions = to_batch(windows, codec, device)  # [B, L, 3, H, W], [B, L, A]
+        obs, actions = to_batch(windows, codec, device)  # [B, L, C, H, W], [B, L, A]
         post_mean, post_std = model.encode(obs)
         h, z = filter_context(model, post_mean, actions, context)
         target, target_mean, target_std = obs[:, future], post_mean[:, future], post_std[:, future]
@@ -245,16 +245,16 @@ def open_loop(model: WorldModel, codec: ActionCodec, sequences: Sequences, conte
             prior_mean, prior_std, _ = model.rssm.imagine(h, z, encoded)
             return prior_mean, prior_std
 
-        def per_step(values: torch.Tensor) -> torch.Tensor:  # [B, H, ...] -> sum over the batch [H]
+        def per_step(values: torch.Tensor) -> torch.Tensor:  # [B, F, ...] -> mean per step, summed over B: [F]
             return values.flatten(2).mean(-1).sum(0).double().cpu()
 
         true_mean, true_std = rollout(actions[:, context - 1:context - 1 + horizon])
-        predicted = model.decode(true_mean)  # [B, H, 3, H, W]
+        predicted = model.decode(true_mean)  # [B, F, S] -> [B, F, 3, H, W]
         sums["pixel_mse"] += per_step((predicted - target).pow(2))
         sums["latent_kl"] += gaussian_kl(target_mean, target_std, true_mean, true_std).sum(0).double().cpu()
         sums["latent_mse"] += per_step((true_mean - target_mean).pow(2))
         sums["copy_last_mse"] += per_step((obs[:, context - 1:context] - target).pow(2))
-        recon_sum += float((model.decode(target_mean) - target).pow(2).flatten(2).mean(-1).sum()) / horizon
+        recon_sum += (model.decode(target_mean) - target).pow(2).flatten(2).mean(-1).sum().double().cpu() / horizon
 
         shuffled = [rollout(imagined_actions([sequences.actions[d][context - 1:context - 1 + horizon]
                                               for d in donors[ids, k]]))[0] for k in range(donors.shape[1])]
@@ -262,7 +262,7 @@ def open_loop(model: WorldModel, codec: ActionCodec, sequences: Sequences, conte
         for name, other_mean in (("shuffled", shuffled[0]), ("random", random_mean)):
             sums[f"{name}_pixel_mse"] += per_step((model.decode(other_mean) - target).pow(2))
             sums[f"{name}_latent_mse"] += per_step((other_mean - target_mean).pow(2))
-        # The true actions and action_samples - 1 shuffled ones from the same state: [K, B, H, S].
+        # The true actions and action_samples - 1 shuffled ones from the same state: [K, B, F, S].
         alternatives = torch.stack([true_mean, *shuffled])
         sums["spread"] += alternatives.std(0, unbiased=False).mean(-1).sum(0).double().cpu()
 
@@ -282,7 +282,7 @@ def open_loop(model: WorldModel, codec: ActionCodec, sequences: Sequences, conte
     spread = [s / latent_scale if latent_scale > 0 else 0.0 for s in mean["spread"]]
     metrics = OpenLoopMetrics(
         pixel_mse=mean["pixel_mse"], latent_kl=mean["latent_kl"], latent_mse=mean["latent_mse"],
-        copy_last_mse=mean["copy_last_mse"], recon_mse=recon_sum / n,
+        copy_last_mse=mean["copy_last_mse"], recon_mse=float(recon_sum) / n,
         growth=error_ratio(mean["pixel_mse"][-1:], mean["pixel_mse"][:1]),
         vs_copy_last=error_ratio(mean["pixel_mse"][-1:], mean["copy_last_mse"][-1:]))
     action_metrics = ActionMetrics(
