@@ -13,6 +13,8 @@ import torch
 from test_deploy_support import (CODECS, max_abs, one_torch_thread, random_actions, random_frames,
                                  tiny_artifacts, tiny_checkpoint)
 from wm_deploy import LatentState, Rollout
+from wm_deploy.actions import ActionWriter
+from wm_deploy.backends.base import NumpyOps, TorchOps
 from wm_train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
@@ -188,3 +190,18 @@ def test_from_model_runs_a_model_in_memory_like_its_checkpoint(model):
     frames, actions = random_frames(2), random_actions("continuous", 2, 6)
     a, b = (ro.imagine(ro.observe(ro.initial(2), frames), actions) for ro in (in_memory, from_file))
     assert in_memory.backend_name == "torch" and max_abs(a.z, b.z) == 0
+
+
+@pytest.mark.parametrize("mode", ["continuous", "discrete"])
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+def test_actions_are_encoded_bit_for_bit_as_the_training_codec_does(mode, kind, dtype):
+    codec = CODECS[mode]
+    if (mode == "discrete") != (dtype == "int64"):
+        pytest.skip("discrete actions are integers, continuous ones real")
+    raw = random_actions(mode, 4, 6, seed=2).astype(dtype)  # [B, H, ...]
+    ops = NumpyOps() if kind == "numpy" else TorchOps(torch.device("cpu"))
+    written = ops.zeros((6, 4, codec.dim), "float32")  # time-major [H, B, A]
+    ActionWriter(codec, ops).write(written, raw if kind == "numpy" else torch.from_numpy(raw), swap01=True)
+    expected = codec.encode_numpy(raw) if kind == "numpy" else codec.encode(torch.from_numpy(raw)).numpy()
+    assert np.array_equal(np.asarray(written).swapaxes(0, 1), expected)

@@ -27,6 +27,7 @@ from wm_train.actions import ActionCodec
 from wm_train.model import WorldModel
 
 from . import validation
+from .actions import ActionWriter
 from .backends.base import ArrayOps, Backend, Workspace
 from .loading import build_backend, choose_backend, logger, open_source, resolve_device
 from .state import LatentState, Trajectory
@@ -70,6 +71,7 @@ class Rollout:
         self.max_batch = backend.max_batch
         self.backend_reason = reason
         """why `auto` chose this backend (empty when it was named)"""
+        self._actions = ActionWriter(codec, self.ops)
         self._generator = torch.Generator(self.ops.device).manual_seed(seed)
         self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
 
@@ -155,7 +157,7 @@ class Rollout:
             else:
                 ops.write(ws.hs[0], state.h)
                 ops.write(ws.zs[0], state.z)
-                ops.write(ws.actions[0], self._encode_actions(prev_action))
+                self._actions.write(ws.actions[0], prev_action)
                 self.backend.step_into(ws, 0)
             return LatentState(ops.read(ws.hs[1], kind), ops.read(ws.post_mean, kind))
 
@@ -168,9 +170,9 @@ class Rollout:
         [B, H, S] when given (to compare backends on identical noise), else standard normal draws from the
         rollout's generator (or from a fresh one seeded with `seed`), drawn on the backend's device.
         -> Trajectory(z, prior_mean, prior_std [B, H, S], h [B, H, D])."""
-        kind = validation.array_kind(actions, "actions")
         batch = validation.check_state(state, self.dims, self.max_batch)
         horizon = validation.check_actions(actions, self.codec, batch, "actions", sequence=True)
+        kind = "torch" if isinstance(actions, torch.Tensor) else "numpy"
         if not sample and (noise is not None or seed is not None):
             raise ValueError("noise and seed only apply with sample=True")
         if noise is not None:
@@ -180,7 +182,7 @@ class Rollout:
         with self.backend.scope():
             ops.write(ws.hs[0], state.h)
             ops.write(ws.zs[0], state.z)
-            ops.write(ws.action, self._encode_actions(actions), swap01=True)
+            self._actions.write(ws.action, actions, swap01=True)
             if sample:
                 if noise is not None:
                     ops.write(ws.noise, noise, swap01=True)
@@ -189,9 +191,10 @@ class Rollout:
                         torch.Generator(self.ops.device).manual_seed(seed)
                     ops.as_torch(ws.noise).normal_(generator=generator)
             self._runner(ws, sample)()
-            return Trajectory(z=ops.read(ws.z[1:], kind, swap01=True), h=ops.read(ws.h[1:], kind, swap01=True),
-                              prior_mean=ops.read(ws.prior_mean if sample else ws.z[1:], kind, swap01=True),
-                              prior_std=ops.read(ws.prior_std, kind, swap01=True))
+            views = ws.trajectory
+            return Trajectory(z=ops.read(views["z"], kind), h=ops.read(views["h"], kind),
+                              prior_mean=ops.read(views["prior_mean" if sample else "z"], kind),
+                              prior_std=ops.read(views["prior_std"], kind))
 
     def decode(self, z):
         """z [..., S] -> frames float32 [..., H, W, 3] in [0, 1] (needs the decoder in the artifacts)."""
@@ -231,7 +234,7 @@ class Rollout:
         with self.backend.scope():
             ops.write(ws.hs[0], h)
             ops.write(ws.zs[0], z)
-            ops.write(ws.actions[0], self._encode_actions(action))
+            self._actions.write(ws.actions[0], action)
             self.backend.step_into(ws, 0)
             return ops.read(ws.hs[1], kind), ops.read(ws.zs[1], kind), ops.read(ws.stds[0], kind)
 
@@ -272,13 +275,3 @@ class Rollout:
             loop = functools.partial(imagine_loop, self.backend.step_into, self.ops, ws, sample)
             runner = ws.runners[sample] = self.backend.compile(loop, ws)
         return runner
-
-    def _encode_actions(self, actions):
-        """Raw actions -> encoded float32, with the codec training used, on the backend's kind of array."""
-        if self.ops.kind == "numpy":
-            if isinstance(actions, torch.Tensor):
-                actions = actions.detach().cpu().numpy()
-            return self.codec.encode_numpy(actions)
-        if isinstance(actions, np.ndarray):
-            actions = torch.from_numpy(np.ascontiguousarray(actions))
-        return self.codec.encode(actions.to(self.device))

@@ -161,6 +161,9 @@ class Workspace:
         self.stds = [self.prior_std[t] for t in range(self.steps)]
         self.actions = [self.action[t] for t in range(self.steps)]
         self.noises = [self.noise[t] for t in range(self.steps)]
+        # Batch-major [B, T, ...] views of what a trajectory returns, made once for the copy out of each call.
+        self.trajectory = {"z": self.z[1:].swapaxes(0, 1), "h": self.h[1:].swapaxes(0, 1),
+                           "prior_mean": self.prior_mean.swapaxes(0, 1), "prior_std": self.prior_std.swapaxes(0, 1)}
 
     @classmethod
     def allocate(cls, ops: ArrayOps, dims: Dims, batch: int, steps: int, frames: bool) -> Workspace:

@@ -63,7 +63,8 @@ class TrtBackend:
         self.detail = (f"TensorRT {trt.__version__} {section['precision']} on {section['gpu']}, "
                        f"name-based tensor API, {'CUDA graphs' if cuda_graphs else 'one enqueue per step'}")
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engines, self.contexts, self.inputs = {}, {}, {}
+        self.engines, self.contexts = {}, {}
+        self.input_shapes = {}  # graph -> input name -> its shape without the batch axis
         self._shape_batch = {}  # graph -> batch its context's input shapes are set for
         with torch.cuda.device(device):
             for name, path in plans.items():
@@ -73,8 +74,8 @@ class TrtBackend:
                 self._check_tensors(name, engine, path)
                 self.engines[name] = engine
                 self.contexts[name] = engine.create_execution_context()
-                self.inputs[name] = [n for n in TENSORS[name]
-                                     if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+                self.input_shapes[name] = {n: tuple(engine.get_tensor_shape(n))[1:] for n in TENSORS[name]
+                                           if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
                 self._shape_batch[name] = None
 
     def _check_tensors(self, graph: str, engine, path: Path) -> None:
@@ -90,8 +91,8 @@ class TrtBackend:
     def _run(self, graph: str, batch: int, addresses: list[tuple[str, int]]) -> None:
         context = self.contexts[graph]
         if self._shape_batch[graph] != batch:
-            for name in self.inputs[graph]:
-                shape = (batch, *self.engines[graph].get_tensor_shape(name)[1:])
+            for name, fixed in self.input_shapes[graph].items():
+                shape = (batch, *fixed)
                 if not context.set_input_shape(name, shape):
                     raise ValueError(f"TensorRT {graph}: input {name} shape {shape} is outside the engine's "
                                      f"profile (batch 1..{self.max_batch})")

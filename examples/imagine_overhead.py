@@ -1,0 +1,196 @@
+"""How fast is `Rollout.imagine` at batch 1 on this CPU, and how much of it is the rollout's own overhead?
+
+    python examples/imagine_overhead.py                        # fresh default-size model, exported on the fly
+    python examples/imagine_overhead.py --artifacts runs/carracing/artifacts --profile
+
+Measured in one process as blocks of back-to-back calls (the steady state of a control loop that calls the
+same thing every tick), the variants' blocks taking turns round after round so that a busy machine slows
+every variant alike; each figure is the median over rounds of a block's time per call:
+
+- `imagine`: one `Rollout.imagine(state, actions)` call at B=1, H=15 (numpy in and out), per backend: input
+  checks, action encoding, copies into the preallocated buffers, the 15 prior steps, copies out.
+- `steps`: the backend's own work for the same 15 steps: `backend.step_into(ws, t)` for t = 0..14 on a
+  prepared workspace (one onnxruntime run per step / one PyTorch `rssm.step` per step).
+- `machinery`: `imagine` with the backend's step replaced by a no-op: the rollout's own work alone, but with
+  warm caches (in a real call the steps have just evicted them, which makes that work slower).
+- `model.rssm.imagine`: the PyTorch model's own open-loop rollout, a second torch-eager reference.
+
+Reported: the onnxruntime speed-up over torch eager (torch at its faster thread setting), and the loop
+overhead: the median over rounds of `imagine - steps` (adjacent blocks), relative to the median `steps`. With
+`--profile`, onnxruntime's own profile of the prior-step graph says where a step's time goes, by operator.
+
+For the full table over backends, batch sizes and horizons see benchmarks/rollout_latency.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wm_deploy import Rollout
+
+B, H = 1, 15
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifacts", type=Path, help="artifact folder (default: a fresh default-size model)")
+    parser.add_argument("--rounds", type=int, default=40, help="rounds of blocks")
+    parser.add_argument("--calls", type=int, default=10, help="calls per block")
+    parser.add_argument("--profile", action="store_true", help="also profile the prior-step graph in onnxruntime")
+    return parser.parse_args()
+
+
+def fresh_artifacts(folder: Path) -> Path:
+    from wm_export import export_artifacts
+    from wm_train import ActionCodec, Config, WorldModel, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = Config()  # the default model: D=256, S=32, hidden 256, A=3
+    save_checkpoint(folder / "default.pt", WorldModel(cfg.model), cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3))
+    return export_artifacts(folder / "default.pt", folder / "artifacts", decoder=False)
+
+
+def steps_of(rollout: Rollout):
+    """The backend's own work for H steps, on a workspace of its own."""
+    backend = rollout.backend
+    ws = backend.workspace(B, H, frames=False)
+    step_into = backend.step_into
+
+    def run():
+        with backend.scope():
+            for t in range(H):
+                step_into(ws, t)
+    return run
+
+
+class NoStep:
+    """A backend whose prior step does nothing: `imagine` on it times the rollout's own work alone."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def step_into(self, ws, t):
+        pass
+
+
+def measure(variants: dict, rounds: int, calls: int) -> dict[str, np.ndarray]:
+    """Seconds per call of each variant, one value per round (a block of `calls` back-to-back calls), the
+    variants' blocks taking turns; after a warm-up block each."""
+    for run in variants.values():
+        for _ in range(calls):
+            run()
+    times = {name: np.empty(rounds) for name in variants}
+    for i in range(rounds):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                run()
+            times[name][i] = (time.perf_counter() - start) / calls
+    return times
+
+
+def profile_prior_step(folder: Path, calls: int = 3000) -> None:
+    """Run onnxruntime's profiler on the prior step at B=1 and print the time per operator type."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.gettempdir()) / "wm_prior_step_profile")
+    session = ort.InferenceSession(str(folder / "prior_step.onnx"), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {i.name: rng.standard_normal((B, i.shape[1])).astype(np.float32) for i in session.get_inputs()}
+    for _ in range(calls):
+        session.run(None, feed)
+    path = session.end_profiling()
+    events = json.loads(Path(path).read_text())
+    os.remove(path)
+    by_op, runs = collections.defaultdict(float), []
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] += event["dur"]
+        elif event.get("cat") == "Session" and event["name"] == "model_run":
+            runs.append(event["dur"])
+    total_kernels = sum(by_op.values()) / calls
+    print(f"\nonnxruntime profile of prior_step.onnx, B=1, {calls} runs (profiling adds its own overhead):")
+    print(f"  a run: {np.median(runs):.1f} us median; kernels {total_kernels:.1f} us of it, the rest is the "
+          "session's own work per run")
+    for op, micros in sorted(by_op.items(), key=lambda item: -item[1]):
+        print(f"  {op:12s} {micros / calls:7.1f} us  {100 * micros / calls / total_kernels:5.1f}% of kernel time")
+
+
+def main() -> None:
+    args = parse_args()
+    with tempfile.TemporaryDirectory(prefix="wm-overhead-") as scratch:
+        folder = args.artifacts or fresh_artifacts(Path(scratch))
+        ort_rollout = Rollout.load(folder, backend="onnxruntime", device="cpu")
+        torch_rollout = Rollout.load(folder, backend="torch", device="cpu")
+        rng = np.random.default_rng(0)
+        frame = rng.integers(0, 256, (B, *ort_rollout.dims.frame), dtype=np.uint8)
+        actions = rng.normal(0, 1, (B, H, ort_rollout.dims.action)).astype(np.float32)
+        state = ort_rollout.observe(ort_rollout.initial(B), frame)
+        model = torch_rollout.backend.model
+        h, z, encoded = torch.from_numpy(state.h), torch.from_numpy(state.z), torch.from_numpy(
+            ort_rollout.codec.encode_numpy(actions))
+
+        def model_imagine():
+            with torch.no_grad():
+                model.rssm.imagine(h, z, encoded)
+
+        machinery = {name: Rollout(NoStep(ro.backend), ro.codec) for name, ro in
+                     (("onnxruntime", ort_rollout), ("torch", torch_rollout))}
+        variants = {"onnxruntime imagine": lambda: ort_rollout.imagine(state, actions),
+                    "onnxruntime steps": steps_of(ort_rollout),
+                    "onnxruntime machinery": lambda: machinery["onnxruntime"].imagine(state, actions),
+                    "torch imagine": lambda: torch_rollout.imagine(state, actions),
+                    "torch steps": steps_of(torch_rollout),
+                    "torch machinery": lambda: machinery["torch"].imagine(state, actions),
+                    "model.rssm.imagine": model_imagine}
+        default_threads = torch.get_num_threads()
+        torch_only = {name: variants[name] for name in ("onnxruntime imagine", "torch imagine", "model.rssm.imagine")}
+        results = {}
+        for threads in sorted({default_threads, 1}, reverse=True):
+            torch.set_num_threads(threads)
+            # Torch's own overhead is measured at one thread only; the other setting just times torch eager.
+            chosen = variants if threads == 1 else torch_only
+            results[threads] = measure(chosen, args.rounds if threads == 1 else max(args.rounds // 4, 5), args.calls)
+        torch.set_num_threads(default_threads)
+
+        us = lambda seconds: 1e6 * np.median(seconds)  # noqa: E731
+        print(f"imagine at B={B}, H={H}, {ort_rollout.dims} on {os.cpu_count()} CPUs; per call, median over rounds:")
+        for threads, times in results.items():
+            print(f"torch intra-op threads = {threads} ({len(next(iter(times.values())))} rounds of {args.calls} calls):")
+            for name, seconds in times.items():
+                print(f"  {name:22s} {us(seconds):9.1f} us")
+        best = min(results, key=lambda n: us(results[n]["torch imagine"]))
+        times = results[best]
+        print(f"onnxruntime imagine vs torch eager (torch at its faster setting, {best} thread(s)): "
+              f"{us(times['torch imagine']) / us(times['onnxruntime imagine']):.2f}x faster than torch "
+              f"Rollout.imagine, {us(times['model.rssm.imagine']) / us(times['onnxruntime imagine']):.2f}x than "
+              "model.rssm.imagine")
+        times = results[1]
+        for backend in ("onnxruntime", "torch"):
+            steps = us(times[f"{backend} steps"])
+            paired = us(times[f"{backend} imagine"] - times[f"{backend} steps"])
+            print(f"loop overhead, {backend}: {paired:.1f} us per call beyond the backend's {H} steps "
+                  f"({steps:.1f} us) = {100 * paired / steps:.1f}%; the machinery alone, warm: "
+                  f"{us(times[f'{backend} machinery']):.1f} us = {100 * us(times[f'{backend} machinery']) / steps:.1f}%")
+        if args.profile:
+            profile_prior_step(folder)
+
+
+if __name__ == "__main__":
+    main()
