@@ -201,3 +201,9 @@ def test_engines_for_another_gpu_are_refused_before_loading():
     section = {"version": "10.0.1", "gpu": "Some Other GPU", "compute_capability": "1.0"}
     with pytest.raises(ValueError, match=r"built for Some Other GPU \(compute capability 1.0\), this GPU is"):
         check_engine_compatible(section, torch.device("cuda"), "10.0.1")
+
+
+def test_large_finite_values_are_not_mistaken_for_infinite_ones(rollout, state):
+    h = np.full_like(state.h, 3e38)  # finite float32, though its sum is not
+    h_next, _, _ = rollout.prior_step(h, state.z, np.full((2, 3), 1e30, np.float32))
+    assert h_next.shape == state.h.shape
