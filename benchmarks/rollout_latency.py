@@ -19,7 +19,8 @@ What a timing includes: the whole `Rollout` call as a user makes it (input check
 the inputs into the backend's preallocated buffers, the H prior steps, copying the outputs out as new arrays),
 with the device synchronised before the clock is read at both ends. The inputs are already where the backend
 computes (numpy arrays for onnxruntime on CPU, torch tensors on the device otherwise), so on a GPU no
-host<->device copy is timed; `--host-io` passes numpy arrays instead, which adds those copies.
+host<->device copy is timed; `--host-io` passes numpy arrays instead, which adds those copies. The backends
+of a cell take turns call by call, so that on a shared machine they all see the same load.
 
 Backends (`--backends`, default all; those that cannot run here are listed as skipped, with the reason):
   torch             PyTorch eager, the baseline of the speed-up column
@@ -30,7 +31,8 @@ Backends (`--backends`, default all; those that cannot run here are listed as sk
 
 FLOPs per latent step are counted from the RSSM's layer sizes, matrix products only: 2 * in * out for every
 Linear and 2 * 3 * (K * D + D * D) for the GRUCell's three gates. Elementwise work (biases, activations, the
-GRU's gate arithmetic, softplus) is left out; for the default model it is under 1% of the total.
+GRU's gate arithmetic, softplus) is left out; for the default model it is about 1% more. The tensorrt-fp16
+rows are compared with a float16 matmul peak, all others with the float32 one.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ HORIZONS = (15, 50)
 QUICK_BATCHES = (1, 1024)
 QUICK_HORIZONS = (15,)
 MATMUL_SIZE = 2048
+LOAD_WARNING = 0.5
+"""1-minute load average per CPU at start above which the report warns that other processes competed"""
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class Result:
     p90_us: float
     p99_us: float
     mean_us: float
+    min_us: float
+    """the fastest call: on a loaded machine, the closest to what a quiet one gives"""
     steps_per_s: float
     """latent steps per second: batch x horizon / p50"""
     speedup: float | None = None
@@ -144,7 +150,7 @@ def time_calls(calls: dict[str, Callable[[], object]], sync, sampling: Sampling)
 def summarise(backend: str, call: str, batch: int, horizon: int, seconds: np.ndarray) -> Result:
     p50, p90, p99 = np.percentile(seconds, (50, 90, 99))
     return Result(backend, call, batch, horizon, len(seconds), p50 * 1e6, p90 * 1e6, p99 * 1e6,
-                  float(seconds.mean()) * 1e6, batch * horizon / p50)
+                  float(seconds.mean()) * 1e6, float(seconds.min()) * 1e6, batch * horizon / p50)
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, sampling: Sampling) -> dict:
@@ -386,6 +392,9 @@ def report_header(env: dict, flops: dict | None, peaks: dict, load: tuple, host_
     for peak in peaks.values():
         lines.append(f"Matmul peak ({peak['size']}x{peak['size']} {peak['dtype']}, torch.matmul, best of "
                      f"{peak['calls']}): {peak['gflops']:.1f} GFLOP/s (median {peak['median_gflops']:.1f}).")
+    if load[0][0] > LOAD_WARNING * env["cpu_count"]:  # at start only: the end includes this benchmark's own
+        lines.append(f"WARNING: the load average at start exceeded {LOAD_WARNING:g} per CPU: other processes "
+                     "competed for the CPUs, which slows every number, and multi-threaded backends (torch) most.")
     lines.append("× torch eager: torch eager's p50 / this p50 in this run. % matmul peak: achieved GFLOP/s / "
                  "that peak.")
     return "\n".join(lines)
