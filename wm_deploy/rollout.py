@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from wm_train.actions import ActionCodec
+from wm_train.config import ExportConfig
 from wm_train.model import WorldModel
 
 from . import validation
@@ -69,8 +70,7 @@ class Rollout:
         self.dims = backend.dims
         self.device = backend.device
         self.max_batch = backend.max_batch
-        self.backend_reason = reason
-        """why `auto` chose this backend (empty when it was named)"""
+        self.backend_reason = reason  # why `auto` chose this backend (empty when it was named)
         self._actions = ActionWriter(codec, self.ops)
         self._generator = torch.Generator(self.ops.device).manual_seed(seed)
         self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
@@ -101,7 +101,7 @@ class Rollout:
 
     @classmethod
     def from_model(cls, model: WorldModel, codec: ActionCodec, device: str | torch.device = "cpu", *,
-                   max_batch: int = 4096, seed: int = 0, cuda_graphs: bool = True) -> Rollout:
+                   max_batch: int = ExportConfig.max_batch, seed: int = 0, cuda_graphs: bool = True) -> Rollout:
         """The torch backend on a model in memory (e.g. freshly trained), without a checkpoint file."""
         from .backends.torch_backend import TorchBackend
 

@@ -53,8 +53,8 @@ class ArrayOps(Protocol):
     def write(self, dst, src, swap01: bool = False) -> None:
         """dst[...] = src (or src with its first two axes swapped); `src` may be a numpy array or a tensor."""
 
-    def read(self, src, kind: str, swap01: bool = False) -> Any:
-        """A fresh caller-owned copy of `src` (first two axes swapped if asked) as `kind` ("numpy" or "torch")."""
+    def read(self, src, kind: str) -> Any:
+        """A fresh, contiguous, caller-owned copy of `src` as `kind` (`numpy` or `torch`)."""
 
     def as_torch(self, array) -> torch.Tensor:
         """A tensor sharing memory with `array` (to fill it from torch's seeded generators)."""
@@ -81,8 +81,8 @@ class NumpyOps:
             src = src.detach().cpu().numpy()
         dst[...] = src.swapaxes(0, 1) if swap01 else src
 
-    def read(self, src, kind, swap01=False):
-        out = (src.swapaxes(0, 1) if swap01 else src).copy()  # ndarray.copy is C-contiguous
+    def read(self, src, kind):
+        out = src.copy()  # C-contiguous, whatever the strides of `src`
         return torch.from_numpy(out) if kind == "torch" else out
 
     def as_torch(self, array):
@@ -112,13 +112,12 @@ class TorchOps:
             src = torch.from_numpy(np.ascontiguousarray(src))
         dst.copy_(src.swapaxes(0, 1) if swap01 else src)
 
-    def read(self, src, kind, swap01=False):
-        view = src.swapaxes(0, 1) if swap01 else src
+    def read(self, src, kind):
         if kind == "torch":
-            return view.clone(memory_format=torch.contiguous_format)  # a copy even when `view` is contiguous
-        if view.device.type == "cpu":
-            return view.numpy().copy()
-        return np.ascontiguousarray(view.cpu().numpy())  # .cpu() of a device tensor is already a copy
+            return src.clone(memory_format=torch.contiguous_format)  # a copy even when `src` is contiguous
+        if src.device.type == "cpu":
+            return src.numpy().copy()
+        return np.ascontiguousarray(src.cpu().numpy())  # .cpu() of a device tensor is already a copy
 
     def as_torch(self, array):
         return array
