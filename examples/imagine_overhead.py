@@ -150,44 +150,41 @@ def main() -> None:
             with torch.no_grad():
                 model.rssm.imagine(h, z, encoded)
 
-        machinery = {name: Rollout(NoStep(ro.backend), ro.codec) for name, ro in
-                     (("onnxruntime", ort_rollout), ("torch", torch_rollout))}
-        variants = {"onnxruntime imagine": lambda: ort_rollout.imagine(state, actions),
-                    "onnxruntime steps": steps_of(ort_rollout),
-                    "onnxruntime machinery": lambda: machinery["onnxruntime"].imagine(state, actions),
-                    "torch imagine": lambda: torch_rollout.imagine(state, actions),
-                    "torch steps": steps_of(torch_rollout),
-                    "torch machinery": lambda: machinery["torch"].imagine(state, actions),
-                    "model.rssm.imagine": model_imagine}
+        us = lambda seconds: 1e6 * np.median(seconds)  # noqa: E731
+        print(f"imagine at B={B}, H={H}, {ort_rollout.dims} on {os.cpu_count()} CPUs; per call, median over "
+              f"rounds of {args.calls} back-to-back calls")
+
+        # Speed-up: the three rollouts take turns, torch at its default thread count and at one thread.
+        contenders = {"onnxruntime imagine": lambda: ort_rollout.imagine(state, actions),
+                      "torch imagine": lambda: torch_rollout.imagine(state, actions),
+                      "model.rssm.imagine": model_imagine}
         default_threads = torch.get_num_threads()
-        torch_only = {name: variants[name] for name in ("onnxruntime imagine", "torch imagine", "model.rssm.imagine")}
-        results = {}
+        speed = {}
         for threads in sorted({default_threads, 1}, reverse=True):
             torch.set_num_threads(threads)
-            # Torch's own overhead is measured at one thread only; the other setting just times torch eager.
-            chosen = variants if threads == 1 else torch_only
-            results[threads] = measure(chosen, args.rounds if threads == 1 else max(args.rounds // 4, 5), args.calls)
-        torch.set_num_threads(default_threads)
-
-        us = lambda seconds: 1e6 * np.median(seconds)  # noqa: E731
-        print(f"imagine at B={B}, H={H}, {ort_rollout.dims} on {os.cpu_count()} CPUs; per call, median over rounds:")
-        for threads, times in results.items():
-            print(f"torch intra-op threads = {threads} ({len(next(iter(times.values())))} rounds of {args.calls} calls):")
-            for name, seconds in times.items():
+            speed[threads] = measure(contenders, args.rounds, args.calls)
+            print(f"torch intra-op threads = {threads}:")
+            for name, seconds in speed[threads].items():
                 print(f"  {name:22s} {us(seconds):9.1f} us")
-        best = min(results, key=lambda n: us(results[n]["torch imagine"]))
-        times = results[best]
+        best = min(speed, key=lambda n: us(speed[n]["torch imagine"]))
+        times = speed[best]
         print(f"onnxruntime imagine vs torch eager (torch at its faster setting, {best} thread(s)): "
               f"{us(times['torch imagine']) / us(times['onnxruntime imagine']):.2f}x faster than torch "
               f"Rollout.imagine, {us(times['model.rssm.imagine']) / us(times['onnxruntime imagine']):.2f}x than "
               "model.rssm.imagine")
-        times = results[1]
-        for backend in ("onnxruntime", "torch"):
-            steps = us(times[f"{backend} steps"])
-            paired = us(times[f"{backend} imagine"] - times[f"{backend} steps"])
-            print(f"loop overhead, {backend}: {paired:.1f} us per call beyond the backend's {H} steps "
-                  f"({steps:.1f} us) = {100 * paired / steps:.1f}%; the machinery alone, warm: "
-                  f"{us(times[f'{backend} machinery']):.1f} us = {100 * us(times[f'{backend} machinery']) / steps:.1f}%")
+
+        # Overhead: per backend on its own (no other library's work in between), imagine and the bare steps
+        # take turns; the difference of adjacent blocks cancels slow drifts in the machine's load.
+        torch.set_num_threads(best)
+        for name, rollout in (("onnxruntime", ort_rollout), ("torch", torch_rollout)):
+            machinery = Rollout(NoStep(rollout.backend), rollout.codec)
+            times = measure({"steps": steps_of(rollout), "imagine": lambda r=rollout: r.imagine(state, actions),
+                             "machinery": lambda: machinery.imagine(state, actions)}, args.rounds, args.calls)
+            steps, extra = us(times["steps"]), us(times["imagine"] - times["steps"])
+            print(f"loop overhead, {name}: imagine {us(times['imagine']):.1f} us, the backend's {H} steps "
+                  f"{steps:.1f} us: {extra:.1f} us beyond them = {100 * extra / steps:.1f}%; the machinery alone, "
+                  f"with warm caches: {us(times['machinery']):.1f} us = {100 * us(times['machinery']) / steps:.1f}%")
+        torch.set_num_threads(default_threads)
         if args.profile:
             profile_prior_step(folder)
 
