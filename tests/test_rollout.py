@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 import subprocess
 import sys
 
@@ -205,3 +206,13 @@ def test_actions_are_encoded_bit_for_bit_as_the_training_codec_does(mode, kind, 
     ActionWriter(codec, ops).write(written, raw if kind == "numpy" else torch.from_numpy(raw), swap01=True)
     expected = codec.encode_numpy(raw) if kind == "numpy" else codec.encode(torch.from_numpy(raw)).numpy()
     assert np.array_equal(np.asarray(written).swapaxes(0, 1), expected)
+
+
+def test_read_only_inputs_are_accepted_without_warnings(rollout):
+    frames, actions = random_frames(2), random_actions("continuous", 2, 4)
+    for array in (frames, actions):
+        array.setflags(write=False)  # as frames from PIL (np.asarray of an image) are
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state = rollout.observe(rollout.initial(2), frames)
+        rollout.imagine(state, actions)

@@ -14,7 +14,7 @@ import torch
 
 from wm_train.actions import ActionCodec
 
-from .backends.base import ArrayOps
+from .backends.base import ArrayOps, numpy_to_torch
 
 
 class ActionWriter:
@@ -48,7 +48,7 @@ class ActionWriter:
                 np.divide(dst, self.std, out=dst)
             return
         if isinstance(actions, np.ndarray):
-            actions = torch.from_numpy(np.ascontiguousarray(actions))
+            actions = numpy_to_torch(actions)
         actions = actions.to(self.ops.device, non_blocking=True)
         if swap01:
             actions = actions.swapaxes(0, 1)

@@ -109,7 +109,7 @@ class TorchOps:
 
     def write(self, dst, src, swap01=False):
         if isinstance(src, np.ndarray):
-            src = torch.from_numpy(np.ascontiguousarray(src))
+            src = numpy_to_torch(src)
         dst.copy_(src.swapaxes(0, 1) if swap01 else src)
 
     def read(self, src, kind):
@@ -121,6 +121,12 @@ class TorchOps:
 
     def as_torch(self, array):
         return array
+
+
+def numpy_to_torch(array: np.ndarray) -> torch.Tensor:
+    """A tensor of `array`'s values, sharing its memory where torch can (a read-only array, such as a frame
+    from PIL, is copied: torch warns about tensors over memory it may not write)."""
+    return torch.from_numpy(np.require(array, requirements=("C", "W")))
 
 
 @dataclass(eq=False)
