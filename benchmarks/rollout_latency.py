@@ -240,16 +240,11 @@ def load_backend(name: str, folders: dict, device: torch.device, max_batch: int)
     if name == "torch-cudagraphs" and device.type != "cuda":
         raise ValueError("CUDA graphs need a CUDA device (--device cuda)")
     if name.startswith("tensorrt"):
-        rollout = Rollout.load(folders[name.removeprefix("tensorrt-")], backend="tensorrt", device=device,
-                               max_batch=max_batch)
-    else:
-        rollout = Rollout.load(folders["onnx"], backend=name.removesuffix("-cudagraphs"), device=device,
-                               max_batch=max_batch)
-    if name == "torch":
-        # The torch backend captures a CUDA graph whenever it runs on CUDA; the baseline is eager, so switch
-        # capture off before the first workspace is compiled (Rollout.load has no option for it).
-        rollout.backend.capture = False
-    return rollout
+        return Rollout.load(folders[name.removeprefix("tensorrt-")], backend="tensorrt", device=device,
+                            max_batch=max_batch)
+    # the baseline is eager: on CUDA the torch backend would otherwise capture the loop in a CUDA graph
+    return Rollout.load(folders["onnx"], backend=name.removesuffix("-cudagraphs"), device=device,
+                        max_batch=max_batch, cuda_graphs=name != "torch")
 
 
 def input_kind(rollout: Rollout, host_io: bool) -> str:
