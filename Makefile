@@ -1,4 +1,5 @@
-# `make demo`: set up, record CarRacing episodes, train the default world model.
+# `make demo`: set up, record CarRacing episodes, train the default world model, export it, drive a control
+# loop with it and time its rollouts.
 # `make test`: set up and run the test suite. Both create or reuse the virtual environment in .venv.
 
 PYTHON ?= python3
@@ -29,6 +30,9 @@ $(DEMO_DATA)/.complete: | setup
 demo: setup $(DEMO_DATA)/.complete
 	@if [ -f $(DEMO_RUN)/last.pt ]; then $(VENV)/bin/wm-train configs/carracing.yaml --resume; \
 	else $(VENV)/bin/wm-train configs/carracing.yaml; fi
+	$(VENV)/bin/wm-export $(DEMO_RUN)/best.pt --data $(DEMO_DATA) --force
+	$(PY) examples/control_loop.py --artifacts $(DEMO_RUN)/artifacts --ticks 20
+	$(PY) benchmarks/rollout_latency.py --artifacts $(DEMO_RUN)/artifacts --quick --plot $(DEMO_RUN)/rollout_latency.png
 
 test: setup
 	$(PY) -m pytest
