@@ -184,14 +184,37 @@ def summarise(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
     return summary
 
 
+# Table columns: (header, metric, digits, unit)
+GAP_COLUMNS = (
+    ("loss train", "loss_train", 1, ""), ("loss val", "loss_val", 1, ""), ("gap", "loss_gap_pct", 1, "%"),
+    ("rssm_loss train", "rssm_train", 2, ""), ("rssm_loss val", "rssm_val", 2, ""), ("gap", "rssm_gap_pct", 1, "%"),
+    ("open-loop MSE train", "open_loop_train", 4, ""), ("open-loop MSE val", "open_loop_val", 4, ""),
+    ("gap", "open_loop_gap_pct", 1, "%"),
+)
+ACTION_COLUMNS = (
+    ("reconstruction", "recon_val", 4, ""), ("action ratio (shuffled)", "ratio_shuffled", 3, ""),
+    ("(random)", "ratio_random", 3, ""), ("latent ratio (shuffled)", "latent_ratio_shuffled", 3, ""),
+    ("spread", "spread", 3, ""),
+)
+
+
 def markdown(summary: dict, runs: list[dict], args: Args, data: Path, seconds: float) -> str:
-    def cell(variant: str, name: str, digits: int = 4) -> str:
+    def table(columns) -> list[str]:
+        rows = [f"| variant | {' | '.join(c[0] for c in columns)} |", "|---|" + "---|" * len(columns)]
+        for v in VARIANTS:
+            cells = [cell(v, name, digits) + unit for _, name, digits, unit in columns]
+            rows.append(f"| {v} | {' | '.join(cells)} |")
+        return rows
+
+    def cell(variant: str, name: str, digits: int) -> str:
         if name not in summary[variant]:
             return "–"
         mean, std = summary[variant][name]
         return f"{mean:.{digits}f} ± {std:.{digits}f}" if args.seeds > 1 else f"{mean:.{digits}f}"
 
     steps = [s for s in HEADLINE_STEPS if s <= args.horizon]
+    open_loop_columns = [(f"MSE@{s}", f"mse@{s}", 4, "") for s in steps]
+    open_loop_columns += [(f"repeat-last@{args.horizon}", "copy_last_val", 4, ""), *ACTION_COLUMNS]
     lines = [
         f"Data: {data} ({len(list(data.glob('*.npz')))} episodes; validation = {args.val_fraction:.0%} of them, "
         f"never trained on). Model preset `{args.size}`, {args.epochs} epochs, batch {args.batch_size} x "
@@ -200,40 +223,22 @@ def markdown(summary: dict, runs: list[dict], args: Args, data: Path, seconds: f
         "",
         "**Train vs validation** (teacher-forced losses of the isolated objective, evaluated on both splits with the "
         "final weights; gap = (val - train) / train)",
-        "",
-        "| variant | loss train | loss val | gap | rssm_loss train | rssm_loss val | gap | open-loop MSE train "
-        "| open-loop MSE val | gap |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for v in VARIANTS:
-        lines.append(f"| {v} | {cell(v, 'loss_train', 1)} | {cell(v, 'loss_val', 1)} | {cell(v, 'loss_gap_pct', 1)}% "
-                     f"| {cell(v, 'rssm_train', 2)} | {cell(v, 'rssm_val', 2)} | {cell(v, 'rssm_gap_pct', 1)}% "
-                     f"| {cell(v, 'open_loop_train')} | {cell(v, 'open_loop_val')} | {cell(v, 'open_loop_gap_pct', 1)}% |")
-    lines += [
-        "",
+        "", *table(GAP_COLUMNS), "",
         "**Open loop on validation episodes** (pixel MSE per pixel at horizon step k; repeat-last = the last context "
         "frame repeated; action ratio = MSE with true / with shuffled actions over the horizon, 1 = actions ignored)",
-        "",
-        "| variant | " + " | ".join(f"MSE@{s}" for s in steps) + f" | repeat-last@{args.horizon} | reconstruction "
-        "| action ratio (shuffled) | (random) | latent ratio (shuffled) | spread |",
-        "|---|" + "---|" * (len(steps) + 6),
+        "", *table(open_loop_columns), "",
+        "**The claims, side by side** (isolated vs coupled, mean over seeds; how many seeds favour isolation)",
+        "", *claim_lines(runs, args.seeds, steps[-1]), "",
+        "**Per seed** (isolated / coupled)", "",
+        "| seed | rssm gap % | open-loop gap % | MSE@last | action ratio | run minutes |", "|---|---|---|---|---|---|",
     ]
-    for v in VARIANTS:
-        lines.append(f"| {v} | " + " | ".join(cell(v, f"mse@{s}") for s in steps)
-                     + f" | {cell(v, 'copy_last_val')} | {cell(v, 'recon_val')} | {cell(v, 'ratio_shuffled', 3)} "
-                     f"| {cell(v, 'ratio_random', 3)} | {cell(v, 'latent_ratio_shuffled', 3)} | {cell(v, 'spread', 3)} |")
-    lines += ["", "**The claims, side by side** (isolated vs coupled, mean over seeds; how many seeds favour isolation)",
-              "", *claim_lines(runs, args.seeds, steps[-1])]
-    lines += ["", "**Per seed** (isolated vs coupled)", "",
-              "| seed | rssm gap % | open-loop gap % | MSE@last | action ratio | run minutes |", "|---|---|---|---|---|---|"]
+    per_seed = (("rssm_gap_pct", ".1f"), ("open_loop_gap_pct", ".1f"), (f"mse@{steps[-1]}", ".4f"),
+                ("ratio_shuffled", ".3f"))
     for seed in range(args.seeds):
         pair = {r["variant"]: r for r in runs if r["seed"] == seed}
-        row = [f"{pair[v]['metrics'][name]:{fmt}}" for name, fmt in (
-            ("rssm_gap_pct", ".1f"), ("open_loop_gap_pct", ".1f"), (f"mse@{steps[-1]}", ".4f"),
-            ("ratio_shuffled", ".3f")) for v in VARIANTS]
-        minutes = f"{pair['isolated']['seconds'] / 60:.1f} / {pair['coupled']['seconds'] / 60:.1f}"
-        lines.append(f"| {seed} | " + " | ".join(f"{row[i]} / {row[i + 1]}" for i in range(0, len(row), 2))
-                     + f" | {minutes} |")
+        cells = [" / ".join(f"{pair[v]['metrics'][name]:{fmt}}" for v in VARIANTS) for name, fmt in per_seed]
+        cells.append(" / ".join(f"{pair[v]['seconds'] / 60:.1f}" for v in VARIANTS))
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
