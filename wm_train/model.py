@@ -4,8 +4,9 @@ Dimensions: B batch, T time, C=3 colour channels, H=W frame size, S latent (stoc
 A encoded action, K hidden width.
 
 The VAE loss never reaches the RSSM (the RSSM is not in its graph) and the RSSM loss never reaches the
-encoder or decoder (its inputs and targets are detached). Training the RSSM through pixel reconstruction made
-it memorise sequences; see README, "Why gradient isolation".
+encoder or decoder (its inputs and targets are detached), so each part is trained for one job only. What
+that buys against training the RSSM through pixel reconstruction is measured by
+benchmarks/isolation_ablation.py; see README, "Why gradient isolation".
 """
 
 from __future__ import annotations
