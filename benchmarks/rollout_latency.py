@@ -20,7 +20,7 @@ the inputs into the backend's preallocated buffers, the H prior steps, copying t
 with the device synchronised before the clock is read at both ends. The inputs are already where the backend
 computes (numpy arrays for onnxruntime on CPU, torch tensors on the device otherwise), so on a GPU no
 host<->device copy is timed; `--host-io` passes numpy arrays instead, which adds those copies. The backends
-of a cell take turns call by call, so that on a shared machine they all see the same load.
+of a cell take turns in blocks of calls, so that on a shared machine they all see the same load.
 
 Backends (`--backends`, default all; those that cannot run here are listed as skipped, with the reason):
   torch             PyTorch eager, the baseline of the speed-up column
@@ -64,6 +64,8 @@ HORIZONS = (15, 50)
 QUICK_BATCHES = (1, 1024)
 QUICK_HORIZONS = (15,)
 MATMUL_SIZE = 2048
+BLOCKS = 10
+"""turns per backend and cell (see `time_calls`)"""
 LOAD_WARNING = 0.5
 """1-minute load average per CPU at start above which the report warns that other processes competed"""
 
@@ -123,27 +125,34 @@ def synchronizer(device: torch.device):
 def time_calls(calls: dict[str, Callable[[], object]], sync, sampling: Sampling) -> dict[str, np.ndarray]:
     """Seconds per call of each of `calls`, each call bracketed by device synchronisations.
 
-    The calls take turns, one of each per round, so that every backend of a cell sees the same load on a shared
-    machine and their ratios stay fair. One untimed warm-up round first, and more (up to `warmup_calls`) while
-    under half the budget; then at least `min_calls` timed rounds and more while under `budget_s` per callable,
-    at most `max_calls`."""
+    The calls take turns in blocks (a block lasts about 1/BLOCKS of the budget), so that on a shared machine every
+    backend of a cell sees the same load, while within a block each keeps its caches warm as it would running
+    alone (turns of single calls slowed onnxruntime at batch 1 by 10-20% here). One untimed warm-up round first,
+    and more (up to `warmup_calls`) while under half the budget; then blocks while under `budget_s` per
+    callable, or until each has `min_calls`; at most `max_calls` each."""
     budget = sampling.budget_s * len(calls)
-    start, rounds = time.perf_counter(), 0
+    start, rounds, last = time.perf_counter(), 0, {}
     while rounds < sampling.warmup_calls and (rounds == 0 or time.perf_counter() - start < budget / 2):
-        for call in calls.values():
-            call()
-        rounds += 1
-    sync()
-    samples = {name: [] for name in calls}
-    start, rounds = time.perf_counter(), 0
-    while rounds < sampling.max_calls and (rounds < sampling.min_calls or time.perf_counter() - start < budget):
         for name, call in calls.items():
-            sync()
             t0 = time.perf_counter()
             call()
             sync()
-            samples[name].append(time.perf_counter() - t0)
+            last[name] = time.perf_counter() - t0
         rounds += 1
+    block = {name: max(1, int(sampling.budget_s / BLOCKS / last[name])) if name in last else 1 for name in calls}
+    samples = {name: [] for name in calls}
+    start = time.perf_counter()
+    while True:
+        done = min(len(seconds) for seconds in samples.values())
+        if done >= sampling.max_calls or (done >= sampling.min_calls and time.perf_counter() - start >= budget):
+            break
+        for name, call in calls.items():
+            for _ in range(min(block[name], sampling.max_calls - len(samples[name]))):
+                sync()
+                t0 = time.perf_counter()
+                call()
+                sync()
+                samples[name].append(time.perf_counter() - t0)
     return {name: np.asarray(seconds) for name, seconds in samples.items()}
 
 
