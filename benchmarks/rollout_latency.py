@@ -112,6 +112,8 @@ class Result:
     """achieved GFLOP/s of the prior steps' matrix products (imagine only)"""
     peak_fraction: float | None = None
     """gflops / the matmul peak of the same precision on the same device"""
+    load_1min: float | None = None
+    """the 1-minute load average when the cell finished (this benchmark's own threads included)"""
 
 
 # --- measuring ----------------------------------------------------------------------------------------------
@@ -311,6 +313,7 @@ def benchmark(rollouts: dict[str, Rollout], device: torch.device, args, sampling
                  for name, rollout in rollouts.items()}
         for name, seconds in time_calls(calls, synchronizer(device), sampling).items():
             results.append(summarise(name, call, batch, horizon, seconds))
+            results[-1].load_1min = round(os.getloadavg()[0], 2)
             print(f"  {call} B={batch:<5d} H={horizon:<3d} {name:16s} p50 {format_time(results[-1].p50_us)}",
                   file=sys.stderr, flush=True)
         for peak in peaks:
