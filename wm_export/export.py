@@ -83,9 +83,10 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
         reference_runner = parity.TorchRunner(graphs, specs)
         inputs = parity.make_inputs(reference_runner, specs, codec, frames, source)
         reference = parity.collect_outputs(reference_runner, specs, inputs, "torch", progress)
+        drift = parity.float32_drift(graphs["prior_step"], inputs, reference)
         reports = {"onnxruntime": parity.run_parity_gate(
             "onnxruntime", parity.OnnxRuntimeRunner(onnx_files), specs, inputs, reference,
-            parity.ONNXRUNTIME_TOLERANCES, progress)}
+            parity.ONNXRUNTIME_TOLERANCES, progress, drift)}
 
         tensorrt = None
         if settings.trt:
@@ -95,7 +96,7 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
                 unavailable = error
             else:
                 tensorrt = _build_tensorrt(graphs, specs, onnx_files, staging, dest, settings, metadata,
-                                           inputs, reference, progress)
+                                           inputs, reference, drift, progress)
 
         manifest = build_manifest(staging, model_cfg=cfg.model, codec=codec, opset=settings.opset, specs=specs,
                                   checkpoint=checkpoint, parity=reports, parity_inputs=inputs.source,
@@ -147,7 +148,7 @@ def _metadata(model_cfg, codec) -> dict[str, str]:
             "action_mode": codec.mode, "action_codec": json.dumps(codec.to_dict()), "batch_axis": BATCH}
 
 
-def _build_tensorrt(graphs, specs, onnx_files, staging, dest, settings, metadata, inputs, reference,
+def _build_tensorrt(graphs, specs, onnx_files, staging, dest, settings, metadata, inputs, reference, drift,
                     progress) -> dict:
     """Engines for every graph and their parity gate against the PyTorch reference -> manifest section."""
     profile = tensorrt_build.optimization_profile(settings.opt_batch, settings.max_batch)
@@ -165,7 +166,8 @@ def _build_tensorrt(graphs, specs, onnx_files, staging, dest, settings, metadata
     runner = tensorrt_build.TensorRTRunner({name: staging / e["file"] for name, e in section["engines"].items()},
                                            settings.max_batch)
     tolerances = parity.TENSORRT_FP16_TOLERANCES if settings.fp16 else parity.TENSORRT_FP32_TOLERANCES
-    section["parity"] = parity.run_parity_gate("tensorrt", runner, specs, inputs, reference, tolerances, progress)
+    section["parity"] = parity.run_parity_gate("tensorrt", runner, specs, inputs, reference, tolerances, progress,
+                                               drift)
     return section
 
 

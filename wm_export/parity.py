@@ -5,6 +5,12 @@ PyTorch wrappers in float32 on CPU. Each graph runs at batch sizes 1, 7 and 256 
 a large one), and the prior step also runs a 50-step open-loop rollout that feeds each backend's own prior
 mean back as the next z, so errors compound as they do in deployment.
 
+A trained RSSM can amplify rounding over an open-loop rollout: PyTorch's own float32 rollout then drifts
+from the same rollout in float64 by about as much as the 1e-4 latent tolerance. So the rollout's tolerance is
+the larger of the latent tolerance and DRIFT_FACTOR times that float32 drift, measured on the same inputs:
+an export must be about as exact as float32 PyTorch itself, which a wrong graph is not by orders of
+magnitude.
+
 Per output the report holds the largest absolute difference and the largest difference relative to the
 reference's scale (`max_abs / max|reference|`; an element-wise ratio is meaningless next to zero). As in
 Hugging Face optimum's export validation, the gate fails on the largest absolute difference.
@@ -12,6 +18,7 @@ Hugging Face optimum's export validation, the gate fails on the largest absolute
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -29,6 +36,9 @@ from .graphs import BATCH, GraphSpec
 BATCH_SIZES = (1, 7, 256)
 ROLLOUT_STEPS = 50
 ROLLOUT_PREFIX = f"rollout{ROLLOUT_STEPS}"
+
+DRIFT_FACTOR = 4.0
+"""rollout tolerance: this many times PyTorch float32's own drift from float64 (when above the latent one)"""
 
 Runner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -175,6 +185,22 @@ def _rollout(runner: Runner, inputs: ParityInputs) -> dict[str, np.ndarray]:
     return {"z": np.stack(zs), "h": np.stack(hs)}
 
 
+def float32_drift(prior_step: nn.Module, inputs: ParityInputs, reference: dict[str, list[np.ndarray]]
+                  ) -> dict[str, float]:
+    """"rollout50.z" / "rollout50.h" -> largest absolute difference between the float32 reference rollout and
+    the same rollout computed in float64: how much float32 rounding alone moves the trajectory."""
+    exact = copy.deepcopy(prior_step).double()
+
+    def run_float64(graph: str, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            h_next, mean, _ = exact(*(torch.from_numpy(feed[k]).double() for k in ("h", "z", "action")))
+        return {"h_next": h_next.numpy(), "prior_mean": mean.numpy()}
+
+    rollout = _rollout(run_float64, inputs)
+    return {f"{ROLLOUT_PREFIX}.{name}": float(np.abs(trajectory - reference[f"{ROLLOUT_PREFIX}.{name}"][0]).max())
+            for name, trajectory in rollout.items()}
+
+
 def collect_outputs(runner: Runner, specs: dict[str, GraphSpec], inputs: ParityInputs, backend: str = "torch",
                     progress: bool = False) -> dict[str, list[np.ndarray]]:
     """Run every case: "<graph>.<output>" -> one array per batch size; "rollout50.z" and "rollout50.h" ->
@@ -200,8 +226,10 @@ def collect_outputs(runner: Runner, specs: dict[str, GraphSpec], inputs: ParityI
 
 
 def parity_report(candidate: dict[str, list[np.ndarray]], reference: dict[str, list[np.ndarray]],
-                  tolerances: Tolerances, backend: str) -> dict[str, dict]:
-    """Largest absolute and scale-relative difference per output over all cases, with its tolerance."""
+                  tolerances: Tolerances, backend: str, drift: dict[str, float] | None = None) -> dict[str, dict]:
+    """Largest absolute and scale-relative difference per output over all cases, with its tolerance
+    (for the rollout, raised to DRIFT_FACTOR x `drift`, the float32 drift of `float32_drift`)."""
+    drift = drift or {}
     report = {}
     for key, expected in reference.items():
         actual = candidate[key]
@@ -219,6 +247,8 @@ def parity_report(candidate: dict[str, list[np.ndarray]], reference: dict[str, l
                  "tolerance": tolerances.of(output)}
         if graph == ROLLOUT_PREFIX:
             entry.update(steps=ROLLOUT_STEPS, batch=max(BATCH_SIZES))
+            if key in drift:
+                entry.update(float32_drift=drift[key], tolerance=max(entry["tolerance"], DRIFT_FACTOR * drift[key]))
         else:
             entry.update(batch_sizes=list(BATCH_SIZES))
         report[key] = entry
@@ -227,7 +257,7 @@ def parity_report(candidate: dict[str, list[np.ndarray]], reference: dict[str, l
 
 def check_report(backend: str, report: dict[str, dict]) -> None:
     """Raise ParityError naming every output whose largest absolute difference exceeds its tolerance."""
-    failures = [f"{key} max abs error {entry['max_abs']:.3g} > tolerance {entry['tolerance']:.0e}"
+    failures = [f"{key} max abs error {entry['max_abs']:.3g} > tolerance {entry['tolerance']:.1e}"
                 for key, entry in report.items() if not entry["max_abs"] <= entry["tolerance"]]
     if failures:
         raise ParityError(backend, failures, report)
@@ -235,11 +265,11 @@ def check_report(backend: str, report: dict[str, dict]) -> None:
 
 def run_parity_gate(backend: str, runner: Runner, specs: dict[str, GraphSpec], inputs: ParityInputs,
                     reference: dict[str, list[np.ndarray]], tolerances: Tolerances,
-                    progress: bool = False) -> dict[str, dict]:
+                    progress: bool = False, drift: dict[str, float] | None = None) -> dict[str, dict]:
     """Run `runner` on every case, compare with the reference outputs -> report; raise ParityError when an
     output is over tolerance (the report rides on the error)."""
     candidate = collect_outputs(runner, specs, inputs, backend, progress)
-    report = parity_report(candidate, reference, tolerances, backend)
+    report = parity_report(candidate, reference, tolerances, backend, drift)
     check_report(backend, report)
     return report
 
@@ -251,5 +281,5 @@ def format_table(reports: dict[str, dict[str, dict]]) -> str:
         for key, entry in report.items():
             verdict = "ok" if entry["max_abs"] <= entry["tolerance"] else "FAIL"
             lines.append(f"{backend:<12} {key:<24} {entry['max_abs']:>9.2e} {entry['max_rel']:>9.2e} "
-                         f"{entry['tolerance']:>9.0e}  {verdict}")
+                         f"{entry['tolerance']:>9.1e}  {verdict}")
     return "\n".join(lines)
