@@ -38,16 +38,12 @@ def main() -> None:
         if not any(Path(cfg.data.path).glob("*.npz")):
             cfg.data.path = _random_episodes(Path(scratch) / "data", cfg)
         trainer = Trainer(cfg, progress=False)
+        trainer.model.train()
         t = cfg.train
         for step in range(args.warmup + args.steps):
             if step == args.warmup:
                 start = time.perf_counter()
-            obs, actions = trainer.train_batch()
-            out = trainer.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), t.grad_clip)
-            trainer.optimizer.step()
+            trainer.train_step()
         seconds = time.perf_counter() - start
 
     frames = args.steps * t.batch_size * cfg.data.seq_len

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import Config
 from .data import EpisodeSet, load_splits, to_batch
+from .losses import WorldModelOutput
 from .model import WorldModel
 from .preview import save_preview
 
@@ -110,22 +111,23 @@ class Trainer:
                    leave=False, disable=not self.progress)
         start = time.perf_counter()
         for _ in bar:
-            obs, actions = self.train_batch()
-            out = self.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale)
-            self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            self.optimizer.step()
+            out = self.train_step()
             for name, value in vars(out).items():
                 sums[name] = sums.get(name, 0.0) + value.detach()
         seconds = time.perf_counter() - start
         frames = self.steps_per_epoch * t.batch_size * self.cfg.data.seq_len
         return {k: float(v) / self.steps_per_epoch for k, v in sums.items()}, frames / seconds
 
-    def train_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch of windows at random offsets: obs [B, T, 3, H, W], encoded actions [B, T, A]."""
-        windows = self.train_set.sample(self.rng, self.cfg.train.batch_size)
-        return to_batch(windows, self.codec, self.device)
+    def train_step(self) -> WorldModelOutput:
+        """One optimiser step on a batch of windows sampled at random offsets."""
+        t = self.cfg.train
+        obs, actions = to_batch(self.train_set.sample(self.rng, t.batch_size), self.codec, self.device)
+        out = self.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        return out
 
     @torch.no_grad()
     def evaluate(self, episodes: EpisodeSet) -> dict[str, float]:
