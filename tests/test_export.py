@@ -20,8 +20,8 @@ from wm_export.cli import EXIT_ERROR, EXIT_NO_TENSORRT, EXIT_PARITY, main
 from wm_export.graphs import build_graphs
 from wm_export.manifest import sha256_file
 from wm_export.onnx_export import export_onnx
-from wm_export.parity import (DRIFT_FACTOR, ONNXRUNTIME_TOLERANCES, float32_drift, OnnxRuntimeRunner, TorchRunner, collect_outputs, make_inputs,
-                              run_parity_gate)
+from wm_export.parity import (DRIFT_FACTOR, ONNXRUNTIME_TOLERANCES, OnnxRuntimeRunner, TorchRunner, collect_outputs,
+                              float32_drift, make_inputs, run_parity_gate)
 from wm_train import ActionCodec, Config, WorldModel, load_checkpoint, save_checkpoint
 from wm_train.data import save_episode
 
