@@ -194,16 +194,20 @@ def test_parity_gate_names_the_output_of_a_perturbed_graph(checkpoint, exported,
     assert caught.value.report["encoder.z_mean"]["max_abs"] <= 1e-4
 
 
-@pytest.fixture
-def perturbed_export(monkeypatch):
-    """Make every export write a prior_step graph whose weights are off by 1e-2."""
+def _perturb_on_export(monkeypatch, graph_name: str) -> None:
+    """Make every export write a `graph_name` graph whose weights are off by 1e-2."""
     def export_then_perturb(graph, spec, path, opset, metadata=None):
         model = export_onnx(graph, spec, path, opset, metadata)
-        if spec.name == "prior_step":
+        if spec.name == graph_name:
             _perturb(path)
         return model
 
     monkeypatch.setattr(wm_export.export, "export_onnx", export_then_perturb)
+
+
+@pytest.fixture
+def perturbed_export(monkeypatch):
+    _perturb_on_export(monkeypatch, "prior_step")
 
 
 def test_parity_failure_leaves_no_artifact_folder(checkpoint, tmp_path, perturbed_export):
@@ -318,13 +322,7 @@ def test_cli_errors_are_one_line_with_exit_codes(checkpoint, tmp_path, monkeypat
     result = runner.invoke(main, [str(checkpoint), "--max-batch", "0"])
     assert result.exit_code == 2  # click's usage error
 
-    def perturb(graph, spec, path, opset, metadata=None):
-        model = export_onnx(graph, spec, path, opset, metadata)
-        if spec.name == "encoder":
-            _perturb(path)
-        return model
-
-    monkeypatch.setattr(wm_export.export, "export_onnx", perturb)
+    _perturb_on_export(monkeypatch, "encoder")
     result = runner.invoke(main, [str(checkpoint), "-o", str(tmp_path / "bad"), "--no-progress"])
     assert result.exit_code == EXIT_PARITY
     assert result.stderr.strip().splitlines()[-1].startswith("Error: onnxruntime parity check failed: encoder.")
