@@ -9,7 +9,6 @@ means nothing" is a missing TensorRT or CUDA device: the ONNX artifacts are stil
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from wm_train.checkpoint import load_checkpoint
+from wm_train.files import replace_dir
 
 from . import parity, tensorrt_build
 from .graphs import BATCH, HalfPrecisionGraph, build_graphs, graph_specs
@@ -180,19 +180,9 @@ def _check_contents(staging: Path, manifest: dict) -> None:
 
 def _publish(staging: Path, dest: Path, force: bool) -> None:
     """Rename the finished folder into place; with `force`, swap out the old one and only then delete it."""
-    if not dest.exists():
-        os.replace(staging, dest)
-        return
-    check_destination(dest, force)
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
-    os.replace(dest, old / dest.name)
-    try:
-        os.replace(staging, dest)
-    except BaseException:
-        os.replace(old / dest.name, dest)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        check_destination(dest, force)
+    replace_dir(staging, dest)
 
 
 def _missing_parents(dest: Path) -> list[Path]:

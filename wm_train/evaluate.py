@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from .actions import ActionCodec
 from .config import Config
 from .data import EpisodeSet, load_splits, to_batch
+from .files import replace_dir
 from .losses import gaussian_kl
 from .model import WorldModel
 
@@ -410,21 +410,11 @@ def write_report(report: EvalReport, out_dir: str | Path, overwrite: bool = Fals
         files["strips"] = save_strips(report, tmp) if report.examples is not None else []
         report.files = files
         (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
-        _replace_dir(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    if not target.exists():
-        os.rename(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    os.rename(target, old / target.name)
-    os.rename(new, target)
-    shutil.rmtree(old)
 
 
 def run_eval(checkpoint: str | Path, data: str | Path, out_dir: str | Path, overwrite: bool = False,
