@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wm_train.checkpoint import load_checkpoint
-from wm_train.config import Config
+from wm_core.checkpoint import load_checkpoint
+from wm_core.config import Config
+from wm_core.losses import WorldModelOutput, gaussian_kl, reconstruction_loss
+from wm_core.model import WorldModel
 from wm_train.evaluate import HEADLINE_STEPS, EvalReport, evaluate_model, write_report
-from wm_train.losses import WorldModelOutput, gaussian_kl, reconstruction_loss
-from wm_train.model import WorldModel
 from wm_train.trainer import Trainer
 
 VARIANTS = ("isolated", "coupled")
@@ -46,22 +46,41 @@ class Args:
     steps: int = field(default=150, metadata={"help": "steps per recorded episode"})
     seeds: int = field(default=3, metadata={"help": "training seeds per variant (0 .. seeds-1)"})
     epochs: int = field(default=12, metadata={"help": "passes over the training frames, for both variants"})
-    size: str = field(default="small", metadata={"help": "model preset (wm_train.config.MODEL_PRESETS)"})
-    seq_len: int = field(default=8, metadata={"help": "frames per training window (8: twice the optimiser steps "
-                                                 "of 16 for the same frames)"})
+    size: str = field(default="small", metadata={"help": "model preset (wm_core.config.MODEL_PRESETS)"})
+    seq_len: int = field(
+        default=8,
+        metadata={"help": "frames per training window (8: twice the optimiser steps of 16 for the same frames)"},
+    )
     batch_size: int = field(default=16, metadata={"help": "windows per optimiser step"})
     val_fraction: float = field(default=0.2, metadata={"help": "fraction of episodes held out for validation"})
     context: int = field(default=5, metadata={"help": "real frames observed before imagining"})
     horizon: int = field(default=30, metadata={"help": "steps imagined open loop"})
     max_sequences: int = field(default=64, metadata={"help": "evaluated sequences per split, at most"})
-    workers: int = field(default=2, metadata={"help": "runs trained in parallel processes, one torch thread each "
-                                                   "(on a busy 2-core machine faster than one run on 2 threads)"})
+    workers: int = field(
+        default=2,
+        metadata={
+            "help": "runs trained in parallel processes, one torch thread each "
+            "(on a busy 2-core machine faster than one run on 2 threads)"
+        },
+    )
     out: str = field(default="runs/isolation_ablation", metadata={"help": "output folder"})
     quick: bool = field(default=False, metadata={"help": "smoke test: tiny model, 4 short episodes, 1 seed, 1 epoch"})
 
 
-QUICK = dict(episodes=4, steps=24, seeds=1, epochs=1, size="tiny", seq_len=8, batch_size=4, val_fraction=0.25,
-             context=3, horizon=5, max_sequences=8, workers=1)
+QUICK = dict(
+    episodes=4,
+    steps=24,
+    seeds=1,
+    epochs=1,
+    size="tiny",
+    seq_len=8,
+    batch_size=4,
+    val_fraction=0.25,
+    context=3,
+    horizon=5,
+    max_sequences=8,
+    workers=1,
+)
 
 
 class CoupledWorldModel(WorldModel):
@@ -102,13 +121,24 @@ def make_trainer(cfg: Config, variant: str) -> Trainer:
 
 
 def run_config(args: Args, data: Path, action_mode: str, action_dim: int, variant: str, seed: int) -> Config:
-    return Config.from_dict({
-        "data": {"path": str(data), "action_mode": action_mode, "seq_len": args.seq_len,
-                 "val_fraction": args.val_fraction},
-        "model": {"size": args.size, "action_dim": action_dim},
-        "train": {"out_dir": str(Path(args.out) / "runs" / f"{variant}_seed{seed}"), "epochs": args.epochs,
-                  "batch_size": args.batch_size, "seed": seed, "threads": 1},
-    })
+    return Config.from_dict(
+        {
+            "data": {
+                "path": str(data),
+                "action_mode": action_mode,
+                "seq_len": args.seq_len,
+                "val_fraction": args.val_fraction,
+            },
+            "model": {"size": args.size, "action_dim": action_dim},
+            "train": {
+                "out_dir": str(Path(args.out) / "runs" / f"{variant}_seed{seed}"),
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "seed": seed,
+                "threads": 1,
+            },
+        }
+    )
 
 
 def train_and_evaluate(job: tuple[Args, Config, str]) -> dict:
@@ -119,13 +149,29 @@ def train_and_evaluate(job: tuple[Args, Config, str]) -> dict:
     history = trainer.fit()
     trained = time.perf_counter()
     model, _, extras = load_checkpoint(Path(cfg.train.out_dir) / "last.pt")  # a plain WorldModel either way
-    report = evaluate_model(model, cfg, extras["action_codec"], {"train": trainer.train_set, "val": trainer.val_set},
-                            args.context, args.horizon, "val", args.max_sequences, seed=0,
-                            checkpoint=str(Path(cfg.train.out_dir) / "last.pt"), progress=False)
+    report = evaluate_model(
+        model,
+        cfg,
+        extras["action_codec"],
+        {"train": trainer.train_set, "val": trainer.val_set},
+        args.context,
+        args.horizon,
+        "val",
+        args.max_sequences,
+        seed=0,
+        checkpoint=str(Path(cfg.train.out_dir) / "last.pt"),
+        progress=False,
+    )
     write_report(report, Path(cfg.train.out_dir) / "eval", overwrite=True)
-    return dict(variant=variant, seed=cfg.train.seed, train_seconds=trained - start,
-                seconds=time.perf_counter() - start, objective=dict(train=history[-1].train, val=history[-1].val),
-                metrics=table_metrics(report), report=report.to_dict())
+    return dict(
+        variant=variant,
+        seed=cfg.train.seed,
+        train_seconds=trained - start,
+        seconds=time.perf_counter() - start,
+        objective=dict(train=history[-1].train, val=history[-1].val),
+        metrics=table_metrics(report),
+        report=report.to_dict(),
+    )
 
 
 def table_metrics(report: EvalReport) -> dict[str, float]:
@@ -133,15 +179,23 @@ def table_metrics(report: EvalReport) -> dict[str, float]:
     train, val = report.splits["train"], report.splits["val"]
     ol_train, ol_val = float(np.mean(train.open_loop.pixel_mse)), float(np.mean(val.open_loop.pixel_mse))
     metrics = {
-        "loss_train": train.losses["loss"], "loss_val": val.losses["loss"],
+        "loss_train": train.losses["loss"],
+        "loss_val": val.losses["loss"],
         "loss_gap_pct": 100 * report.gap["loss_relative"],
-        "rssm_train": train.losses["rssm_loss"], "rssm_val": val.losses["rssm_loss"],
+        "rssm_train": train.losses["rssm_loss"],
+        "rssm_val": val.losses["rssm_loss"],
         "rssm_gap_pct": 100 * report.gap["rssm_loss_relative"],
-        "open_loop_train": ol_train, "open_loop_val": ol_val, "open_loop_gap_pct": 100 * (ol_val - ol_train) / ol_train,
-        "recon_val": val.open_loop.recon_mse, "copy_last_val": val.open_loop.copy_last_mse[-1],
-        "growth_val": val.open_loop.growth, "vs_copy_last_val": val.open_loop.vs_copy_last,
-        "ratio_shuffled": val.actions.ratio_shuffled, "ratio_random": val.actions.ratio_random,
-        "latent_ratio_shuffled": val.actions.latent_ratio_shuffled, "spread": val.actions.spread_mean,
+        "open_loop_train": ol_train,
+        "open_loop_val": ol_val,
+        "open_loop_gap_pct": 100 * (ol_val - ol_train) / ol_train,
+        "recon_val": val.open_loop.recon_mse,
+        "copy_last_val": val.open_loop.copy_last_mse[-1],
+        "growth_val": val.open_loop.growth,
+        "vs_copy_last_val": val.open_loop.vs_copy_last,
+        "ratio_shuffled": val.actions.ratio_shuffled,
+        "ratio_random": val.actions.ratio_random,
+        "latent_ratio_shuffled": val.actions.latent_ratio_shuffled,
+        "spread": val.actions.spread_mean,
     }
     for step in HEADLINE_STEPS:
         metrics[f"mse@{step}"] = report.pixel_mse_at("val", step)
@@ -179,21 +233,31 @@ def summarise(runs: list[dict]) -> dict[str, dict[str, list[float]]]:
     summary = {}
     for variant in VARIANTS:
         rows = [r["metrics"] for r in runs if r["variant"] == variant]
-        summary[variant] = {name: [float(np.mean([r[name] for r in rows])), float(np.std([r[name] for r in rows]))]
-                            for name in rows[0] if rows[0][name] is not None}
+        summary[variant] = {
+            name: [float(np.mean([r[name] for r in rows])), float(np.std([r[name] for r in rows]))]
+            for name in rows[0]
+            if rows[0][name] is not None
+        }
     return summary
 
 
 # Table columns: (header, metric, digits, unit)
 GAP_COLUMNS = (
-    ("loss train", "loss_train", 1, ""), ("loss val", "loss_val", 1, ""), ("gap", "loss_gap_pct", 1, "%"),
-    ("rssm_loss train", "rssm_train", 2, ""), ("rssm_loss val", "rssm_val", 2, ""), ("gap", "rssm_gap_pct", 1, "%"),
-    ("open-loop MSE train", "open_loop_train", 4, ""), ("open-loop MSE val", "open_loop_val", 4, ""),
+    ("loss train", "loss_train", 1, ""),
+    ("loss val", "loss_val", 1, ""),
+    ("gap", "loss_gap_pct", 1, "%"),
+    ("rssm_loss train", "rssm_train", 2, ""),
+    ("rssm_loss val", "rssm_val", 2, ""),
+    ("gap", "rssm_gap_pct", 1, "%"),
+    ("open-loop MSE train", "open_loop_train", 4, ""),
+    ("open-loop MSE val", "open_loop_val", 4, ""),
     ("gap", "open_loop_gap_pct", 1, "%"),
 )
 ACTION_COLUMNS = (
-    ("reconstruction", "recon_val", 4, ""), ("action ratio (shuffled)", "ratio_shuffled", 3, ""),
-    ("(random)", "ratio_random", 3, ""), ("latent ratio (shuffled)", "latent_ratio_shuffled", 3, ""),
+    ("reconstruction", "recon_val", 4, ""),
+    ("action ratio (shuffled)", "ratio_shuffled", 3, ""),
+    ("(random)", "ratio_random", 3, ""),
+    ("latent ratio (shuffled)", "latent_ratio_shuffled", 3, ""),
     ("spread", "spread", 3, ""),
 )
 
@@ -223,17 +287,29 @@ def markdown(summary: dict, runs: list[dict], args: Args, data: Path, seconds: f
         "",
         "**Train vs validation** (teacher-forced losses of the isolated objective, evaluated on both splits with the "
         "final weights; gap = (val - train) / train)",
-        "", *table(GAP_COLUMNS), "",
+        "",
+        *table(GAP_COLUMNS),
+        "",
         "**Open loop on validation episodes** (pixel MSE per pixel at horizon step k; repeat-last = the last context "
         "frame repeated; action ratio = MSE with true / with shuffled actions over the horizon, 1 = actions ignored)",
-        "", *table(open_loop_columns), "",
+        "",
+        *table(open_loop_columns),
+        "",
         "**The claims, side by side** (isolated vs coupled, mean over seeds; how many seeds favour isolation)",
-        "", *claim_lines(runs, args.seeds, steps[-1]), "",
-        "**Per seed** (isolated / coupled)", "",
-        "| seed | rssm gap % | open-loop gap % | MSE@last | action ratio | run minutes |", "|---|---|---|---|---|---|",
+        "",
+        *claim_lines(runs, args.seeds, steps[-1]),
+        "",
+        "**Per seed** (isolated / coupled)",
+        "",
+        "| seed | rssm gap % | open-loop gap % | MSE@last | action ratio | run minutes |",
+        "|---|---|---|---|---|---|",
     ]
-    per_seed = (("rssm_gap_pct", ".1f"), ("open_loop_gap_pct", ".1f"), (f"mse@{steps[-1]}", ".4f"),
-                ("ratio_shuffled", ".3f"))
+    per_seed = (
+        ("rssm_gap_pct", ".1f"),
+        ("open_loop_gap_pct", ".1f"),
+        (f"mse@{steps[-1]}", ".4f"),
+        ("ratio_shuffled", ".3f"),
+    )
     for seed in range(args.seeds):
         pair = {r["variant"]: r for r in runs if r["seed"] == seed}
         cells = [" / ".join(f"{pair[v]['metrics'][name]:{fmt}}" for v in VARIANTS) for name, fmt in per_seed]
@@ -289,8 +365,11 @@ def main() -> None:
     data = prepare_data(args)
     recorded = time.perf_counter()
     action_mode, action_dim = action_space_of(data)
-    jobs = [(args, run_config(args, data, action_mode, action_dim, v, seed), v)
-            for seed in range(args.seeds) for v in VARIANTS]
+    jobs = [
+        (args, run_config(args, data, action_mode, action_dim, v, seed), v)
+        for seed in range(args.seeds)
+        for v in VARIANTS
+    ]
     for _, cfg, _ in jobs:  # a run folder from an earlier invocation would make the Trainer refuse to start
         for name in ("last.pt", "best.pt", "metrics.jsonl"):
             (Path(cfg.train.out_dir) / name).unlink(missing_ok=True)
@@ -309,8 +388,15 @@ def main() -> None:
     summary = summarise(runs)
     table = markdown(summary, runs, args, data, seconds)
     (out / "results.md").write_text(table)
-    results = dict(args=dataclasses.asdict(args), data=str(data), seconds=seconds, record_seconds=recorded - start,
-                   cpu_count=os.cpu_count(), summary=summary, runs=runs)
+    results = dict(
+        args=dataclasses.asdict(args),
+        data=str(data),
+        seconds=seconds,
+        record_seconds=recorded - start,
+        cpu_count=os.cpu_count(),
+        summary=summary,
+        runs=runs,
+    )
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     print(table)
     print(f"wrote {out / 'results.md'} and {out / 'results.json'} in {seconds / 60:.1f} min")

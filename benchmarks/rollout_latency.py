@@ -53,7 +53,8 @@ import numpy as np
 import torch
 from torch import nn
 
-import wm_train
+import wm_core
+import wm_core.config
 from wm_deploy import LatentState, Rollout
 from wm_export import EngineBuildError, ParityError, TensorRTUnavailableError, export_artifacts, load_manifest
 
@@ -118,6 +119,7 @@ class Result:
 
 # --- measuring ----------------------------------------------------------------------------------------------
 
+
 def synchronizer(device: torch.device):
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
@@ -160,8 +162,19 @@ def time_calls(calls: dict[str, Callable[[], object]], sync, sampling: Sampling)
 
 def summarise(backend: str, call: str, batch: int, horizon: int, seconds: np.ndarray) -> Result:
     p50, p90, p99 = np.percentile(seconds, (50, 90, 99))
-    return Result(backend, call, batch, horizon, len(seconds), p50 * 1e6, p90 * 1e6, p99 * 1e6,
-                  float(seconds.mean()) * 1e6, float(seconds.min()) * 1e6, batch * horizon / p50)
+    return Result(
+        backend,
+        call,
+        batch,
+        horizon,
+        len(seconds),
+        p50 * 1e6,
+        p90 * 1e6,
+        p99 * 1e6,
+        float(seconds.mean()) * 1e6,
+        float(seconds.min()) * 1e6,
+        batch * horizon / p50,
+    )
 
 
 class MatmulPeak:
@@ -184,8 +197,13 @@ class MatmulPeak:
 
     def summary(self) -> dict:
         flops = 2 * MATMUL_SIZE**3
-        return {"dtype": str(self.dtype).removeprefix("torch."), "size": MATMUL_SIZE, "calls": len(self.seconds),
-                "gflops": flops / min(self.seconds) / 1e9, "median_gflops": flops / np.median(self.seconds) / 1e9}
+        return {
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "size": MATMUL_SIZE,
+            "calls": len(self.seconds),
+            "gflops": flops / min(self.seconds) / 1e9,
+            "median_gflops": flops / np.median(self.seconds) / 1e9,
+        }
 
 
 ONE_CALL = Sampling(min_calls=1, max_calls=1, budget_s=0.0, warmup_calls=0)
@@ -200,12 +218,16 @@ def step_flops(rssm: nn.Module) -> dict:
         elif isinstance(module, nn.GRUCell):
             # three gates (reset, update, new), each an input and a hidden product
             layers[name] = 2 * 3 * module.hidden_size * (module.input_size + module.hidden_size)
-    return {"per_step": sum(layers.values()), "layers": layers,
-            "counted": "matrix products only (2*in*out per Linear, 2*3*(K*D + D*D) for the GRUCell); "
-                       "elementwise ops left out"}
+    return {
+        "per_step": sum(layers.values()),
+        "layers": layers,
+        "counted": "matrix products only (2*in*out per Linear, 2*3*(K*D + D*D) for the GRUCell); "
+        "elementwise ops left out",
+    }
 
 
 # --- backends -----------------------------------------------------------------------------------------------
+
 
 def prepare_artifacts(args, scratch: Path, wanted: list[str], device: torch.device) -> tuple[dict, dict]:
     """-> ({"onnx" | "fp32" | "fp16": artifact folder}, {backend: why skipped}) for what `wanted` needs."""
@@ -230,7 +252,7 @@ def prepare_artifacts(args, scratch: Path, wanted: list[str], device: torch.devi
 
     checkpoint = Path(args.checkpoint) if args.checkpoint is not None else random_checkpoint(scratch, args.size)
     max_batch = max(args.batches)
-    common = dict(decoder=False, max_batch=max(max_batch, wm_train.config.ExportConfig.max_batch))
+    common = dict(decoder=False, max_batch=max(max_batch, wm_core.config.ExportConfig.max_batch))
     folders = {}
     for precision in ("fp32", "fp16"):
         name = f"tensorrt-{precision}"
@@ -253,11 +275,12 @@ def prepare_artifacts(args, scratch: Path, wanted: list[str], device: torch.devi
 
 def random_checkpoint(scratch: Path, size: str) -> Path:
     torch.manual_seed(0)
-    cfg = wm_train.Config.from_dict({"model": {"size": size}})
+    cfg = wm_core.Config.from_dict({"model": {"size": size}})
     path = scratch / "random.pt"
-    codec = wm_train.ActionCodec("continuous", cfg.model.action_dim, (0.0,) * cfg.model.action_dim,
-                                 (1.0,) * cfg.model.action_dim)
-    wm_train.save_checkpoint(path, wm_train.WorldModel(cfg.model), cfg, codec)
+    codec = wm_core.ActionCodec(
+        "continuous", cfg.model.action_dim, (0.0,) * cfg.model.action_dim, (1.0,) * cfg.model.action_dim
+    )
+    wm_core.save_checkpoint(path, wm_core.WorldModel(cfg.model), cfg, codec)
     return path
 
 
@@ -266,11 +289,17 @@ def load_backend(name: str, folders: dict, device: torch.device, max_batch: int)
     if name == "torch-cudagraphs" and device.type != "cuda":
         raise ValueError("CUDA graphs need a CUDA device (--device cuda)")
     if name.startswith("tensorrt"):
-        return Rollout.load(folders[name.removeprefix("tensorrt-")], backend="tensorrt", device=device,
-                            max_batch=max_batch)
+        return Rollout.load(
+            folders[name.removeprefix("tensorrt-")], backend="tensorrt", device=device, max_batch=max_batch
+        )
     # the baseline is eager: on CUDA the torch backend would otherwise capture the loop in a CUDA graph
-    return Rollout.load(folders["onnx"], backend=name.removesuffix("-cudagraphs"), device=device,
-                        max_batch=max_batch, cuda_graphs=name != "torch")
+    return Rollout.load(
+        folders["onnx"],
+        backend=name.removesuffix("-cudagraphs"),
+        device=device,
+        max_batch=max_batch,
+        cuda_graphs=name != "torch",
+    )
 
 
 def input_kind(rollout: Rollout, host_io: bool) -> str:
@@ -278,8 +307,9 @@ def input_kind(rollout: Rollout, host_io: bool) -> str:
     return "numpy" if host_io or rollout.ops.kind == "numpy" else "torch"
 
 
-def prepared_call(rollout: Rollout, call: str, batch: int, horizon: int, host_io: bool,
-                  rng: np.random.Generator) -> Callable[[], object]:
+def prepared_call(
+    rollout: Rollout, call: str, batch: int, horizon: int, host_io: bool, rng: np.random.Generator
+) -> Callable[[], object]:
     """Warm `rollout` up for one cell and return the call to time, its random inputs bound: a state that has
     seen a frame, raw actions [B, H, A] (and a frame for observe), as arrays of the kind `input_kind` picks."""
     dims, codec = rollout.dims, rollout.codec
@@ -287,8 +317,11 @@ def prepared_call(rollout: Rollout, call: str, batch: int, horizon: int, host_io
         actions = rng.integers(0, codec.dim, (batch, horizon))
     else:
         actions = rng.uniform(-1, 1, (batch, horizon, codec.dim)).astype(np.float32)
-    arrays = dict(h=np.tanh(rng.standard_normal((batch, dims.deter), np.float32)),
-                  z=rng.standard_normal((batch, dims.latent), np.float32), actions=actions)
+    arrays = dict(
+        h=np.tanh(rng.standard_normal((batch, dims.deter), np.float32)),
+        z=rng.standard_normal((batch, dims.latent), np.float32),
+        actions=actions,
+    )
     if call == "observe":
         arrays["frame"] = rng.integers(0, 256, (batch, *dims.frame), dtype=np.uint8)
     if input_kind(rollout, host_io) == "torch":
@@ -301,21 +334,26 @@ def prepared_call(rollout: Rollout, call: str, batch: int, horizon: int, host_io
     return lambda: rollout.imagine(state, arrays["actions"])
 
 
-def benchmark(rollouts: dict[str, Rollout], device: torch.device, args, sampling: Sampling,
-              peaks: list[MatmulPeak]) -> list[Result]:
+def benchmark(
+    rollouts: dict[str, Rollout], device: torch.device, args, sampling: Sampling, peaks: list[MatmulPeak]
+) -> list[Result]:
     """Every cell (imagine at each horizon and batch, observe at batch 1) on every backend, with one matmul
     peak sample after each cell."""
     rng = np.random.default_rng(0)
     cells = [("imagine", batch, horizon) for horizon in args.horizons for batch in args.batches]
     results = []
     for call, batch, horizon in cells + [("observe", 1, 1)]:
-        calls = {name: prepared_call(rollout, call, batch, horizon, args.host_io, rng)
-                 for name, rollout in rollouts.items()}
+        calls = {
+            name: prepared_call(rollout, call, batch, horizon, args.host_io, rng) for name, rollout in rollouts.items()
+        }
         for name, seconds in time_calls(calls, synchronizer(device), sampling).items():
             results.append(summarise(name, call, batch, horizon, seconds))
             results[-1].load_1min = round(os.getloadavg()[0], 2)
-            print(f"  {call} B={batch:<5d} H={horizon:<3d} {name:16s} p50 {format_time(results[-1].p50_us)}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {call} B={batch:<5d} H={horizon:<3d} {name:16s} p50 {format_time(results[-1].p50_us)}",
+                file=sys.stderr,
+                flush=True,
+            )
         for peak in peaks:
             peak.sample(ONE_CALL)
     return results
@@ -335,11 +373,19 @@ def fill_derived(results: list[Result], flops: dict | None, peaks: dict, precisi
 
 # --- reporting ----------------------------------------------------------------------------------------------
 
+
 def environment(device: torch.device, rollouts: dict[str, Rollout]) -> dict:
-    env = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-           "device": str(device), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-           "env_threads": {key: os.environ[key] for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if key in os.environ}}
+    env = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "device": str(device),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "env_threads": {key: os.environ[key] for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if key in os.environ},
+    }
     try:
         import onnxruntime
 
@@ -353,8 +399,9 @@ def environment(device: torch.device, rollouts: dict[str, Rollout]) -> dict:
     for name, ro in rollouts.items():
         sessions = getattr(ro.backend, "sessions", None)
         if sessions:
-            env[f"{name}_intra_op_threads"] = {graph: s.get_session_options().intra_op_num_threads
-                                               for graph, s in sessions.items()}
+            env[f"{name}_intra_op_threads"] = {
+                graph: s.get_session_options().intra_op_num_threads for graph, s in sessions.items()
+            }
         if name.startswith("tensorrt"):
             import tensorrt
 
@@ -385,45 +432,60 @@ def format_optional(value: float | None, spec: str) -> str:
 
 
 def markdown_table(results: list[Result]) -> str:
-    lines = ["| backend | call | B | H | p50 | p90 | p99 | calls | latent steps/s | × torch eager | GFLOP/s "
-             "| % matmul peak |",
-             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    lines = [
+        "| backend | call | B | H | p50 | p90 | p99 | calls | latent steps/s | × torch eager | GFLOP/s "
+        "| % matmul peak |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
     order = sorted(results, key=lambda r: (r.call != "imagine", r.horizon, r.batch, BACKENDS.index(r.backend)))
     for r in order:
         fraction = None if r.peak_fraction is None else 100 * r.peak_fraction
-        lines.append(f"| {r.backend} | {r.call} | {r.batch} | {r.horizon} | {format_time(r.p50_us)} "
-                     f"| {format_time(r.p90_us)} | {format_time(r.p99_us)} | {r.calls} | {r.steps_per_s:.3g} "
-                     f"| {format_optional(r.speedup, '.2f')} | {format_optional(r.gflops, '.3g')} "
-                     f"| {format_optional(fraction, '.0f')} |")
+        lines.append(
+            f"| {r.backend} | {r.call} | {r.batch} | {r.horizon} | {format_time(r.p50_us)} "
+            f"| {format_time(r.p90_us)} | {format_time(r.p99_us)} | {r.calls} | {r.steps_per_s:.3g} "
+            f"| {format_optional(r.speedup, '.2f')} | {format_optional(r.gflops, '.3g')} "
+            f"| {format_optional(fraction, '.0f')} |"
+        )
     return "\n".join(lines)
 
 
 def report_header(env: dict, flops: dict | None, peaks: dict, load: tuple, host_io: bool) -> str:
     where = env.get("gpu", env["cpu"])
-    versions = ", ".join(f"{key} {env[key]}" for key in ("torch", "onnxruntime", "tensorrt", "cuda", "numpy")
-                         if key in env)
+    versions = ", ".join(
+        f"{key} {env[key]}" for key in ("torch", "onnxruntime", "tensorrt", "cuda", "numpy") if key in env
+    )
     threads = f"torch {env['torch_threads']} intra-op / {env['torch_interop_threads']} inter-op threads"
     for key, value in env.items():
         if key.endswith("_intra_op_threads"):
             threads += f"; {key.removesuffix('_intra_op_threads')} intra-op threads per graph {value}"
     if env["env_threads"]:
         threads += f"; {env['env_threads']}"
-    copies = ("inputs and outputs are host numpy arrays (host<->device copies included)" if host_io else
-              "inputs and outputs stay where the backend computes (no host<->device copy timed)")
-    lines = [f"Device: {env['device']} ({where}, {env['cpu_count']} CPUs). {versions}. {threads}.",
-             f"Load average (1, 5, 15 min) at start {load[0]}, at end {load[1]}.",
-             f"Timing: one Rollout call, device synchronised before each clock read; {copies}."]
+    copies = (
+        "inputs and outputs are host numpy arrays (host<->device copies included)"
+        if host_io
+        else "inputs and outputs stay where the backend computes (no host<->device copy timed)"
+    )
+    lines = [
+        f"Device: {env['device']} ({where}, {env['cpu_count']} CPUs). {versions}. {threads}.",
+        f"Load average (1, 5, 15 min) at start {load[0]}, at end {load[1]}.",
+        f"Timing: one Rollout call, device synchronised before each clock read; {copies}.",
+    ]
     if flops is not None:
         lines.append(f"FLOPs per latent step: {flops['per_step'] / 1e6:.3f} M ({flops['counted']}).")
     for peak in peaks.values():
-        lines.append(f"Matmul peak ({peak['size']}x{peak['size']} {peak['dtype']}, torch.matmul, best of "
-                     f"{peak['calls']} calls spread over the run): {peak['gflops']:.1f} GFLOP/s "
-                     f"(median {peak['median_gflops']:.1f}).")
+        lines.append(
+            f"Matmul peak ({peak['size']}x{peak['size']} {peak['dtype']}, torch.matmul, best of "
+            f"{peak['calls']} calls spread over the run): {peak['gflops']:.1f} GFLOP/s "
+            f"(median {peak['median_gflops']:.1f})."
+        )
     if load[0][0] > LOAD_WARNING * env["cpu_count"]:  # at start only: the end includes this benchmark's own
-        lines.append(f"WARNING: the load average at start exceeded {LOAD_WARNING:g} per CPU: other processes "
-                     "competed for the CPUs, which slows every number, and multi-threaded backends (torch) most.")
-    lines.append("× torch eager: torch eager's p50 / this p50 in this run. % matmul peak: achieved GFLOP/s / "
-                 "that peak.")
+        lines.append(
+            f"WARNING: the load average at start exceeded {LOAD_WARNING:g} per CPU: other processes "
+            "competed for the CPUs, which slows every number, and multi-threaded backends (torch) most."
+        )
+    lines.append(
+        "× torch eager: torch eager's p50 / this p50 in this run. % matmul peak: achieved GFLOP/s / that peak."
+    )
     return "\n".join(lines)
 
 
@@ -438,11 +500,19 @@ def plot(results: list[Result], path: Path, title: str) -> None:
     styles = ["-", "--", ":", "-."]
     for i, backend in enumerate(b for b in BACKENDS if any(r.backend == b for r in results)):
         for j, horizon in enumerate(horizons):
-            rows = sorted((r for r in results if r.backend == backend and r.call == "imagine"
-                           and r.horizon == horizon), key=lambda r: r.batch)
+            rows = sorted(
+                (r for r in results if r.backend == backend and r.call == "imagine" and r.horizon == horizon),
+                key=lambda r: r.batch,
+            )
             if rows:
-                ax.plot([r.batch for r in rows], [r.p50_us / 1e3 for r in rows], marker="o", color=f"C{i}",
-                        linestyle=styles[j % len(styles)], label=f"{backend}, H={horizon}")
+                ax.plot(
+                    [r.batch for r in rows],
+                    [r.p50_us / 1e3 for r in rows],
+                    marker="o",
+                    color=f"C{i}",
+                    linestyle=styles[j % len(styles)],
+                    label=f"{backend}, H={horizon}",
+                )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("batch")
@@ -456,6 +526,7 @@ def plot(results: list[Result], path: Path, title: str) -> None:
 
 
 # --- main ---------------------------------------------------------------------------------------------------
+
 
 def int_list(text: str) -> list[int]:
     values = [int(item) for item in text.split(",") if item.strip()]
@@ -477,19 +548,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="export this checkpoint to a temporary folder and time it")
     source.add_argument("--artifacts", help="time this artifact folder as it is (no export)")
-    parser.add_argument("--size", default="default", choices=sorted(wm_train.config.MODEL_PRESETS),
-                        help="model size of the random model used without --checkpoint/--artifacts")
+    parser.add_argument(
+        "--size",
+        default="default",
+        choices=sorted(wm_core.config.MODEL_PRESETS),
+        help="model size of the random model used without --checkpoint/--artifacts",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--backends", type=backend_list, default=list(BACKENDS),
-                        help=f"comma-separated, from {','.join(BACKENDS)}")
-    parser.add_argument("--batches", type=int_list, default=None,
-                        help=f"comma-separated (default {','.join(map(str, BATCHES))}; "
-                             f"--quick: {','.join(map(str, QUICK_BATCHES))})")
-    parser.add_argument("--horizons", type=int_list, default=None,
-                        help=f"comma-separated (default {','.join(map(str, HORIZONS))}; "
-                             f"--quick: {','.join(map(str, QUICK_HORIZONS))})")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"fewer cells and calls ({QUICK.min_calls}+ per cell, {QUICK.budget_s} s budget)")
+    parser.add_argument(
+        "--backends", type=backend_list, default=list(BACKENDS), help=f"comma-separated, from {','.join(BACKENDS)}"
+    )
+    parser.add_argument(
+        "--batches",
+        type=int_list,
+        default=None,
+        help=f"comma-separated (default {','.join(map(str, BATCHES))}; --quick: {','.join(map(str, QUICK_BATCHES))})",
+    )
+    parser.add_argument(
+        "--horizons",
+        type=int_list,
+        default=None,
+        help=f"comma-separated (default {','.join(map(str, HORIZONS))}; --quick: {','.join(map(str, QUICK_HORIZONS))})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"fewer cells and calls ({QUICK.min_calls}+ per cell, {QUICK.budget_s} s budget)",
+    )
     parser.add_argument("--host-io", action="store_true", help="pass and get numpy arrays on the host")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--plot", type=Path, help="write latency vs batch (log-log) here")
@@ -518,7 +603,7 @@ def run(args) -> dict:
 
         # The layer sizes come from the checkpoint the graphs were exported from (None when it is gone).
         checkpoint = Path(load_manifest(folders["onnx"])["checkpoint"]["path"])
-        flops = step_flops(wm_train.load_checkpoint(checkpoint)[0].rssm) if checkpoint.is_file() else None
+        flops = step_flops(wm_core.load_checkpoint(checkpoint)[0].rssm) if checkpoint.is_file() else None
 
         meters = [MatmulPeak(device, torch.float32)]
         if "tensorrt-fp16" in rollouts:
@@ -530,10 +615,17 @@ def run(args) -> dict:
     peaks = {str(meter.dtype).removeprefix("torch."): meter.summary() for meter in meters}
     fill_derived(results, flops, peaks, {"tensorrt-fp16": "float16"})
     load = (tuple(round(x, 2) for x in load_start), tuple(round(x, 2) for x in os.getloadavg()))
-    return {"environment": env, "load_average": {"start": load[0], "end": load[1]}, "flops": flops,
-            "matmul_peak": peaks, "host_io": args.host_io, "quick": args.quick,
-            "sampling": dataclasses.asdict(sampling), "results": [dataclasses.asdict(r) for r in results],
-            "skipped": skipped}
+    return {
+        "environment": env,
+        "load_average": {"start": load[0], "end": load[1]},
+        "flops": flops,
+        "matmul_peak": peaks,
+        "host_io": args.host_io,
+        "quick": args.quick,
+        "sampling": dataclasses.asdict(sampling),
+        "results": [dataclasses.asdict(r) for r in results],
+        "skipped": skipped,
+    }
 
 
 def main(argv=None) -> None:
@@ -544,8 +636,11 @@ def main(argv=None) -> None:
         sys.exit(f"rollout_latency: {error}")
     results = [Result(**r) for r in report["results"]]
     load = report["load_average"]
-    print(report_header(report["environment"], report["flops"], report["matmul_peak"],
-                        (load["start"], load["end"]), args.host_io))
+    print(
+        report_header(
+            report["environment"], report["flops"], report["matmul_peak"], (load["start"], load["end"]), args.host_io
+        )
+    )
     print()
     print(markdown_table(results))
     if report["skipped"]:

@@ -48,10 +48,14 @@ def main() -> None:
 
     frames = args.steps * t.batch_size * cfg.data.seq_len
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
-    print(f"config {args.config}: batch {t.batch_size} x seq_len {cfg.data.seq_len}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {trainer.device}")
-    print(f"{frames / seconds:.0f} frames/s ({seconds / args.steps * 1e3:.0f} ms/step over {args.steps} steps); "
-          f"peak resident memory {peak_gib:.2f} GiB")
+    print(
+        f"config {args.config}: batch {t.batch_size} x seq_len {cfg.data.seq_len}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {trainer.device}"
+    )
+    print(
+        f"{frames / seconds:.0f} frames/s ({seconds / args.steps * 1e3:.0f} ms/step over {args.steps} steps); "
+        f"peak resident memory {peak_gib:.2f} GiB"
+    )
 
 
 def _random_episodes(folder: Path, cfg) -> str:

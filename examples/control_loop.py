@@ -36,8 +36,12 @@ def parse_args() -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--artifacts", type=Path, help="artifact folder written by wm-export")
     source.add_argument("--checkpoint", type=Path, help="checkpoint (runs on the torch backend)")
-    parser.add_argument("--size", default="default", choices=("tiny", "small", "default"),
-                        help="size of the fresh model made when no artifacts or checkpoint are given")
+    parser.add_argument(
+        "--size",
+        default="default",
+        choices=("tiny", "small", "default"),
+        help="size of the fresh model made when no artifacts or checkpoint are given",
+    )
     parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--ticks", type=int, default=40, help="control ticks to run")
@@ -67,7 +71,7 @@ def fresh_artifacts(size: str, folder: Path) -> Path:
 def road_score(frames: np.ndarray) -> np.ndarray:
     """frames [N, H, W, 3] in [0, 1] -> [N]: higher where the patch ahead of the car is grey rather than green."""
     H, W = frames.shape[1:3]
-    ahead = frames[:, int(0.4 * H):int(0.65 * H), int(0.375 * W):int(0.625 * W)]  # the car sits near (0.75H, W/2)
+    ahead = frames[:, int(0.4 * H) : int(0.65 * H), int(0.375 * W) : int(0.625 * W)]  # the car sits near (0.75H, W/2)
     red, green, blue = ahead[..., 0], ahead[..., 1], ahead[..., 2]
     return -(np.abs(green - red) + np.abs(green - blue)).mean(axis=(1, 2))
 
@@ -119,9 +123,11 @@ def main() -> None:
             t3 = time.perf_counter()
             observation, reward, terminated, truncated, _ = env.step(action)
             ticks.append((t1 - t0, t2 - t1, t3 - t2, t3 - t0))
-            print(f"tick {tick:3d}  observe {1e3 * ticks[-1][0]:6.2f} ms  imagine {N}x{H} {1e3 * ticks[-1][1]:6.2f} ms"
-                  f"  decode+score {1e3 * ticks[-1][2]:6.2f} ms  tick {1e3 * ticks[-1][3]:6.2f} ms"
-                  f"  action [{action[0]:+.2f} {action[1]:.2f} {action[2]:.2f}]  reward {reward:+.2f}")
+            print(
+                f"tick {tick:3d}  observe {1e3 * ticks[-1][0]:6.2f} ms  imagine {N}x{H} {1e3 * ticks[-1][1]:6.2f} ms"
+                f"  decode+score {1e3 * ticks[-1][2]:6.2f} ms  tick {1e3 * ticks[-1][3]:6.2f} ms"
+                f"  action [{action[0]:+.2f} {action[1]:.2f} {action[2]:.2f}]  reward {reward:+.2f}"
+            )
             prev_action = action[None]  # [1, 3]
             if terminated or truncated:
                 observation, _ = env.reset()
@@ -129,9 +135,11 @@ def main() -> None:
         env.close()
 
     median = 1e3 * np.median(np.asarray(ticks), axis=0)
-    print(f"median over {len(ticks)} ticks ({rollout.backend_name}): observe {median[0]:.2f} ms, imagine "
-          f"{median[1]:.2f} ms, decode+score {median[2]:.2f} ms, whole tick {median[3]:.2f} ms "
-          "(excluding the environment step)")
+    print(
+        f"median over {len(ticks)} ticks ({rollout.backend_name}): observe {median[0]:.2f} ms, imagine "
+        f"{median[1]:.2f} ms, decode+score {median[2]:.2f} ms, whole tick {median[3]:.2f} ms "
+        "(excluding the environment step)"
+    )
 
 
 if __name__ == "__main__":

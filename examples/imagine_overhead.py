@@ -55,7 +55,9 @@ def fresh_artifacts(folder: Path) -> Path:
 
     torch.manual_seed(0)
     cfg = Config()  # the default model: D=256, S=32, hidden 256, A=3
-    save_checkpoint(folder / "default.pt", WorldModel(cfg.model), cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3))
+    save_checkpoint(
+        folder / "default.pt", WorldModel(cfg.model), cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3)
+    )
     return export_artifacts(folder / "default.pt", folder / "artifacts", decoder=False)
 
 
@@ -69,6 +71,7 @@ def steps_of(rollout: Rollout):
         with backend.scope():
             for t in range(H):
                 step_into(ws, t)
+
     return run
 
 
@@ -126,8 +129,10 @@ def profile_prior_step(folder: Path, calls: int = 3000) -> None:
             runs.append(event["dur"])
     total_kernels = sum(by_op.values()) / calls
     print(f"\nonnxruntime profile of prior_step.onnx, B=1, {calls} runs (profiling adds its own overhead):")
-    print(f"  a run: {np.median(runs):.1f} us median; kernels {total_kernels:.1f} us of it, the rest is the "
-          "session's own work per run")
+    print(
+        f"  a run: {np.median(runs):.1f} us median; kernels {total_kernels:.1f} us of it, the rest is the "
+        "session's own work per run"
+    )
     for op, micros in sorted(by_op.items(), key=lambda item: -item[1]):
         print(f"  {op:12s} {micros / calls:7.1f} us  {100 * micros / calls / total_kernels:5.1f}% of kernel time")
 
@@ -143,21 +148,28 @@ def main() -> None:
         actions = rng.normal(0, 1, (B, H, ort_rollout.dims.action)).astype(np.float32)
         state = ort_rollout.observe(ort_rollout.initial(B), frame)
         model = torch_rollout.backend.model
-        h, z, encoded = torch.from_numpy(state.h), torch.from_numpy(state.z), torch.from_numpy(
-            ort_rollout.codec.encode_numpy(actions))
+        h, z, encoded = (
+            torch.from_numpy(state.h),
+            torch.from_numpy(state.z),
+            torch.from_numpy(ort_rollout.codec.encode_numpy(actions)),
+        )
 
         def model_imagine():
             with torch.no_grad():
                 model.rssm.imagine(h, z, encoded)
 
         us = lambda seconds: 1e6 * np.median(seconds)  # noqa: E731
-        print(f"imagine at B={B}, H={H}, {ort_rollout.dims} on {os.cpu_count()} CPUs; per call, median over "
-              f"rounds of {args.calls} back-to-back calls")
+        print(
+            f"imagine at B={B}, H={H}, {ort_rollout.dims} on {os.cpu_count()} CPUs; per call, median over "
+            f"rounds of {args.calls} back-to-back calls"
+        )
 
         # Speed-up: the three rollouts take turns, torch at its default thread count and at one thread.
-        contenders = {"onnxruntime imagine": lambda: ort_rollout.imagine(state, actions),
-                      "torch imagine": lambda: torch_rollout.imagine(state, actions),
-                      "model.rssm.imagine": model_imagine}
+        contenders = {
+            "onnxruntime imagine": lambda: ort_rollout.imagine(state, actions),
+            "torch imagine": lambda: torch_rollout.imagine(state, actions),
+            "model.rssm.imagine": model_imagine,
+        }
         default_threads = torch.get_num_threads()
         speed = {}
         for threads in sorted({default_threads, 1}, reverse=True):
@@ -168,22 +180,33 @@ def main() -> None:
                 print(f"  {name:22s} {us(seconds):9.1f} us")
         best = min(speed, key=lambda n: us(speed[n]["torch imagine"]))
         times = speed[best]
-        print(f"onnxruntime imagine vs torch eager (torch at its faster setting, {best} thread(s)): "
-              f"{us(times['torch imagine']) / us(times['onnxruntime imagine']):.2f}x faster than torch "
-              f"Rollout.imagine, {us(times['model.rssm.imagine']) / us(times['onnxruntime imagine']):.2f}x than "
-              "model.rssm.imagine")
+        print(
+            f"onnxruntime imagine vs torch eager (torch at its faster setting, {best} thread(s)): "
+            f"{us(times['torch imagine']) / us(times['onnxruntime imagine']):.2f}x faster than torch "
+            f"Rollout.imagine, {us(times['model.rssm.imagine']) / us(times['onnxruntime imagine']):.2f}x than "
+            "model.rssm.imagine"
+        )
 
         # Overhead: per backend on its own (no other library's work in between), imagine and the bare steps
         # take turns; the difference of adjacent blocks cancels slow drifts in the machine's load.
         torch.set_num_threads(best)
         for name, rollout in (("onnxruntime", ort_rollout), ("torch", torch_rollout)):
             machinery = Rollout(NoStep(rollout.backend), rollout.codec)
-            times = measure({"steps": steps_of(rollout), "imagine": lambda r=rollout: r.imagine(state, actions),
-                             "machinery": lambda: machinery.imagine(state, actions)}, args.rounds, args.calls)
+            times = measure(
+                {
+                    "steps": steps_of(rollout),
+                    "imagine": lambda r=rollout: r.imagine(state, actions),
+                    "machinery": lambda m=machinery: m.imagine(state, actions),
+                },
+                args.rounds,
+                args.calls,
+            )
             steps, extra = us(times["steps"]), us(times["imagine"] - times["steps"])
-            print(f"loop overhead, {name}: imagine {us(times['imagine']):.1f} us, the backend's {H} steps "
-                  f"{steps:.1f} us: {extra:.1f} us beyond them = {100 * extra / steps:.1f}%; the machinery alone, "
-                  f"with warm caches: {us(times['machinery']):.1f} us = {100 * us(times['machinery']) / steps:.1f}%")
+            print(
+                f"loop overhead, {name}: imagine {us(times['imagine']):.1f} us, the backend's {H} steps "
+                f"{steps:.1f} us: {extra:.1f} us beyond them = {100 * extra / steps:.1f}%; the machinery alone, "
+                f"with warm caches: {us(times['machinery']):.1f} us = {100 * us(times['machinery']) / steps:.1f}%"
+            )
         torch.set_num_threads(default_threads)
         if args.profile:
             profile_prior_step(folder)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from wm_core.config import Config
 from wm_train.collect import record_episode
-from wm_train.config import Config
 from wm_train.data import save_episode
 
 
@@ -30,11 +30,13 @@ def pong_dir(tmp_path_factory):
 
 
 def tiny_config(data_dir, out_dir, action_mode: str = "continuous", action_dim: int = 3, **train) -> Config:
-    return Config.from_dict({
-        "data": {"path": str(data_dir), "action_mode": action_mode, "seq_len": 8, "val_fraction": 0.25},
-        "model": {"size": "tiny", "action_dim": action_dim},
-        "train": {"out_dir": str(out_dir), "epochs": 2, "batch_size": 4, **train},
-    })
+    return Config.from_dict(
+        {
+            "data": {"path": str(data_dir), "action_mode": action_mode, "seq_len": 8, "val_fraction": 0.25},
+            "model": {"size": "tiny", "action_dim": action_dim},
+            "train": {"out_dir": str(out_dir), "epochs": 2, "batch_size": 4, **train},
+        }
+    )
 
 
 @pytest.fixture

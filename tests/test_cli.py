@@ -13,12 +13,20 @@ def _run(*args):
 
 def test_collect_then_train_end_to_end(tmp_path):
     data = tmp_path / "data"
-    collected = _run("wm-collect", "CarRacing-v3", "-o", str(data), "--episodes", "3", "--steps", "20",
-                     "--no-progress")
+    collected = _run("wm-collect", "CarRacing-v3", "-o", str(data), "--episodes", "3", "--steps", "20", "--no-progress")
     assert collected.returncode == 0, collected.stderr
     assert len(list(data.glob("episode_*.npz"))) == 3
-    trained = _run("wm-train", "configs/tiny.yaml", "--no-progress", "--set", f"data.path={data}",
-                   "--set", f"train.out_dir={tmp_path / 'run'}", "--set", "data.val_fraction=0.34")
+    trained = _run(
+        "wm-train",
+        "configs/tiny.yaml",
+        "--no-progress",
+        "--set",
+        f"data.path={data}",
+        "--set",
+        f"train.out_dir={tmp_path / 'run'}",
+        "--set",
+        "data.val_fraction=0.34",
+    )
     assert trained.returncode == 0, trained.stderr
     assert "epoch 2 val loss=" in trained.stdout + trained.stderr
     assert (tmp_path / "run" / "best.pt").exists()

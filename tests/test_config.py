@@ -2,8 +2,8 @@ import warnings
 
 import pytest
 
+from wm_core.config import MODEL_PRESETS
 from wm_train import Config, load_config
-from wm_train.config import MODEL_PRESETS
 
 
 def _write(tmp_path, text):
@@ -29,15 +29,18 @@ def test_unknown_section_is_an_error(tmp_path):
         load_config(_write(tmp_path, "optimiser:\n  lr: 0.1\n"))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("train:\n  epochs: ten\n", "train.epochs must be int, got str"),
-    ("train:\n  epochs: true\n", "train.epochs must be int, got bool"),
-    ("train:\n  lr: '1e-3'\n", "train.lr must be float, got str"),
-    ("data:\n  action_mode: 3\n", "data.action_mode must be str"),
-    ("data:\n  action_mode: mixed\n", "data.action_mode must be one of"),
-    ("model:\n  size: huge\n", "model.size must be one of"),
-    ("model:\n  frame_size: 50\n", "multiple of 16"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train:\n  epochs: ten\n", "train.epochs must be int, got str"),
+        ("train:\n  epochs: true\n", "train.epochs must be int, got bool"),
+        ("train:\n  lr: '1e-3'\n", "train.lr must be float, got str"),
+        ("data:\n  action_mode: 3\n", "data.action_mode must be str"),
+        ("data:\n  action_mode: mixed\n", "data.action_mode must be one of"),
+        ("model:\n  size: huge\n", "model.size must be one of"),
+        ("model:\n  frame_size: 50\n", "multiple of 16"),
+    ],
+)
 def test_wrong_values_are_errors(tmp_path, text, message):
     with pytest.raises(ValueError, match=message):
         load_config(_write(tmp_path, text))

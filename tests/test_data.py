@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
-
-from wm_train.actions import ActionCodec
-from wm_train.data import episode_paths, load_episode, load_splits, save_episode, split_episodes, to_batch
-
 from conftest import tiny_config
+
+from wm_core.actions import ActionCodec
+from wm_train.data import episode_paths, load_episode, load_splits, save_episode, split_episodes, to_batch
 
 
 def test_recorded_episodes_follow_the_format(carracing_dir, pong_dir):
@@ -31,15 +30,28 @@ def test_save_episode_is_atomic_and_leaves_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["episode_00000.npz"]
 
 
-@pytest.mark.parametrize("obs, action, mode, message", [
-    (np.zeros((4, 64, 64, 3), np.float32), np.zeros((4, 3), np.float32), "continuous", "obs must be uint8"),
-    (np.zeros((4, 32, 32, 3), np.uint8), np.zeros((4, 3), np.float32), "continuous", r"\[T, 64, 64, 3\]"),
-    (np.zeros((4, 64, 64, 3), np.uint8), np.zeros(4, np.int64), "continuous", "'continuous' but the file holds discrete"),
-    (np.zeros((4, 64, 64, 3), np.uint8), np.zeros((4, 3), np.float32), "discrete", "'discrete' but the file holds continuous"),
-    (np.zeros((4, 64, 64, 3), np.uint8), np.zeros((4, 2), np.float32), "continuous", r"\[T, 3\]"),
-    (np.zeros((4, 64, 64, 3), np.uint8), np.full(4, 3, np.int64), "discrete", r"\[0, 2\]"),
-    (np.zeros((4, 64, 64, 3), np.uint8), np.zeros((5, 3), np.float32), "continuous", "4 frames but 5 actions"),
-])
+@pytest.mark.parametrize(
+    "obs, action, mode, message",
+    [
+        (np.zeros((4, 64, 64, 3), np.float32), np.zeros((4, 3), np.float32), "continuous", "obs must be uint8"),
+        (np.zeros((4, 32, 32, 3), np.uint8), np.zeros((4, 3), np.float32), "continuous", r"\[T, 64, 64, 3\]"),
+        (
+            np.zeros((4, 64, 64, 3), np.uint8),
+            np.zeros(4, np.int64),
+            "continuous",
+            "'continuous' but the file holds discrete",
+        ),
+        (
+            np.zeros((4, 64, 64, 3), np.uint8),
+            np.zeros((4, 3), np.float32),
+            "discrete",
+            "'discrete' but the file holds continuous",
+        ),
+        (np.zeros((4, 64, 64, 3), np.uint8), np.zeros((4, 2), np.float32), "continuous", r"\[T, 3\]"),
+        (np.zeros((4, 64, 64, 3), np.uint8), np.full(4, 3, np.int64), "discrete", r"\[0, 2\]"),
+        (np.zeros((4, 64, 64, 3), np.uint8), np.zeros((5, 3), np.float32), "continuous", "4 frames but 5 actions"),
+    ],
+)
 def test_bad_episodes_are_errors_naming_expected_and_actual(tmp_path, obs, action, mode, message):
     path = tmp_path / "episode.npz"
     save_episode(path, obs, action)
@@ -98,8 +110,11 @@ def test_action_mode_mismatch_names_both(pong_dir, tmp_path):
 def test_constant_actions_warn(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(3):
-        save_episode(tmp_path / f"episode_{i}.npz", rng.integers(0, 255, (10, 64, 64, 3), dtype=np.uint8),
-                     np.zeros((10, 3), np.float32))
+        save_episode(
+            tmp_path / f"episode_{i}.npz",
+            rng.integers(0, 255, (10, 64, 64, 3), dtype=np.uint8),
+            np.zeros((10, 3), np.float32),
+        )
     with pytest.warns(UserWarning, match="never vary"):
         load_splits(tiny_config(tmp_path, tmp_path / "run"))
 

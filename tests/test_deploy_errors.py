@@ -9,9 +9,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from test_deploy_support import (
+    artifact_copy,
+    one_torch_thread,
+    random_actions,
+    random_frames,
+    tiny_artifacts,
+    tiny_checkpoint,
+)
 
-from test_deploy_support import (artifact_copy, one_torch_thread, random_actions, random_frames, tiny_artifacts,
-                                 tiny_checkpoint)
 from wm_deploy import LatentState, Rollout
 from wm_deploy.backends.trt_backend import check_engine_compatible
 
@@ -33,14 +39,17 @@ def state(rollout):
     return rollout.observe(rollout.initial(2), random_frames(2))
 
 
-@pytest.mark.parametrize("frames, message", [
-    (np.zeros((2, 3, 64, 64), np.uint8), r"expected frames of shape \[B, 64, 64, 3\].*got shape \[2, 3, 64, 64\]"),
-    (np.zeros((2, 32, 32, 3), np.uint8), r"got shape \[2, 32, 32, 3\]"),
-    (np.zeros((64, 64, 3), np.uint8), r"got shape \[64, 64, 3\]"),
-    (np.zeros((2, 64, 64, 3), np.float32), r"expected dtype uint8.*got float32"),
-    (torch.zeros((2, 64, 64, 3)), r"expected dtype uint8.*got float32"),
-    ([[0]], r"expected a numpy array or a torch tensor, got list"),
-])
+@pytest.mark.parametrize(
+    "frames, message",
+    [
+        (np.zeros((2, 3, 64, 64), np.uint8), r"expected frames of shape \[B, 64, 64, 3\].*got shape \[2, 3, 64, 64\]"),
+        (np.zeros((2, 32, 32, 3), np.uint8), r"got shape \[2, 32, 32, 3\]"),
+        (np.zeros((64, 64, 3), np.uint8), r"got shape \[64, 64, 3\]"),
+        (np.zeros((2, 64, 64, 3), np.float32), r"expected dtype uint8.*got float32"),
+        (torch.zeros((2, 64, 64, 3)), r"expected dtype uint8.*got float32"),
+        ([[0]], r"expected a numpy array or a torch tensor, got list"),
+    ],
+)
 def test_bad_frames_are_refused(rollout, frames, message):
     with pytest.raises(ValueError, match=message):
         rollout.observe(rollout.initial(2), frames)

@@ -9,9 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_deploy_support import (
+    TOLERANCES,
+    backend_or_skip,
+    max_abs,
+    one_torch_thread,
+    random_actions,
+    random_frames,
+    tiny_artifacts,
+)
 
-from test_deploy_support import (TOLERANCES, backend_or_skip, max_abs, one_torch_thread, random_actions,
-                                 random_frames, tiny_artifacts)
 from wm_deploy import Rollout
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
@@ -54,8 +61,9 @@ def test_single_steps_match_reference(reference, candidate, mode, batch):
     h = rng.standard_normal((batch, reference.dims.deter)).astype(np.float32)
     z = rng.standard_normal((batch, reference.dims.latent)).astype(np.float32)
     action = random_actions(mode, batch, None, seed=batch)
-    for name, actual, expected in zip(("h_next", "prior_mean", "prior_std"), rollout.prior_step(h, z, action),
-                                      reference.prior_step(h, z, action)):
+    for name, actual, expected in zip(
+        ("h_next", "prior_mean", "prior_std"), rollout.prior_step(h, z, action), reference.prior_step(h, z, action)
+    ):
         _close(actual, expected, latent_tol, name)
     frames = random_frames(batch, seed=batch)
     for name, actual, expected in zip(("z_mean", "z_std"), rollout.encode(frames), reference.encode(frames)):
@@ -75,12 +83,13 @@ def test_observe_and_imagine_match_reference(reference, candidate, mode, batch):
         state = ro.observe(ro.initial(batch), frames[0])
         states[name] = ro.observe(state, frames[1], first_action)
     for field in ("h", "z"):
-        _close(getattr(states["candidate"], field), getattr(states["reference"], field), latent_tol,
-               f"observe {field}")
+        _close(getattr(states["candidate"], field), getattr(states["reference"], field), latent_tol, f"observe {field}")
 
     mean = rollout.imagine(states["candidate"], actions), reference.imagine(states["reference"], actions)
-    sampled = (rollout.imagine(states["candidate"], actions, sample=True, noise=noise),
-               reference.imagine(states["reference"], actions, sample=True, noise=noise))
+    sampled = (
+        rollout.imagine(states["candidate"], actions, sample=True, noise=noise),
+        reference.imagine(states["reference"], actions, sample=True, noise=noise),
+    )
     for what, (actual, expected) in (("mean", mean), ("shared noise", sampled)):
         for field in ("z", "h", "prior_mean", "prior_std"):
             _close(getattr(actual, field), getattr(expected, field), latent_tol, f"imagine {what} {field}")

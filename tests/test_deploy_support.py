@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from wm_core.actions import ActionCodec
+from wm_core.checkpoint import save_checkpoint
+from wm_core.config import Config
+from wm_core.model import WorldModel
 from wm_export import export_artifacts
-from wm_train.actions import ActionCodec
-from wm_train.checkpoint import save_checkpoint
-from wm_train.config import Config
-from wm_train.model import WorldModel
 
 CODECS = {
     "continuous": ActionCodec("continuous", 3, (0.1, 0.2, 0.3), (1.0, 2.0, 0.5)),
@@ -28,8 +28,12 @@ CODECS = {
 }
 
 # Largest accepted absolute difference from the torch reference on latents (h, z, means, stds) and frames.
-TOLERANCES = {"onnxruntime": (1e-4, 1e-3), "tensorrt-fp32": (1e-3, 2e-3), "tensorrt-fp16": (1e-2, 2e-2),
-              "torch-cuda": (1e-4, 1e-3)}
+TOLERANCES = {
+    "onnxruntime": (1e-4, 1e-3),
+    "tensorrt-fp32": (1e-3, 2e-3),
+    "tensorrt-fp16": (1e-2, 2e-2),
+    "torch-cuda": (1e-4, 1e-3),
+}
 
 
 @functools.cache
@@ -44,8 +48,9 @@ def tiny_checkpoint(mode: str) -> Path:
     """A freshly initialised tiny model (64x64 frames) with a `mode` action codec, saved once per session."""
     codec = CODECS[mode]
     torch.manual_seed(0)
-    cfg = Config.from_dict({"data": {"action_mode": mode},
-                            "model": {"size": "tiny", "frame_size": 64, "action_dim": codec.dim}})
+    cfg = Config.from_dict(
+        {"data": {"action_mode": mode}, "model": {"size": "tiny", "frame_size": 64, "action_dim": codec.dim}}
+    )
     path = _session_dir() / f"tiny_{mode}.pt"
     save_checkpoint(path, WorldModel(cfg.model), cfg, codec)
     return path

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config
 
+from wm_core.model import RSSM
 from wm_train import ActionCodec, Config, WorldModel
 from wm_train.data import EpisodeSet, episode_paths, load_episode, save_episode, split_episodes
 from wm_train.evaluate import evaluate_checkpoint, open_loop, run_eval, sequences_of
-from wm_train.model import RSSM
 from wm_train.trainer import train
-
-from conftest import tiny_config
 
 BIN = Path(sys.executable).parent
 CONTEXT, HORIZON = 3, 5  # 8-frame sequences: 3 per 24-frame episode
@@ -39,10 +38,17 @@ def test_report_has_every_metric_for_every_horizon_step_on_both_splits(report):
     assert report.splits["train"].sequences == 9 and report.splits["val"].sequences == 3
     for split in ("train", "val"):
         metrics = report.splits[split]
-        per_step = [metrics.open_loop.pixel_mse, metrics.open_loop.latent_kl, metrics.open_loop.latent_mse,
-                    metrics.open_loop.copy_last_mse, metrics.actions.shuffled_pixel_mse,
-                    metrics.actions.random_pixel_mse, metrics.actions.shuffled_latent_mse,
-                    metrics.actions.random_latent_mse, metrics.actions.spread]
+        per_step = [
+            metrics.open_loop.pixel_mse,
+            metrics.open_loop.latent_kl,
+            metrics.open_loop.latent_mse,
+            metrics.open_loop.copy_last_mse,
+            metrics.actions.shuffled_pixel_mse,
+            metrics.actions.random_pixel_mse,
+            metrics.actions.shuffled_latent_mse,
+            metrics.actions.random_latent_mse,
+            metrics.actions.spread,
+        ]
         assert all(len(values) == HORIZON for values in per_step)
         assert np.isfinite(np.concatenate(per_step)).all()
         assert all(v > 0 for v in metrics.open_loop.pixel_mse + metrics.open_loop.latent_kl)
@@ -57,7 +63,7 @@ def test_val_split_is_the_episode_training_held_out(report, carracing_dir):
     cfg = tiny_config(carracing_dir, "unused")
     _, val_paths = split_episodes(episode_paths(carracing_dir), cfg.data.val_fraction, cfg.train.seed)
     obs, _ = load_episode(val_paths[0], "continuous", 3, 64)
-    expected = torch.from_numpy(obs[:CONTEXT + HORIZON]).permute(0, 3, 1, 2).float() / 255  # [L, 3, H, W]
+    expected = torch.from_numpy(obs[: CONTEXT + HORIZON]).permute(0, 3, 1, 2).float() / 255  # [L, 3, H, W]
     assert report.split == "val"
     np.testing.assert_array_equal(report.examples.real[0], expected.numpy())
 
@@ -128,7 +134,7 @@ def test_trained_model_with_its_action_weights_zeroed_ignores_actions(checkpoint
 
     model, cfg, extras = load_checkpoint(checkpoint)
     with torch.no_grad():
-        model.rssm.input_layer[0].weight[:, cfg.model.latent_dim:] = 0  # the columns that read the action
+        model.rssm.input_layer[0].weight[:, cfg.model.latent_dim :] = 0  # the columns that read the action
     train_set, _, _ = load_splits(cfg)
     sequences = sequences_of(train_set, CONTEXT + HORIZON, 64, "train")
     _, actions, _ = open_loop(model, extras["action_codec"], sequences, CONTEXT, HORIZON)
@@ -154,16 +160,18 @@ def _assert_no_report(out: Path):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")]
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(horizon=0), "context and horizon must be >= 1"),
-    (dict(context=0), "context and horizon must be >= 1"),
-    (dict(horizon=30), "no episode has context + horizon = 33 frames (the longest has 24)"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(horizon=0), "context and horizon must be >= 1"),
+        (dict(context=0), "context and horizon must be >= 1"),
+        (dict(horizon=30), "no episode has context + horizon = 33 frames (the longest has 24)"),
+    ],
+)
 def test_bad_settings_fail_with_a_clear_message_and_no_report(checkpoint, carracing_dir, tmp_path, settings, message):
     out = tmp_path / "report"
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
-        run_eval(checkpoint, carracing_dir, out, **{"context": CONTEXT, "horizon": HORIZON, **settings},
-                 progress=False)
+        run_eval(checkpoint, carracing_dir, out, **{"context": CONTEXT, "horizon": HORIZON, **settings}, progress=False)
     _assert_no_report(out)
 
 
@@ -221,8 +229,9 @@ def _wm_eval(*args):
 
 def test_wm_eval_cli_end_to_end(checkpoint, carracing_dir, tmp_path):
     out = tmp_path / "report"
-    result = _wm_eval(checkpoint, "--data", carracing_dir, "--context", CONTEXT, "--horizon", HORIZON, "-o", out,
-                      "--no-progress")
+    result = _wm_eval(
+        checkpoint, "--data", carracing_dir, "--context", CONTEXT, "--horizon", HORIZON, "-o", out, "--no-progress"
+    )
     assert result.returncode == 0, result.stderr
     assert "open-loop pixel MSE: step 1 " in result.stdout and "error ratio true/shuffled" in result.stdout
     assert (out / "report.json").is_file() and (out / "error_vs_horizon.png").is_file()

@@ -15,13 +15,21 @@ import torch
 from click.testing import CliRunner
 
 import wm_export.export
+from wm_core.graphs import build_graphs
+from wm_core.manifest import sha256_file
 from wm_export import ParityError, export_artifacts, graph_specs, load_manifest, verify_file, verify_folder
 from wm_export.cli import EXIT_ERROR, EXIT_NO_TENSORRT, EXIT_PARITY, main
-from wm_export.graphs import build_graphs
-from wm_export.manifest import sha256_file
 from wm_export.onnx_export import export_onnx
-from wm_export.parity import (DRIFT_FACTOR, ONNXRUNTIME_TOLERANCES, OnnxRuntimeRunner, TorchRunner, collect_outputs,
-                              float32_drift, make_inputs, run_parity_gate)
+from wm_export.parity import (
+    DRIFT_FACTOR,
+    ONNXRUNTIME_TOLERANCES,
+    OnnxRuntimeRunner,
+    TorchRunner,
+    collect_outputs,
+    float32_drift,
+    make_inputs,
+    run_parity_gate,
+)
 from wm_train import ActionCodec, Config, WorldModel, load_checkpoint, save_checkpoint
 from wm_train.data import save_episode
 
@@ -29,11 +37,15 @@ GRAPH_FILES = {"encoder.onnx", "prior_step.onnx", "decoder.onnx"}
 
 
 def make_checkpoint(path, action_mode="continuous", action_dim=3):
-    cfg = Config.from_dict({"data": {"action_mode": action_mode},
-                            "model": {"size": "tiny", "frame_size": 64, "action_dim": action_dim}})
+    cfg = Config.from_dict(
+        {"data": {"action_mode": action_mode}, "model": {"size": "tiny", "frame_size": 64, "action_dim": action_dim}}
+    )
     torch.manual_seed(0)
-    codec = (ActionCodec("continuous", action_dim, (0.1,) * action_dim, (0.5,) * action_dim)
-             if action_mode == "continuous" else ActionCodec("discrete", action_dim))
+    codec = (
+        ActionCodec("continuous", action_dim, (0.1,) * action_dim, (0.5,) * action_dim)
+        if action_mode == "continuous"
+        else ActionCodec("discrete", action_dim)
+    )
     save_checkpoint(path, WorldModel(cfg.model), cfg, codec)
     return path
 
@@ -60,8 +72,13 @@ def exported(checkpoint):
 
 
 def onnx_io(value_infos):
-    return {v.name: (onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                     [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in value_infos}
+    return {
+        v.name: (
+            onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+            [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+        )
+        for v in value_infos
+    }
 
 
 def test_export_writes_the_contract_files_next_to_the_checkpoint(checkpoint, exported):
@@ -71,12 +88,18 @@ def test_export_writes_the_contract_files_next_to_the_checkpoint(checkpoint, exp
 
     S, D, A = 8, 32, 3  # tiny preset
     expected = {
-        "encoder": ({"obs": ("uint8", ["batch", 64, 64, 3])},
-                    {"z_mean": ("float32", ["batch", S]), "z_std": ("float32", ["batch", S])}),
-        "prior_step": ({"h": ("float32", ["batch", D]), "z": ("float32", ["batch", S]),
-                        "action": ("float32", ["batch", A])},
-                       {"h_next": ("float32", ["batch", D]), "prior_mean": ("float32", ["batch", S]),
-                        "prior_std": ("float32", ["batch", S])}),
+        "encoder": (
+            {"obs": ("uint8", ["batch", 64, 64, 3])},
+            {"z_mean": ("float32", ["batch", S]), "z_std": ("float32", ["batch", S])},
+        ),
+        "prior_step": (
+            {"h": ("float32", ["batch", D]), "z": ("float32", ["batch", S]), "action": ("float32", ["batch", A])},
+            {
+                "h_next": ("float32", ["batch", D]),
+                "prior_mean": ("float32", ["batch", S]),
+                "prior_std": ("float32", ["batch", S]),
+            },
+        ),
         "decoder": ({"z": ("float32", ["batch", S])}, {"frames": ("float32", ["batch", 64, 64, 3])}),
     }
     for name, (inputs, outputs) in expected.items():
@@ -98,11 +121,15 @@ def test_graphs_accept_any_batch_size_and_match_the_model(checkpoint, exported):
     onnx_runner = OnnxRuntimeRunner({n: exported / f"{n}.onnx" for n in ("encoder", "prior_step", "decoder")})
     rng = np.random.default_rng(1)
     for batch in (1, 3, 300):
-        feeds = {"encoder": {"obs": rng.integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)},
-                 "prior_step": {"h": rng.standard_normal((batch, 32), np.float32),
-                                "z": rng.standard_normal((batch, 8), np.float32),
-                                "action": rng.standard_normal((batch, 3), np.float32)},
-                 "decoder": {"z": rng.standard_normal((batch, 8), np.float32)}}
+        feeds = {
+            "encoder": {"obs": rng.integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)},
+            "prior_step": {
+                "h": rng.standard_normal((batch, 32), np.float32),
+                "z": rng.standard_normal((batch, 8), np.float32),
+                "action": rng.standard_normal((batch, 3), np.float32),
+            },
+            "decoder": {"z": rng.standard_normal((batch, 8), np.float32)},
+        }
         for graph, feed in feeds.items():
             got, want = onnx_runner(graph, feed), torch_runner(graph, feed)
             for name in want:
@@ -131,10 +158,18 @@ def test_manifest_holds_dims_codec_hashes_versions_and_parity(checkpoint, export
     assert manifest["parity_inputs"] == "random frames"
 
     report = manifest["parity"]["onnxruntime"]
-    outputs = {"encoder.z_mean", "encoder.z_std", "prior_step.h_next", "prior_step.prior_mean",
-               "prior_step.prior_std", "decoder.frames", "rollout50.z", "rollout50.h"}
+    outputs = {
+        "encoder.z_mean",
+        "encoder.z_std",
+        "prior_step.h_next",
+        "prior_step.prior_mean",
+        "prior_step.prior_std",
+        "decoder.frames",
+        "rollout50.z",
+        "rollout50.h",
+    }
     assert set(report) == outputs
-    for key, entry in report.items():
+    for entry in report.values():
         assert 0 <= entry["max_abs"] <= entry["tolerance"]
         assert entry["max_rel"] >= 0
     assert report["encoder.z_mean"]["tolerance"] == 1e-4 and report["decoder.frames"]["tolerance"] == 1e-3
@@ -182,7 +217,7 @@ def test_parity_gate_names_the_output_of_a_perturbed_graph(checkpoint, exported,
     model, cfg, extras = load_checkpoint(checkpoint)
     specs = graph_specs(cfg.model)
     files = {name: tmp_path / f"{name}.onnx" for name in specs}
-    for name, path in files.items():
+    for path in files.values():
         shutil.copy(exported / path.name, path)
     _perturb(files["decoder"])
     reference_runner = TorchRunner(build_graphs(model), specs)
@@ -196,6 +231,7 @@ def test_parity_gate_names_the_output_of_a_perturbed_graph(checkpoint, exported,
 
 def _perturb_on_export(monkeypatch, graph_name: str) -> None:
     """Make every export write a `graph_name` graph whose weights are off by 1e-2."""
+
     def export_then_perturb(graph, spec, path, opset, metadata=None):
         model = export_onnx(graph, spec, path, opset, metadata)
         if spec.name == graph_name:
@@ -223,12 +259,15 @@ def _write_payload(path, payload):
     return path
 
 
-@pytest.mark.parametrize("case, error, message", [
-    ("missing", FileNotFoundError, "checkpoint not found"),
-    ("not_a_checkpoint", ValueError, "not a readable wm checkpoint"),
-    ("other_format", ValueError, "is not a wm checkpoint"),
-    ("other_version", ValueError, "checkpoint format version 2, expected 1"),
-])
+@pytest.mark.parametrize(
+    "case, error, message",
+    [
+        ("missing", FileNotFoundError, "checkpoint not found"),
+        ("not_a_checkpoint", ValueError, "not a readable wm checkpoint"),
+        ("other_format", ValueError, "is not a wm checkpoint"),
+        ("other_version", ValueError, "checkpoint format version 2, expected 1"),
+    ],
+)
 def test_bad_checkpoints_fail_clearly_and_write_nothing(checkpoint, tmp_path, case, error, message):
     folder = tmp_path / "run"
     folder.mkdir()
@@ -290,9 +329,15 @@ def test_discrete_model_with_validation_frames_exports(tmp_path):
     manifest = load_manifest(folder)
     assert manifest["dims"]["action"] == 6 and manifest["action_codec"]["mode"] == "discrete"
     assert manifest["parity_inputs"].startswith("5 frames of 1 episode(s), validation split of")
-    assert set(manifest["parity"]["onnxruntime"]) == {"encoder.z_mean", "encoder.z_std", "prior_step.h_next",
-                                                      "prior_step.prior_mean", "prior_step.prior_std",
-                                                      "rollout50.z", "rollout50.h"}
+    assert set(manifest["parity"]["onnxruntime"]) == {
+        "encoder.z_mean",
+        "encoder.z_std",
+        "prior_step.h_next",
+        "prior_step.prior_mean",
+        "prior_step.prior_std",
+        "rollout50.z",
+        "rollout50.h",
+    }
 
 
 def test_cli_exports_and_prints_the_parity_table(checkpoint, tmp_path):
@@ -354,8 +399,15 @@ def test_rollout_tolerance_rises_with_float32_drift_only(checkpoint, exported):
     reference = collect_outputs(reference_runner, specs, inputs)
     drift = float32_drift(graphs["prior_step"], inputs, reference)
     assert set(drift) == {"rollout50.z", "rollout50.h"} and all(0 < d < 1e-4 for d in drift.values())
-    report = run_parity_gate("onnxruntime", OnnxRuntimeRunner({n: exported / f"{n}.onnx" for n in specs}), specs,
-                             inputs, reference, ONNXRUNTIME_TOLERANCES, drift=drift)
+    report = run_parity_gate(
+        "onnxruntime",
+        OnnxRuntimeRunner({n: exported / f"{n}.onnx" for n in specs}),
+        specs,
+        inputs,
+        reference,
+        ONNXRUNTIME_TOLERANCES,
+        drift=drift,
+    )
     assert report["rollout50.z"]["float32_drift"] == drift["rollout50.z"]
     assert report["rollout50.z"]["tolerance"] == max(1e-4, DRIFT_FACTOR * drift["rollout50.z"])
     assert "float32_drift" not in report["encoder.z_mean"]

@@ -10,8 +10,8 @@ import onnx
 import pytest
 import torch
 
+from wm_core.manifest import load_manifest, sha256_file, verify_folder
 from wm_export import HalfPrecisionGraph, TensorRTUnavailableError, build_graphs, export_artifacts, graph_specs
-from wm_export.manifest import load_manifest, sha256_file, verify_folder
 from wm_export.onnx_export import export_onnx
 from wm_export.parity import OnnxRuntimeRunner, TorchRunner
 from wm_export.tensorrt_build import optimization_profile, profile_shapes, require_tensorrt
@@ -21,7 +21,8 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_gpu_tensorrt = pytest.mark.skipif(
     not (HAS_TENSORRT and torch.cuda.is_available()),
     reason=f"needs TensorRT ({'present' if HAS_TENSORRT else 'not installed'}) and a CUDA device "
-           f"({'present' if torch.cuda.is_available() else 'none'}); install with pip install \".[gpu]\"")
+    f'({"present" if torch.cuda.is_available() else "none"}); install with pip install ".[gpu]"',
+)
 
 
 def tiny_model():
@@ -60,16 +61,23 @@ def test_fp16_source_graph_has_float32_io_and_float16_weights(tmp_path):
     for name, spec in specs.items():
         files[name] = tmp_path / f"{name}.onnx"
         onnx_model = export_onnx(HalfPrecisionGraph(graphs[name]), spec, files[name], opset=17)
-        weights = {onnx.helper.tensor_dtype_to_np_dtype(t.data_type) for t in onnx_model.graph.initializer
-                   if t.dims and np.prod(t.dims) > 1}
+        weights = {
+            onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
+            for t in onnx_model.graph.initializer
+            if t.dims and np.prod(t.dims) > 1
+        }
         assert weights == {np.dtype(np.float16)}, name
 
     rng = np.random.default_rng(0)
-    feeds = {"encoder": {"obs": rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)},
-             "prior_step": {"h": np.tanh(rng.standard_normal((5, 32))).astype(np.float32),
-                            "z": rng.standard_normal((5, 8), np.float32),
-                            "action": rng.standard_normal((5, 3), np.float32)},
-             "decoder": {"z": rng.standard_normal((5, 8), np.float32)}}
+    feeds = {
+        "encoder": {"obs": rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)},
+        "prior_step": {
+            "h": np.tanh(rng.standard_normal((5, 32))).astype(np.float32),
+            "z": rng.standard_normal((5, 8), np.float32),
+            "action": rng.standard_normal((5, 3), np.float32),
+        },
+        "decoder": {"z": rng.standard_normal((5, 8), np.float32)},
+    }
     fp16, fp32 = OnnxRuntimeRunner(files), TorchRunner(graphs, specs)
     for graph, feed in feeds.items():
         got, want = fp16(graph, feed), fp32(graph, feed)

@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import torch
+from conftest import tiny_config
 
 from wm_train import Config
-
-from conftest import tiny_config
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "isolation_ablation.py"
 
@@ -47,8 +46,12 @@ def test_both_variants_start_from_the_same_weights_and_rng(carracing_dir, tmp_pa
 
 
 def test_quick_ablation_writes_the_table(carracing_dir, tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--data", str(carracing_dir), "--out",
-                             str(tmp_path)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--data", str(carracing_dir), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert [(r["variant"], r["seed"]) for r in results["runs"]] == [("isolated", 0), ("coupled", 0)]

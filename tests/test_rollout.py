@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import logging
-import warnings
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 import torch
+from test_deploy_support import (
+    CODECS,
+    max_abs,
+    one_torch_thread,
+    random_actions,
+    random_frames,
+    tiny_artifacts,
+    tiny_checkpoint,
+)
 
-from test_deploy_support import (CODECS, max_abs, one_torch_thread, random_actions, random_frames,
-                                 tiny_artifacts, tiny_checkpoint)
+from wm_core.checkpoint import load_checkpoint
 from wm_deploy import LatentState, Rollout
 from wm_deploy.actions import ActionWriter
 from wm_deploy.backends.base import NumpyOps, TorchOps
-from wm_train.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
 
@@ -73,8 +80,9 @@ def test_imagine_with_the_mean_matches_training_imagine(rollout, model):
     actions = random_actions("continuous", 4, 15)
     traj = rollout.imagine(state, actions)
     with torch.no_grad():
-        z, std, h = model.rssm.imagine(torch.from_numpy(state.h), torch.from_numpy(state.z),
-                                       codec.encode(torch.from_numpy(actions)))
+        z, std, h = model.rssm.imagine(
+            torch.from_numpy(state.h), torch.from_numpy(state.z), codec.encode(torch.from_numpy(actions))
+        )
     assert traj.z.shape == (4, 15, rollout.dims.latent) and traj.h.shape == (4, 15, rollout.dims.deter)
     assert max_abs(traj.z, z) < EXACT and max_abs(traj.h, h) < EXACT and max_abs(traj.prior_std, std) < EXACT
     assert max_abs(traj.z, traj.prior_mean) == 0
@@ -146,8 +154,11 @@ def test_discrete_actions_are_one_hot_encoded_as_in_training():
     actions = random_actions("discrete", 3, 7)
     traj = rollout.imagine(state, actions)
     with torch.no_grad():
-        z, _, _ = model.rssm.imagine(torch.from_numpy(state.h), torch.from_numpy(state.z),
-                                     extras["action_codec"].encode(torch.from_numpy(actions)))
+        z, _, _ = model.rssm.imagine(
+            torch.from_numpy(state.h),
+            torch.from_numpy(state.z),
+            extras["action_codec"].encode(torch.from_numpy(actions)),
+        )
     assert max_abs(traj.z, z) < 1e-4
 
 
@@ -180,7 +191,8 @@ def test_importing_and_running_wm_deploy_leaves_the_trainer_unimported():
         "from wm_deploy import Rollout\n"
         f"ro = Rollout.load({str(tiny_artifacts('continuous'))!r}, device='cpu')\n"
         "ro.imagine(ro.observe(ro.initial(1), np.zeros((1, 64, 64, 3), np.uint8)), np.zeros((1, 2, 3), np.float32))\n"
-        "print(sorted(m for m in sys.modules if m in ('wm_train.trainer', 'wm_train.data')))\n")
+        "print(sorted(m for m in sys.modules if m in ('wm_train.trainer', 'wm_train.data')))\n"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", f"wm_deploy imported {result.stdout.strip()}"
 

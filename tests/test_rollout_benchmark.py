@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from wm_train.config import MODEL_PRESETS
+from wm_core.config import MODEL_PRESETS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rollout_latency.py"
 
@@ -19,9 +19,28 @@ def quick_report(tmp_path_factory):
     pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs onnxruntime (the cpu extra)")
     out = tmp_path_factory.mktemp("bench") / "out.json"
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--size", "tiny", "--device", "cpu", "--batches", "1,4",
-         "--horizons", "2", "--backends", "torch,onnxruntime,torch-cudagraphs", "--json", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=SCRIPT.parents[1])
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+            "--batches",
+            "1,4",
+            "--horizons",
+            "2",
+            "--backends",
+            "torch,onnxruntime,torch-cudagraphs",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=SCRIPT.parents[1],
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     return json.loads(out.read_text()), completed.stdout
 

@@ -3,11 +3,10 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from wm_train import load_checkpoint
 from wm_train.trainer import EpochMetrics, Trainer, train
-
-from conftest import tiny_config
 
 
 def test_training_writes_checkpoints_metrics_and_previews(carracing_config):

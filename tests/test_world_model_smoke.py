@@ -2,8 +2,8 @@ import math
 
 import torch
 
+from wm_core.losses import gaussian_kl
 from wm_train import Config, WorldModel, WorldModelOutput
-from wm_train.losses import gaussian_kl
 
 
 def test_forward_returns_finite_scalar_losses(random_batch):

@@ -1,6 +1,6 @@
 """Raw actions -> encoded actions, written straight into a workspace buffer.
 
-The encoding is the training codec's (wm_train.actions.ActionCodec), operation for operation: continuous
+The encoding is the training codec's (wm_core.actions.ActionCodec), operation for operation: continuous
 actions are cast to float32, the float32 mean subtracted and the result divided by the float32 std; discrete
 actions become float32 one-hot rows. Written in place with the codec's statistics converted once, it costs
 two array operations per call instead of the codec's five plus a copy (tests/test_rollout.py checks that the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from wm_train.actions import ActionCodec
+from wm_core.actions import ActionCodec
 
 from .backends.base import ArrayOps, numpy_to_torch
 

@@ -1,6 +1,6 @@
 """Open what `Rollout.load` is given (an artifact folder or a checkpoint), check it, and build a backend.
 
-An artifact folder is read through `wm_export.manifest` (the code that writes it), and every file a backend
+An artifact folder is read through `wm_core.manifest` (the artifact contract), and every file a backend
 uses is checked against its sha256 in the manifest before it is loaded. A checkpoint runs on the torch
 backend only.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from wm_train.actions import ActionCodec
-from wm_train.checkpoint import load_checkpoint
-from wm_train.config import ExportConfig
+from wm_core.actions import ActionCodec
+from wm_core.checkpoint import load_checkpoint
+from wm_core.config import ExportConfig
 
 from .backends.base import Backend, Dims
 
@@ -39,7 +39,7 @@ class Source:
 def open_source(path: str | Path) -> Source:
     path = Path(path)
     if path.is_dir():
-        from wm_export.manifest import load_manifest
+        from wm_core.manifest import load_manifest
 
         return Source(path, load_manifest(path))
     if path.is_file():
@@ -72,8 +72,10 @@ def unavailable(name: str, source: Source, device: torch.device) -> str | None:
         return f"unknown backend {name!r}; expected 'auto' or one of {list(BACKENDS)}"
     if name == "torch":
         if source.is_folder and not Path(source.manifest["checkpoint"]["path"]).is_file():
-            return (f"the torch backend needs the checkpoint this folder was exported from, "
-                    f"{source.manifest['checkpoint']['path']}, which is not there")
+            return (
+                f"the torch backend needs the checkpoint this folder was exported from, "
+                f"{source.manifest['checkpoint']['path']}, which is not there"
+            )
         return None
     if not source.is_folder:
         return f"backend {name!r} runs an artifact folder; {source.path} is a checkpoint (export it with wm-export)"
@@ -121,8 +123,14 @@ def choose_backend(source: Source, device: torch.device) -> tuple[str, str]:
     raise ValueError(f"no backend can run {source.path} on {device}: {'; '.join(skipped)}")
 
 
-def build_backend(name: str, source: Source, device: torch.device, max_batch: int | None,
-                  frame_threads: int | None = None, cuda_graphs: bool = True) -> tuple[Backend, ActionCodec]:
+def build_backend(
+    name: str,
+    source: Source,
+    device: torch.device,
+    max_batch: int | None,
+    frame_threads: int | None = None,
+    cuda_graphs: bool = True,
+) -> tuple[Backend, ActionCodec]:
     reason = unavailable(name, source, device)
     if reason is not None:
         if name == "torch" and source.is_folder:
@@ -131,7 +139,7 @@ def build_backend(name: str, source: Source, device: torch.device, max_batch: in
     if not source.is_folder:
         return _torch_backend(source.path, None, device, max_batch, cuda_graphs)
 
-    from wm_export.manifest import verify_file
+    from wm_core.manifest import verify_file
 
     manifest = source.manifest
     codec = ActionCodec.from_dict(manifest["action_codec"])
@@ -158,20 +166,25 @@ def build_backend(name: str, source: Source, device: torch.device, max_batch: in
     return TrtBackend(plans, trt_section, dims, device, max_batch, cuda_graphs), codec
 
 
-def _torch_backend(checkpoint: Path, manifest: dict | None, device: torch.device, max_batch: int | None,
-                   cuda_graphs: bool):
-    from wm_export.manifest import sha256_file
+def _torch_backend(
+    checkpoint: Path, manifest: dict | None, device: torch.device, max_batch: int | None, cuda_graphs: bool
+):
+    from wm_core.manifest import sha256_file
 
     from .backends.torch_backend import TorchBackend
 
     if manifest is not None:
         expected, actual = manifest["checkpoint"]["sha256"], sha256_file(checkpoint)
         if actual != expected:
-            raise ValueError(f"{checkpoint}: sha256 {actual} does not match the manifest's {expected}; the "
-                             "checkpoint changed after export, so the torch reference would not match the graphs")
+            raise ValueError(
+                f"{checkpoint}: sha256 {actual} does not match the manifest's {expected}; the "
+                "checkpoint changed after export, so the torch reference would not match the graphs"
+            )
     model, cfg, extras = load_checkpoint(checkpoint, map_location=device)
     codec = extras["action_codec"]
     backend = TorchBackend(model, device, max_batch or cfg.export.max_batch, cuda_graphs)
     if manifest is not None and backend.dims != manifest_dims(manifest):
-        raise ValueError(f"{checkpoint}: model dims {backend.dims} differ from the manifest's {manifest_dims(manifest)}")
+        raise ValueError(
+            f"{checkpoint}: model dims {backend.dims} differ from the manifest's {manifest_dims(manifest)}"
+        )
     return backend, codec

@@ -2,7 +2,7 @@
 
 Dimensions: B batch, H horizon, D GRU state (deter), S latent (stoch), A action width.
 
-The semantics are training's (wm_train.model.RSSM): h_0 = 0 pairs with the first frame's posterior z_0 and
+The semantics are training's (wm_core.model.RSSM): h_0 = 0 pairs with the first frame's posterior z_0 and
 h_t+1 = GRUCell(h_t, f([z_t, a_t])) with the prior p(z_t+1 | h_t+1). So `observe` advances h with the
 previous action and takes the new frame's posterior mean as z; `imagine` feeds the prior mean (or a draw from
 the prior) back as the next z.
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wm_train.actions import ActionCodec
-from wm_train.config import ExportConfig
-from wm_train.model import WorldModel
+from wm_core.actions import ActionCodec
+from wm_core.config import ExportConfig
+from wm_core.model import WorldModel
 
 from . import validation
 from .actions import ActionWriter
@@ -76,9 +76,17 @@ class Rollout:
         self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
 
     @classmethod
-    def load(cls, path: str | Path, backend: str = "auto", device: str | torch.device = "auto", *,
-             max_batch: int | None = None, seed: int = 0, frame_threads: int | None = None,
-             cuda_graphs: bool = True) -> Rollout:
+    def load(
+        cls,
+        path: str | Path,
+        backend: str = "auto",
+        device: str | torch.device = "auto",
+        *,
+        max_batch: int | None = None,
+        seed: int = 0,
+        frame_threads: int | None = None,
+        cuda_graphs: bool = True,
+    ) -> Rollout:
         """Load an artifact folder (written by wm-export) or a checkpoint (torch backend only).
 
         backend: `auto` (the fastest available on the device; logged once), `torch`, `onnxruntime` or
@@ -100,8 +108,16 @@ class Rollout:
         return rollout
 
     @classmethod
-    def from_model(cls, model: WorldModel, codec: ActionCodec, device: str | torch.device = "cpu", *,
-                   max_batch: int = ExportConfig.max_batch, seed: int = 0, cuda_graphs: bool = True) -> Rollout:
+    def from_model(
+        cls,
+        model: WorldModel,
+        codec: ActionCodec,
+        device: str | torch.device = "cpu",
+        *,
+        max_batch: int = ExportConfig.max_batch,
+        seed: int = 0,
+        cuda_graphs: bool = True,
+    ) -> Rollout:
         """The torch backend on a model in memory (e.g. freshly trained), without a checkpoint file."""
         from .backends.torch_backend import TorchBackend
 
@@ -116,8 +132,10 @@ class Rollout:
         return self.backend.detail
 
     def __repr__(self) -> str:
-        return (f"Rollout(backend={self.backend_name!r} [{self.backend_detail}], dims={self.dims}, "
-                f"max_batch={self.max_batch}, actions={self.codec.mode}[{self.codec.dim}])")
+        return (
+            f"Rollout(backend={self.backend_name!r} [{self.backend_detail}], dims={self.dims}, "
+            f"max_batch={self.max_batch}, actions={self.codec.mode}[{self.codec.dim}])"
+        )
 
     # --- the API ------------------------------------------------------------------------------------------
 
@@ -143,8 +161,10 @@ class Rollout:
         batch = validation.check_frames(obs, self.dims, self.max_batch)
         validation.check_state(state, self.dims, self.max_batch, batch)
         if prev_action is None and not state.is_initial:
-            raise ValueError("prev_action: required to advance a state that has seen a frame (None is only "
-                             "accepted for a state from Rollout.initial)")
+            raise ValueError(
+                "prev_action: required to advance a state that has seen a frame (None is only "
+                "accepted for a state from Rollout.initial)"
+            )
         if prev_action is not None:
             validation.check_actions(prev_action, self.codec, batch, "prev_action", sequence=False)
         ws = self._workspace(batch, 1, frames=True)
@@ -161,8 +181,9 @@ class Rollout:
                 self.backend.step_into(ws, 0)
             return LatentState(ops.read(ws.hs[1], kind), ops.read(ws.post_mean, kind))
 
-    def imagine(self, state: LatentState, actions, *, sample: bool = False, noise=None,
-                seed: int | None = None) -> Trajectory:
+    def imagine(
+        self, state: LatentState, actions, *, sample: bool = False, noise=None, seed: int | None = None
+    ) -> Trajectory:
         """Roll the prior forward from `state` under raw `actions` [B, H, A] (continuous) or int [B, H]
         (discrete).
 
@@ -187,14 +208,16 @@ class Rollout:
                 if noise is not None:
                     ops.write(ws.noise, noise, swap01=True)
                 else:
-                    generator = self._generator if seed is None else \
-                        torch.Generator(self.ops.device).manual_seed(seed)
+                    generator = self._generator if seed is None else torch.Generator(self.ops.device).manual_seed(seed)
                     ops.as_torch(ws.noise).normal_(generator=generator)
             self._runner(ws, sample)()
             views = ws.trajectory
-            return Trajectory(z=ops.read(views["z"], kind), h=ops.read(views["h"], kind),
-                              prior_mean=ops.read(views["prior_mean" if sample else "z"], kind),
-                              prior_std=ops.read(views["prior_std"], kind))
+            return Trajectory(
+                z=ops.read(views["z"], kind),
+                h=ops.read(views["h"], kind),
+                prior_mean=ops.read(views["prior_mean" if sample else "z"], kind),
+                prior_std=ops.read(views["prior_std"], kind),
+            )
 
     def decode(self, z):
         """z [..., S] -> frames float32 [..., H, W, 3] in [0, 1] (needs the decoder in the artifacts)."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wm_train.actions import ActionCodec
+from wm_core.actions import ActionCodec
 
 from .backends.base import Dims
 from .state import LatentState
@@ -63,8 +63,10 @@ def check_frames(obs, dims: Dims, max_batch: int, where: str = "obs") -> int:
     array_kind(obs, where)
     expected = ("B", *dims.frame)
     if obs.ndim != 4 or tuple(obs.shape[1:]) != dims.frame:
-        raise ValueError(f"{where}: expected frames of shape [{', '.join(map(str, expected))}] (uint8, HWC), "
-                         f"got shape {list(obs.shape)}")
+        raise ValueError(
+            f"{where}: expected frames of shape [{', '.join(map(str, expected))}] (uint8, HWC), "
+            f"got shape {list(obs.shape)}"
+        )
     if obs.dtype != (torch.uint8 if isinstance(obs, torch.Tensor) else np.uint8):
         raise ValueError(f"{where}: expected dtype uint8 (raw frames, 0..255), got {_dtype_name(obs)}")
     check_batch(obs.shape[0], max_batch, where)
@@ -91,8 +93,10 @@ def check_state(state: LatentState, dims: Dims, max_batch: int, batch: int | Non
     if state.h.shape[0] != state.z.shape[0]:
         raise ValueError(f"state: h and z disagree on the batch size: {state.h.shape[0]} vs {state.z.shape[0]}")
     if batch is not None and state.h.shape[0] != batch:
-        raise ValueError(f"state: batch size {state.h.shape[0]} does not match the batch size {batch} of the "
-                         "inputs; start a state of this batch size with Rollout.initial(batch)")
+        raise ValueError(
+            f"state: batch size {state.h.shape[0]} does not match the batch size {batch} of the "
+            "inputs; start a state of this batch size with Rollout.initial(batch)"
+        )
     check_batch(int(state.h.shape[0]), max_batch, "state")
     return int(state.h.shape[0])
 
@@ -105,8 +109,10 @@ def check_actions(actions, codec: ActionCodec, batch: int, where: str, sequence:
     ndim = (2 if sequence else 1) + continuous
     if actions.ndim != ndim or actions.shape[0] != batch or (continuous and actions.shape[-1] != codec.dim):
         shape = (["B", "H"] if sequence else ["B"]) + ([str(codec.dim)] if continuous else [])
-        raise ValueError(f"{where}: expected {codec.mode} actions of shape [{', '.join(shape)}] with B={batch}, "
-                         f"got {list(actions.shape)}")
+        raise ValueError(
+            f"{where}: expected {codec.mode} actions of shape [{', '.join(shape)}] with B={batch}, "
+            f"got {list(actions.shape)}"
+        )
     horizon = int(actions.shape[1]) if sequence else 1
     if horizon < 1:
         raise ValueError(f"{where}: the horizon (axis 1) must be >= 1, got {horizon}")

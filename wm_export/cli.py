@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
+from wm_core.manifest import load_manifest
+
 from .export import DEFAULT_FOLDER, export_artifacts
-from .manifest import load_manifest
 from .parity import ParityError, format_table
 from .tensorrt_build import EngineBuildError, TensorRTUnavailableError
 
@@ -20,31 +21,64 @@ EXIT_PARITY = 4
 """an exported graph disagrees with the PyTorch model; nothing written"""
 
 
-@click.command(epilog=f"""\b
+@click.command(
+    epilog=f"""\b
 Exit codes: 0 success; {EXIT_ERROR} bad input or TensorRT build failure (nothing written);
 2 bad command line; {EXIT_NO_TENSORRT} --trt without TensorRT or a CUDA device (ONNX artifacts written;
-install with pip install ".[gpu]"); {EXIT_PARITY} parity check failed (nothing written).""")
+install with pip install ".[gpu]"); {EXIT_PARITY} parity check failed (nothing written)."""
+)
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help=f"Artifact folder. Default: {DEFAULT_FOLDER}/ beside the checkpoint.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"Artifact folder. Default: {DEFAULT_FOLDER}/ beside the checkpoint.",
+)
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (*.plan); needs TensorRT and a GPU.")
-@click.option("--fp16/--fp32", "fp16", default=None,
-              help="Precision of the TensorRT engines. Default: the checkpoint config's export.fp16 (false).")
-@click.option("--opt-batch", type=click.IntRange(min=1), default=None,
-              help="TensorRT profile: batch size to tune for. Default: export.opt_batch (256).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=None,
-              help="TensorRT profile: largest batch. Default: export.max_batch (4096).")
+@click.option(
+    "--fp16/--fp32",
+    "fp16",
+    default=None,
+    help="Precision of the TensorRT engines. Default: the checkpoint config's export.fp16 (false).",
+)
+@click.option(
+    "--opt-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="TensorRT profile: batch size to tune for. Default: export.opt_batch (256).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="TensorRT profile: largest batch. Default: export.max_batch (4096).",
+)
 @click.option("--opset", type=int, default=None, help="ONNX opset (14-20). Default: export.opset (17).")
-@click.option("--decoder/--no-decoder", default=None,
-              help="Export the decoder too. Default: export.decoder (true).")
-@click.option("--data", type=click.Path(path_type=Path), default=None,
-              help="Episode folder (*.npz, as written by wm-collect); frames of its validation split feed the "
-                   "parity check. Default: random frames.")
+@click.option("--decoder/--no-decoder", default=None, help="Export the decoder too. Default: export.decoder (true).")
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Episode folder (*.npz, as written by wm-collect); frames of its validation split feed the "
+    "parity check. Default: random frames.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def main(checkpoint: Path, out_dir: Path | None, trt: bool, fp16: bool | None, opt_batch: int | None,
-         max_batch: int | None, opset: int | None, decoder: bool | None, data: Path | None, force: bool,
-         progress: bool) -> None:
+def main(
+    checkpoint: Path,
+    out_dir: Path | None,
+    trt: bool,
+    fp16: bool | None,
+    opt_batch: int | None,
+    max_batch: int | None,
+    opset: int | None,
+    decoder: bool | None,
+    data: Path | None,
+    force: bool,
+    progress: bool,
+) -> None:
     """Export a checkpoint to an artifact folder: ONNX graphs (encoder, prior_step, decoder) with a dynamic
     batch axis, checked against the PyTorch model with onnxruntime, optional TensorRT engines, manifest.json.
 
@@ -52,9 +86,19 @@ def main(checkpoint: Path, out_dir: Path | None, trt: bool, fp16: bool | None, o
     default config's values). The TensorRT timing cache is kept in tensorrt_timing.cache beside the artifact
     folder and reused by later exports."""
     try:
-        folder = export_artifacts(checkpoint, out_dir, trt=trt, fp16=fp16, opt_batch=opt_batch,
-                                  max_batch=max_batch, opset=opset, decoder=decoder, force=force, data=data,
-                                  progress=progress)
+        folder = export_artifacts(
+            checkpoint,
+            out_dir,
+            trt=trt,
+            fp16=fp16,
+            opt_batch=opt_batch,
+            max_batch=max_batch,
+            opset=opset,
+            decoder=decoder,
+            force=force,
+            data=data,
+            progress=progress,
+        )
     except ParityError as error:
         click.echo(format_table({error.backend: error.report}), err=True)
         _fail(error, EXIT_PARITY)

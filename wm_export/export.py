@@ -16,12 +16,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from wm_train.checkpoint import load_checkpoint
-from wm_train.files import replace_dir
+from wm_core.checkpoint import load_checkpoint
+from wm_core.graphs import BATCH, HalfPrecisionGraph, build_graphs, graph_specs
+from wm_core.manifest import FORMAT, FORMAT_VERSION, MANIFEST, build_manifest, manifest_files, write_manifest
+from wm_core.publish import replace_dir
 
 from . import parity, tensorrt_build
-from .graphs import BATCH, HalfPrecisionGraph, build_graphs, graph_specs
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST, build_manifest, manifest_files, write_manifest
 from .onnx_export import check_opset, export_onnx
 
 DEFAULT_FOLDER = "artifacts"
@@ -42,10 +42,20 @@ class ExportSettings:
     max_batch: int
 
 
-def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, *, trt: bool = False,
-                     fp16: bool | None = None, opt_batch: int | None = None, max_batch: int | None = None,
-                     opset: int | None = None, decoder: bool | None = None, force: bool = False,
-                     data: str | Path | None = None, progress: bool = False) -> Path:
+def export_artifacts(
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    trt: bool = False,
+    fp16: bool | None = None,
+    opt_batch: int | None = None,
+    max_batch: int | None = None,
+    opset: int | None = None,
+    decoder: bool | None = None,
+    force: bool = False,
+    data: str | Path | None = None,
+    progress: bool = False,
+) -> Path:
     """Export `checkpoint` to an artifact folder (default `<checkpoint dir>/artifacts`) -> its path.
 
     Options left as None come from the checkpoint config's `export` section. `data` is a folder of episode
@@ -59,8 +69,9 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
     codec = extras["action_codec"]
     if codec.dim != cfg.model.action_dim:
         raise ValueError(f"{checkpoint}: action codec width {codec.dim} != model.action_dim {cfg.model.action_dim}")
-    settings = _settings(cfg.export, trt=trt, fp16=fp16, opt_batch=opt_batch, max_batch=max_batch, opset=opset,
-                         decoder=decoder)
+    settings = _settings(
+        cfg.export, trt=trt, fp16=fp16, opt_batch=opt_batch, max_batch=max_batch, opset=opset, decoder=decoder
+    )
     dest = Path(out_dir) if out_dir is not None else checkpoint.parent / DEFAULT_FOLDER
     check_destination(dest, force)
     frames, source = parity.load_frames(data, cfg) if data is not None else (None, "random frames")
@@ -77,16 +88,24 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
         onnx_files = {}
         for name in tqdm(specs, desc="export onnx", disable=not progress, leave=False):
             onnx_files[name] = staging / f"{name}.onnx"
-            export_onnx(graphs[name], specs[name], onnx_files[name], settings.opset,
-                        {**metadata, "graph": name})
+            export_onnx(graphs[name], specs[name], onnx_files[name], settings.opset, {**metadata, "graph": name})
 
         reference_runner = parity.TorchRunner(graphs, specs)
         inputs = parity.make_inputs(reference_runner, specs, codec, frames, source)
         reference = parity.collect_outputs(reference_runner, specs, inputs, "torch", progress)
         drift = parity.float32_drift(graphs["prior_step"], inputs, reference)
-        reports = {"onnxruntime": parity.run_parity_gate(
-            "onnxruntime", parity.OnnxRuntimeRunner(onnx_files), specs, inputs, reference,
-            parity.ONNXRUNTIME_TOLERANCES, progress, drift)}
+        reports = {
+            "onnxruntime": parity.run_parity_gate(
+                "onnxruntime",
+                parity.OnnxRuntimeRunner(onnx_files),
+                specs,
+                inputs,
+                reference,
+                parity.ONNXRUNTIME_TOLERANCES,
+                progress,
+                drift,
+            )
+        }
 
         tensorrt = None
         if settings.trt:
@@ -95,12 +114,21 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
             except tensorrt_build.TensorRTUnavailableError as error:
                 unavailable = error
             else:
-                tensorrt = _build_tensorrt(graphs, specs, onnx_files, staging, dest, settings, metadata,
-                                           inputs, reference, drift, progress)
+                tensorrt = _build_tensorrt(
+                    graphs, specs, onnx_files, staging, dest, settings, metadata, inputs, reference, drift, progress
+                )
 
-        manifest = build_manifest(staging, model_cfg=cfg.model, codec=codec, opset=settings.opset, specs=specs,
-                                  checkpoint=checkpoint, parity=reports, parity_inputs=inputs.source,
-                                  tensorrt=tensorrt)
+        manifest = build_manifest(
+            staging,
+            model_cfg=cfg.model,
+            codec=codec,
+            opset=settings.opset,
+            specs=specs,
+            checkpoint=checkpoint,
+            parity=reports,
+            parity_inputs=inputs.source,
+            tensorrt=tensorrt,
+        )
         write_manifest(staging, manifest)
         _check_contents(staging, manifest)
         _publish(staging, dest, force)
@@ -111,14 +139,14 @@ def export_artifacts(checkpoint: str | Path, out_dir: str | Path | None = None, 
         raise
     if unavailable is not None:
         raise tensorrt_build.TensorRTUnavailableError(
-            f"{unavailable}; the ONNX artifacts are complete in {dest}", artifacts=dest)
+            f"{unavailable}; the ONNX artifacts are complete in {dest}", artifacts=dest
+        )
     return dest
 
 
 def _settings(export_cfg, **given) -> ExportSettings:
     """Options given explicitly win; unset ones (None) come from the config's `export` section."""
-    values = {key: getattr(export_cfg, key) if value is None else value for key, value in given.items()
-              if key != "trt"}
+    values = {key: getattr(export_cfg, key) if value is None else value for key, value in given.items() if key != "trt"}
     settings = ExportSettings(trt=bool(given["trt"]), **values)
     check_opset(settings.opset)
     tensorrt_build.optimization_profile(settings.opt_batch, settings.max_batch)
@@ -143,13 +171,22 @@ def check_destination(dest: Path, force: bool) -> None:
 def _metadata(model_cfg, codec) -> dict[str, str]:
     """Key facts as ONNX model properties (strings), so a lone .onnx file still says what it is."""
     H = model_cfg.frame_size
-    return {"format": FORMAT, "format_version": str(FORMAT_VERSION), "deter": str(model_cfg.deter_dim),
-            "latent": str(model_cfg.latent_dim), "action": str(codec.dim), "frame": json.dumps([H, H, 3]),
-            "action_mode": codec.mode, "action_codec": json.dumps(codec.to_dict()), "batch_axis": BATCH}
+    return {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "deter": str(model_cfg.deter_dim),
+        "latent": str(model_cfg.latent_dim),
+        "action": str(codec.dim),
+        "frame": json.dumps([H, H, 3]),
+        "action_mode": codec.mode,
+        "action_codec": json.dumps(codec.to_dict()),
+        "batch_axis": BATCH,
+    }
 
 
-def _build_tensorrt(graphs, specs, onnx_files, staging, dest, settings, metadata, inputs, reference, drift,
-                    progress) -> dict:
+def _build_tensorrt(
+    graphs, specs, onnx_files, staging, dest, settings, metadata, inputs, reference, drift, progress
+) -> dict:
     """Engines for every graph and their parity gate against the PyTorch reference -> manifest section."""
     profile = tensorrt_build.optimization_profile(settings.opt_batch, settings.max_batch)
     with tempfile.TemporaryDirectory(prefix="wm-fp16-") as scratch:
@@ -159,15 +196,23 @@ def _build_tensorrt(graphs, specs, onnx_files, staging, dest, settings, metadata
             sources = {}
             for name, spec in specs.items():
                 sources[name] = Path(scratch) / f"{name}.onnx"
-                export_onnx(HalfPrecisionGraph(graphs[name]), spec, sources[name], settings.opset,
-                            {**metadata, "graph": name, "precision": "fp16"})
-        section = tensorrt_build.build_engines(sources, staging, profile, settings.fp16,
-                                               dest.parent / TIMING_CACHE, progress)
-    runner = tensorrt_build.TensorRTRunner({name: staging / e["file"] for name, e in section["engines"].items()},
-                                           settings.max_batch)
+                export_onnx(
+                    HalfPrecisionGraph(graphs[name]),
+                    spec,
+                    sources[name],
+                    settings.opset,
+                    {**metadata, "graph": name, "precision": "fp16"},
+                )
+        section = tensorrt_build.build_engines(
+            sources, staging, profile, settings.fp16, dest.parent / TIMING_CACHE, progress
+        )
+    runner = tensorrt_build.TensorRTRunner(
+        {name: staging / e["file"] for name, e in section["engines"].items()}, settings.max_batch
+    )
     tolerances = parity.TENSORRT_FP16_TOLERANCES if settings.fp16 else parity.TENSORRT_FP32_TOLERANCES
-    section["parity"] = parity.run_parity_gate("tensorrt", runner, specs, inputs, reference, tolerances, progress,
-                                               drift)
+    section["parity"] = parity.run_parity_gate(
+        "tensorrt", runner, specs, inputs, reference, tolerances, progress, drift
+    )
     return section
 
 

@@ -18,7 +18,7 @@ import onnx
 import torch
 from torch import nn
 
-from .graphs import BATCH, GraphSpec
+from wm_core.graphs import BATCH, GraphSpec
 
 MIN_OPSET = 14
 MAX_OPSET = 20  # the TorchScript exporter's newest opset
@@ -43,8 +43,9 @@ def example_inputs(spec: GraphSpec, batch: int = EXAMPLE_BATCH) -> tuple[torch.T
     return tuple(inputs)
 
 
-def export_onnx(graph: nn.Module, spec: GraphSpec, path: str | Path, opset: int,
-                metadata: dict[str, str] | None = None) -> onnx.ModelProto:
+def export_onnx(
+    graph: nn.Module, spec: GraphSpec, path: str | Path, opset: int, metadata: dict[str, str] | None = None
+) -> onnx.ModelProto:
     """Export `graph` to `path` as one self-contained file (no external data) whose inputs and outputs are
     exactly `spec`'s, with `metadata` as model properties; run the full ONNX checker. -> the saved model."""
     check_opset(opset)
@@ -55,9 +56,15 @@ def export_onnx(graph: nn.Module, spec: GraphSpec, path: str | Path, opset: int,
         warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
         warnings.filterwarnings("ignore", message="The feature will be removed")
         torch.onnx.export(
-            graph.eval(), example_inputs(spec), str(path), dynamo=False, opset_version=opset,
-            input_names=spec.input_names, output_names=spec.output_names,
-            dynamic_axes={name: {0: BATCH} for name in names})
+            graph.eval(),
+            example_inputs(spec),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=spec.input_names,
+            output_names=spec.output_names,
+            dynamic_axes={name: {0: BATCH} for name in names},
+        )
 
     model = onnx.load(str(path))
     _set_declared_shapes(model, spec)
@@ -94,8 +101,10 @@ def _io_table(values) -> dict[str, tuple[str, tuple]]:
 def check_io(model: onnx.ModelProto, spec: GraphSpec) -> None:
     """Raise ValueError unless the model's inputs and outputs are exactly `spec`'s (names, order, dtypes,
     shapes with the batch axis named `batch`)."""
-    for kind, values, tensors in (("inputs", model.graph.input, spec.inputs),
-                                  ("outputs", model.graph.output, spec.outputs)):
+    for kind, values, tensors in (
+        ("inputs", model.graph.input, spec.inputs),
+        ("outputs", model.graph.output, spec.outputs),
+    ):
         actual = _io_table(values)
         expected = {t.name: (t.dtype, tuple(t.shape)) for t in tensors}
         if list(actual.items()) != list(expected.items()):

@@ -28,10 +28,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from wm_train.actions import ActionCodec
-from wm_train.config import Config
-
-from .graphs import BATCH, GraphSpec
+from wm_core.actions import ActionCodec
+from wm_core.config import Config
+from wm_core.graphs import BATCH, GraphSpec
 
 BATCH_SIZES = (1, 7, 256)
 ROLLOUT_STEPS = 50
@@ -110,13 +109,17 @@ class OnnxRuntimeRunner:
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ImportError('the parity check runs the graphs with onnxruntime, which is not installed; '
-                              'pip install ".[cpu]" (or ".[gpu]")') from None
+            raise ImportError(
+                "the parity check runs the graphs with onnxruntime, which is not installed; "
+                'pip install ".[cpu]" (or ".[gpu]")'
+            ) from None
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only
-        self.sessions = {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                         for name, path in files.items()}
+        self.sessions = {
+            name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            for name, path in files.items()
+        }
 
     def __call__(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.sessions[graph]
@@ -138,8 +141,9 @@ def load_frames(data_dir: str | Path, cfg: Config, count: int = max(BATCH_SIZES)
         _, paths = split_episodes(paths, cfg.data.val_fraction, cfg.train.seed)
         split = "validation split"
     m = cfg.model
-    frames = np.concatenate([load_episode(p, cfg.data.action_mode, m.action_dim, m.frame_size)[0]
-                             for p in paths])  # [sum T, H, W, 3]
+    frames = np.concatenate(
+        [load_episode(p, cfg.data.action_mode, m.action_dim, m.frame_size)[0] for p in paths]
+    )  # [sum T, H, W, 3]
     if len(frames) == 0:
         raise ValueError(f"the episodes in {data_dir} hold no frames")
     index = np.linspace(0, len(frames) - 1, count).round().astype(np.int64)
@@ -147,8 +151,14 @@ def load_frames(data_dir: str | Path, cfg: Config, count: int = max(BATCH_SIZES)
     return np.ascontiguousarray(frames[index]), source
 
 
-def make_inputs(reference: Runner, specs: dict[str, GraphSpec], codec: ActionCodec,
-                frames: np.ndarray | None = None, source: str = "random frames", seed: int = 0) -> ParityInputs:
+def make_inputs(
+    reference: Runner,
+    specs: dict[str, GraphSpec],
+    codec: ActionCodec,
+    frames: np.ndarray | None = None,
+    source: str = "random frames",
+    seed: int = 0,
+) -> ParityInputs:
     """Real-looking inputs for every graph at the largest batch size: `frames` (else uniform noise) for the
     encoder, the reference encoder's posterior means as z, GRU-range states as h, plausible actions."""
     batch = max(BATCH_SIZES)
@@ -185,9 +195,10 @@ def _rollout(runner: Runner, inputs: ParityInputs) -> dict[str, np.ndarray]:
     return {"z": np.stack(zs), "h": np.stack(hs)}
 
 
-def float32_drift(prior_step: nn.Module, inputs: ParityInputs, reference: dict[str, list[np.ndarray]]
-                  ) -> dict[str, float]:
-    """"rollout50.z" / "rollout50.h" -> largest absolute difference between the float32 reference rollout and
+def float32_drift(
+    prior_step: nn.Module, inputs: ParityInputs, reference: dict[str, list[np.ndarray]]
+) -> dict[str, float]:
+    """ "rollout50.z" / "rollout50.h" -> largest absolute difference between the float32 reference rollout and
     the same rollout computed in float64: how much float32 rounding alone moves the trajectory."""
     exact = copy.deepcopy(prior_step).double()
 
@@ -197,12 +208,15 @@ def float32_drift(prior_step: nn.Module, inputs: ParityInputs, reference: dict[s
         return {"h_next": h_next.numpy(), "prior_mean": mean.numpy()}
 
     rollout = _rollout(run_float64, inputs)
-    return {f"{ROLLOUT_PREFIX}.{name}": float(np.abs(trajectory - reference[f"{ROLLOUT_PREFIX}.{name}"][0]).max())
-            for name, trajectory in rollout.items()}
+    return {
+        f"{ROLLOUT_PREFIX}.{name}": float(np.abs(trajectory - reference[f"{ROLLOUT_PREFIX}.{name}"][0]).max())
+        for name, trajectory in rollout.items()
+    }
 
 
-def collect_outputs(runner: Runner, specs: dict[str, GraphSpec], inputs: ParityInputs, backend: str = "torch",
-                    progress: bool = False) -> dict[str, list[np.ndarray]]:
+def collect_outputs(
+    runner: Runner, specs: dict[str, GraphSpec], inputs: ParityInputs, backend: str = "torch", progress: bool = False
+) -> dict[str, list[np.ndarray]]:
     """Run every case: "<graph>.<output>" -> one array per batch size; "rollout50.z" and "rollout50.h" ->
     [the rollout's trajectory [T, B, ...]]. Raises ParityError when an output's dtype or shape is not the
     contract's."""
@@ -219,14 +233,25 @@ def collect_outputs(runner: Runner, specs: dict[str, GraphSpec], inputs: ParityI
             value = result[tensor.name]
             shape = [batch if dim == BATCH else dim for dim in tensor.shape]
             if value.dtype != np.dtype(tensor.dtype) or list(value.shape) != shape:
-                raise ParityError(backend, [f"{graph}.{tensor.name}: got {value.dtype} {list(value.shape)}, "
-                                            f"the contract says {tensor.dtype} {shape}"], {})
+                raise ParityError(
+                    backend,
+                    [
+                        f"{graph}.{tensor.name}: got {value.dtype} {list(value.shape)}, "
+                        f"the contract says {tensor.dtype} {shape}"
+                    ],
+                    {},
+                )
             outputs.setdefault(f"{graph}.{tensor.name}", []).append(value)
     return outputs
 
 
-def parity_report(candidate: dict[str, list[np.ndarray]], reference: dict[str, list[np.ndarray]],
-                  tolerances: Tolerances, backend: str, drift: dict[str, float] | None = None) -> dict[str, dict]:
+def parity_report(
+    candidate: dict[str, list[np.ndarray]],
+    reference: dict[str, list[np.ndarray]],
+    tolerances: Tolerances,
+    backend: str,
+    drift: dict[str, float] | None = None,
+) -> dict[str, dict]:
     """Largest absolute and scale-relative difference per output over all cases, with its tolerance
     (for the rollout, raised to DRIFT_FACTOR x `drift`, the float32 drift of `float32_drift`)."""
     drift = drift or {}
@@ -236,15 +261,21 @@ def parity_report(candidate: dict[str, list[np.ndarray]], reference: dict[str, l
         max_abs, scale = 0.0, 0.0
         for got, want in zip(actual, expected, strict=True):
             if got.shape != want.shape or got.dtype != want.dtype:
-                raise ParityError(backend, [f"{key}: got {got.dtype} {list(got.shape)}, "
-                                            f"expected {want.dtype} {list(want.shape)}"], report)
+                raise ParityError(
+                    backend,
+                    [f"{key}: got {got.dtype} {list(got.shape)}, expected {want.dtype} {list(want.shape)}"],
+                    report,
+                )
             diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
             # NaN must fail the gate: max() propagates it and `nan <= tolerance` is False.
             max_abs = max(max_abs, float(diff.max())) if not np.isnan(diff).any() else float("nan")
             scale = max(scale, float(np.abs(want).max()))
         graph, output = key.split(".")
-        entry = {"max_abs": max_abs, "max_rel": max_abs / scale if scale > 0 else max_abs,
-                 "tolerance": tolerances.of(output)}
+        entry = {
+            "max_abs": max_abs,
+            "max_rel": max_abs / scale if scale > 0 else max_abs,
+            "tolerance": tolerances.of(output),
+        }
         if graph == ROLLOUT_PREFIX:
             entry.update(steps=ROLLOUT_STEPS, batch=max(BATCH_SIZES))
             if key in drift:
@@ -257,15 +288,25 @@ def parity_report(candidate: dict[str, list[np.ndarray]], reference: dict[str, l
 
 def check_report(backend: str, report: dict[str, dict]) -> None:
     """Raise ParityError naming every output whose largest absolute difference exceeds its tolerance."""
-    failures = [f"{key} max abs error {entry['max_abs']:.3g} > tolerance {entry['tolerance']:.1e}"
-                for key, entry in report.items() if not entry["max_abs"] <= entry["tolerance"]]
+    failures = [
+        f"{key} max abs error {entry['max_abs']:.3g} > tolerance {entry['tolerance']:.1e}"
+        for key, entry in report.items()
+        if not entry["max_abs"] <= entry["tolerance"]
+    ]
     if failures:
         raise ParityError(backend, failures, report)
 
 
-def run_parity_gate(backend: str, runner: Runner, specs: dict[str, GraphSpec], inputs: ParityInputs,
-                    reference: dict[str, list[np.ndarray]], tolerances: Tolerances,
-                    progress: bool = False, drift: dict[str, float] | None = None) -> dict[str, dict]:
+def run_parity_gate(
+    backend: str,
+    runner: Runner,
+    specs: dict[str, GraphSpec],
+    inputs: ParityInputs,
+    reference: dict[str, list[np.ndarray]],
+    tolerances: Tolerances,
+    progress: bool = False,
+    drift: dict[str, float] | None = None,
+) -> dict[str, dict]:
     """Run `runner` on every case, compare with the reference outputs -> report; raise ParityError when an
     output is over tolerance (the report rides on the error)."""
     candidate = collect_outputs(runner, specs, inputs, backend, progress)
@@ -280,6 +321,8 @@ def format_table(reports: dict[str, dict[str, dict]]) -> str:
     for backend, report in reports.items():
         for key, entry in report.items():
             verdict = "ok" if entry["max_abs"] <= entry["tolerance"] else "FAIL"
-            lines.append(f"{backend:<12} {key:<24} {entry['max_abs']:>9.2e} {entry['max_rel']:>9.2e} "
-                         f"{entry['tolerance']:>9.1e}  {verdict}")
+            lines.append(
+                f"{backend:<12} {key:<24} {entry['max_abs']:>9.2e} {entry['max_rel']:>9.2e} "
+                f"{entry['tolerance']:>9.1e}  {verdict}"
+            )
     return "\n".join(lines)

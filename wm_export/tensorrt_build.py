@@ -10,15 +10,14 @@ on torch CUDA tensors, so no other CUDA binding is needed.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from .manifest import sha256_file
+from wm_core.manifest import sha256_file
+from wm_core.publish import atomic_write_bytes
 
 INSTALL_HINT = 'install the GPU extra: pip install ".[gpu]"'
 
@@ -44,15 +43,17 @@ def require_tensorrt():
     if not torch.cuda.is_available():
         raise TensorRTUnavailableError(
             "no CUDA device: TensorRT engines need an NVIDIA GPU and a CUDA build of torch "
-            f"(torch {torch.__version__} sees none); {INSTALL_HINT} on a machine with a GPU")
+            f"(torch {torch.__version__} sees none); {INSTALL_HINT} on a machine with a GPU"
+        )
     return tensorrt
 
 
 def optimization_profile(opt_batch: int, max_batch: int) -> dict[str, int]:
     """The batch sizes of the engines' one optimisation profile."""
     if not 1 <= opt_batch <= max_batch:
-        raise ValueError(f"TensorRT profile needs 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, "
-                         f"max_batch={max_batch}")
+        raise ValueError(
+            f"TensorRT profile needs 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}"
+        )
     return {"min": 1, "opt": opt_batch, "max": max_batch}
 
 
@@ -62,8 +63,14 @@ def profile_shapes(shape: tuple[int, ...], profile: dict[str, int]) -> tuple[tup
     return tuple((profile[key], *fixed) for key in ("min", "opt", "max"))
 
 
-def build_engines(onnx_files: dict[str, Path], out_folder: Path, profile: dict[str, int], fp16: bool,
-                  timing_cache: Path, progress: bool = False) -> dict:
+def build_engines(
+    onnx_files: dict[str, Path],
+    out_folder: Path,
+    profile: dict[str, int],
+    fp16: bool,
+    timing_cache: Path,
+    progress: bool = False,
+) -> dict:
     """Build `<graph>.plan` in `out_folder` from each ONNX file (float16 graphs when `fp16`), reusing and
     updating the timing cache file. -> the manifest's `tensorrt` section, without parity."""
     trt = require_tensorrt()
@@ -74,11 +81,17 @@ def build_engines(onnx_files: dict[str, Path], out_folder: Path, profile: dict[s
         plan_path = out_folder / f"{name}.plan"
         cache_blob = _build_engine(trt, logger, onnx_path, plan_path, profile, cache_blob)
         engines[name] = {"file": plan_path.name, "sha256": sha256_file(plan_path)}
-    _write_atomically(timing_cache, cache_blob)
+    atomic_write_bytes(timing_cache, cache_blob)
     major, minor = torch.cuda.get_device_capability()
-    return {"version": trt.__version__, "gpu": torch.cuda.get_device_name(),
-            "compute_capability": f"{major}.{minor}", "precision": "fp16" if fp16 else "fp32",
-            "profile": dict(profile), "timing_cache": str(timing_cache), "engines": engines}
+    return {
+        "version": trt.__version__,
+        "gpu": torch.cuda.get_device_name(),
+        "compute_capability": f"{major}.{minor}",
+        "precision": "fp16" if fp16 else "fp32",
+        "profile": dict(profile),
+        "timing_cache": str(timing_cache),
+        "engines": engines,
+    }
 
 
 def _build_engine(trt, logger, onnx_path: Path, plan_path: Path, profile: dict[str, int], cache_blob: bytes) -> bytes:
@@ -111,18 +124,6 @@ def _build_engine(trt, logger, onnx_path: Path, plan_path: Path, profile: dict[s
     return bytes(config.get_timing_cache().serialize())
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class TensorRTRunner:
     """Engines as a parity runner; batches larger than the profile's max run in chunks."""
 
@@ -138,13 +139,19 @@ class TensorRTRunner:
                 raise EngineBuildError(f"TensorRT could not load {path.name}")
             self.engines[name] = engine
             self.contexts[name] = engine.create_execution_context()
-        self.dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.uint8: torch.uint8,
-                       trt.int32: torch.int32}
+        self.dtypes = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.uint8: torch.uint8,
+            trt.int32: torch.int32,
+        }
 
     def __call__(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = len(next(iter(inputs.values())))
-        chunks = [self._run(graph, {k: v[i:i + self.max_batch] for k, v in inputs.items()})
-                  for i in range(0, batch, self.max_batch)]
+        chunks = [
+            self._run(graph, {k: v[i : i + self.max_batch] for k, v in inputs.items()})
+            for i in range(0, batch, self.max_batch)
+        ]
         return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
 
     def _run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,10 +1,16 @@
-"""Train a gradient-isolated world model: a VAE for frames and an RSSM for latent dynamics."""
+"""Train a gradient-isolated world model: a VAE for frames and an RSSM for latent dynamics.
 
-from .actions import ActionCodec
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Config, load_config
-from .losses import WorldModelOutput
-from .model import WorldModel
+The model, config, action codec and checkpoint format live in `wm_core`; they are re-exported here so that
+`wm_train.WorldModel`, `wm_train.load_config`, ... keep working."""
 
-__all__ = ["ActionCodec", "Config", "WorldModel", "WorldModelOutput", "load_checkpoint", "load_config",
-           "save_checkpoint"]
+from wm_core import ActionCodec, Config, WorldModel, WorldModelOutput, load_checkpoint, load_config, save_checkpoint
+
+__all__ = [
+    "ActionCodec",
+    "Config",
+    "WorldModel",
+    "WorldModelOutput",
+    "load_checkpoint",
+    "load_config",
+    "save_checkpoint",
+]

@@ -17,7 +17,8 @@ def user_errors_to_exit(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         warnings.showwarning = lambda message, category, *_: click.echo(
-            f"warning: {message} ({category.__name__})", err=True)
+            f"warning: {message} ({category.__name__})", err=True
+        )
         warnings.filterwarnings("default", category=DeprecationWarning, module="wm_")  # ours, not libraries'
         try:
             return command(*args, **kwargs)
@@ -29,27 +30,36 @@ def user_errors_to_exit(command):
 
 @click.command(context_settings={"show_default": True})
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a config value, e.g. --set train.epochs=3 (repeatable).",
+)
 @click.option("--resume", is_flag=True, help="Continue the run in train.out_dir from its last.pt.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar while an epoch runs.")
 @user_errors_to_exit
 def train_command(config_path, overrides, resume, progress):
     """Train a gradient-isolated world model on the episodes named by CONFIG.yaml."""
-    from .config import load_config
+    from wm_core.config import load_config
+
     from .trainer import train
 
     cfg = load_config(config_path, overrides)
     history = train(cfg, resume=resume, progress=progress)
     last = history[-1]
-    click.echo(f"done: {last.epoch} epochs, val loss {last.val['loss']:.2f}, "
-               f"{last.frames_per_s:.0f} frames/s; checkpoints in {cfg.train.out_dir}")
+    click.echo(
+        f"done: {last.epoch} epochs, val loss {last.val['loss']:.2f}, "
+        f"{last.frames_per_s:.0f} frames/s; checkpoints in {cfg.train.out_dir}"
+    )
 
 
 @click.command(context_settings={"show_default": True})
 @click.argument("env_id")
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for the episode files.")
+@click.option(
+    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the episode files."
+)
 @click.option("--episodes", default=20, help="Number of episodes.")
 @click.option("--steps", default=200, help="Recorded steps per episode (fewer if the episode ends).")
 @click.option("--seed", default=0, help="Episode i uses seed SEED + i.")
@@ -67,14 +77,29 @@ def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers,
 
 @click.command(context_settings={"show_default": True})
 @click.argument("checkpoint", metavar="CKPT", type=click.Path(dir_okay=False))
-@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder of episode files; split into train/val exactly as training split it.")
-@click.option("--split", type=click.Choice(["val", "train"]), default="val",
-              help="Split shown by the summary and the strips (the report holds both).")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder of episode files; split into train/val exactly as training split it.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["val", "train"]),
+    default="val",
+    help="Split shown by the summary and the strips (the report holds both).",
+)
 @click.option("--context", default=5, help="Real frames the RSSM observes before imagining.")
 @click.option("--horizon", default=30, help="Steps imagined open loop with the true actions.")
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="Report folder: report.json, error_vs_horizon.png, strip_*.png.")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Report folder: report.json, error_vs_horizon.png, strip_*.png.",
+)
 @click.option("--max-sequences", default=64, help="Sequences evaluated per split, at most.")
 @click.option("--action-samples", default=8, help="Action sequences compared from each state for the spread.")
 @click.option("--seed", default=0, help="Seeds the shuffled and random actions.")
@@ -83,14 +108,39 @@ def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers,
 @click.option("--overwrite", is_flag=True, help="Replace a report folder that already holds files.")
 @click.option("--progress/--no-progress", default=True)
 @user_errors_to_exit
-def eval_command(checkpoint, data_dir, split, context, horizon, out_dir, max_sequences, action_samples, seed, device,
-                 threads, overwrite, progress):
+def eval_command(
+    checkpoint,
+    data_dir,
+    split,
+    context,
+    horizon,
+    out_dir,
+    max_sequences,
+    action_samples,
+    seed,
+    device,
+    threads,
+    overwrite,
+    progress,
+):
     """Evaluate the world model in CKPT: open-loop prediction, action identifiability, train/val gap."""
     from .evaluate import run_eval, summary_lines
 
-    report = run_eval(checkpoint, data_dir, out_dir, overwrite, split=split, context=context, horizon=horizon,
-                      max_sequences=max_sequences, action_samples=action_samples, seed=seed, device=device,
-                      threads=threads, progress=progress)
+    report = run_eval(
+        checkpoint,
+        data_dir,
+        out_dir,
+        overwrite,
+        split=split,
+        context=context,
+        horizon=horizon,
+        max_sequences=max_sequences,
+        action_samples=action_samples,
+        seed=seed,
+        device=device,
+        threads=threads,
+        progress=progress,
+    )
     for line in summary_lines(report):
         click.echo(line)
     click.echo(f"report in {out_dir}")

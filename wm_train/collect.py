@@ -123,8 +123,16 @@ def _record_to_file(args) -> tuple[Path, int]:
     return path, len(obs)
 
 
-def collect(env_id: str, out_dir: str | Path, episodes: int, steps: int, seed: int = 0, frame_size: int = 64,
-            workers: int = 2, progress: bool = True) -> list[Path]:
+def collect(
+    env_id: str,
+    out_dir: str | Path,
+    episodes: int,
+    steps: int,
+    seed: int = 0,
+    frame_size: int = 64,
+    workers: int = 2,
+    progress: bool = True,
+) -> list[Path]:
     """Record `episodes` episodes of at most `steps` steps into `out_dir/episode_XXXXX.npz`."""
     if episodes < 1 or steps < 1:
         raise ValueError(f"episodes and steps must be >= 1, got episodes={episodes} steps={steps}")

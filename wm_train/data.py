@@ -6,8 +6,6 @@ int64 [T] (discrete), where action[t] is taken after seeing obs[t].
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,22 +13,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .actions import ActionCodec
-from .config import Config
+from wm_core.actions import ActionCodec
+from wm_core.config import Config
+from wm_core.publish import atomic_write
 
 
 def save_episode(path: str | Path, obs: np.ndarray, action: np.ndarray) -> None:
     """Write one episode atomically (temporary file + rename), so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, obs=obs, action=action)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda file: np.savez_compressed(file, obs=obs, action=action))
 
 
 def episode_paths(folder: str | Path) -> list[Path]:
@@ -54,21 +44,27 @@ def load_episode(path: Path, action_mode: str, action_dim: int, frame_size: int)
         raise ValueError(f"{path}: not a readable episode file ({type(error).__name__}: {error})") from None
     expected_frame = (frame_size, frame_size, 3)
     if obs.dtype != np.uint8 or obs.ndim != 4 or obs.shape[1:] != expected_frame:
-        raise ValueError(f"{path}: obs must be uint8 [T, {frame_size}, {frame_size}, 3], "
-                         f"got {obs.dtype} {list(obs.shape)}")
+        raise ValueError(
+            f"{path}: obs must be uint8 [T, {frame_size}, {frame_size}, 3], got {obs.dtype} {list(obs.shape)}"
+        )
     data_mode = "discrete" if action.dtype.kind in "iu" else "continuous"
     if data_mode != action_mode:
-        raise ValueError(f"{path}: config data.action_mode is '{action_mode}' but the file holds {data_mode} "
-                         f"actions ({action.dtype}); set data.action_mode: {data_mode}")
+        raise ValueError(
+            f"{path}: config data.action_mode is '{action_mode}' but the file holds {data_mode} "
+            f"actions ({action.dtype}); set data.action_mode: {data_mode}"
+        )
     if data_mode == "discrete":
         if action.ndim != 1:
             raise ValueError(f"{path}: discrete actions must be [T], got {list(action.shape)}")
         if action.size and (action.min() < 0 or action.max() >= action_dim):
-            raise ValueError(f"{path}: discrete actions must lie in [0, {action_dim - 1}] (model.action_dim="
-                             f"{action_dim}), got [{action.min()}, {action.max()}]")
+            raise ValueError(
+                f"{path}: discrete actions must lie in [0, {action_dim - 1}] (model.action_dim="
+                f"{action_dim}), got [{action.min()}, {action.max()}]"
+            )
     elif action.ndim != 2 or action.shape[1] != action_dim:
-        raise ValueError(f"{path}: continuous actions must be [T, {action_dim}] (model.action_dim), "
-                         f"got {list(action.shape)}")
+        raise ValueError(
+            f"{path}: continuous actions must be [T, {action_dim}] (model.action_dim), got {list(action.shape)}"
+        )
     if len(action) != len(obs):
         raise ValueError(f"{path}: {len(obs)} frames but {len(action)} actions")
     return obs, action
@@ -108,8 +104,11 @@ class EpisodeSet:
 
     def fixed_windows(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Non-overlapping windows covering each episode: the same every epoch, for validation."""
-        return [self._window(e, s) for e, o in enumerate(self.obs) for s in range(0, len(o) - self.seq_len + 1,
-                                                                                   self.seq_len)]
+        return [
+            self._window(e, s)
+            for e, o in enumerate(self.obs)
+            for s in range(0, len(o) - self.seq_len + 1, self.seq_len)
+        ]
 
 
 def to_batch(windows, codec: ActionCodec, device: torch.device | str = "cpu"):
@@ -129,11 +128,14 @@ def load_splits(cfg: Config) -> tuple[EpisodeSet, EpisodeSet, ActionCodec]:
         episodes = [load_episode(p, d.action_mode, m.action_dim, m.frame_size) for p in paths]
         short = [p.name for p, (o, _) in zip(paths, episodes) if len(o) < d.seq_len]
         if short:
-            warnings.warn(f"skipping {len(short)} episode(s) shorter than data.seq_len={d.seq_len}: {short[:5]}")
+            warnings.warn(
+                f"skipping {len(short)} episode(s) shorter than data.seq_len={d.seq_len}: {short[:5]}", stacklevel=2
+            )
         kept = [e for e in episodes if len(e[0]) >= d.seq_len]
         if not kept:
-            raise ValueError(f"{d.path}: no episode of {[p.name for p in paths][:5]} has data.seq_len="
-                             f"{d.seq_len} frames")
+            raise ValueError(
+                f"{d.path}: no episode of {[p.name for p in paths][:5]} has data.seq_len={d.seq_len} frames"
+            )
         splits.append(EpisodeSet([o for o, _ in kept], [a for _, a in kept], d.seq_len))
     train, val = splits
     codec = ActionCodec.fit(d.action_mode, m.action_dim, train.actions)
@@ -144,5 +146,9 @@ def load_splits(cfg: Config) -> tuple[EpisodeSet, EpisodeSet, ActionCodec]:
 def _warn_if_actions_constant(actions: list[np.ndarray]) -> None:
     stacked = np.concatenate(actions)
     if len(stacked) and (stacked == stacked[0]).all():
-        warnings.warn("the training actions never vary: the RSSM cannot learn how actions act on the world; "
-                      "record data with a policy that acts", UserWarning)
+        warnings.warn(
+            "the training actions never vary: the RSSM cannot learn how actions act on the world; "
+            "record data with a policy that acts",
+            UserWarning,
+            stacklevel=2,
+        )

@@ -32,10 +32,17 @@ def save_error_plot(report: EvalReport, path: Path) -> None:
         metrics = report.splits[split]
         width = 2.0 if split == report.split else 1.0
         pixels.plot(steps, metrics.open_loop.pixel_mse, color=colour, lw=width, label=f"{split}: true actions")
-        pixels.plot(steps, metrics.actions.shuffled_pixel_mse, color=colour, lw=width, ls="--",
-                    label=f"{split}: shuffled actions")
-        pixels.plot(steps, metrics.actions.random_pixel_mse, color=colour, lw=width, ls=":",
-                    label=f"{split}: random actions")
+        pixels.plot(
+            steps,
+            metrics.actions.shuffled_pixel_mse,
+            color=colour,
+            lw=width,
+            ls="--",
+            label=f"{split}: shuffled actions",
+        )
+        pixels.plot(
+            steps, metrics.actions.random_pixel_mse, color=colour, lw=width, ls=":", label=f"{split}: random actions"
+        )
         latents.plot(steps, metrics.open_loop.latent_kl, color=colour, lw=width, label=split)
         spreads.plot(steps, metrics.actions.spread, color=colour, lw=width, label=split)
     headline = report.splits[report.split].open_loop
@@ -49,8 +56,10 @@ def save_error_plot(report: EvalReport, path: Path) -> None:
         axes.legend(fontsize=8)
     for axes in (pixels, latents, spreads):
         axes.grid(alpha=0.3)
-    figure.suptitle(f"{Path(report.checkpoint).name or 'model'}: context {report.context}, "
-                    f"{report.splits[report.split].sequences} {report.split} sequences")
+    figure.suptitle(
+        f"{Path(report.checkpoint).name or 'model'}: context {report.context}, "
+        f"{report.splits[report.split].sequences} {report.split} sequences"
+    )
     figure.savefig(path, dpi=90)
 
 
@@ -61,11 +70,10 @@ def save_strips(report: EvalReport, folder: Path) -> list[str]:
     shown = np.unique(np.linspace(1, report.horizon, min(STRIP_COLUMNS, report.horizon)).round().astype(int))
     names = []
     for i, (real, predicted) in enumerate(zip(examples.real, examples.predicted)):
-        future = real[report.context:]  # [H, 3, h, w]
+        future = real[report.context :]  # [H, 3, h, w]
         last_context = real[report.context - 1]
         columns = [(f"t={report.context - 1}", last_context, last_context, np.zeros_like(last_context))]
-        columns += [(f"+{s}", future[s - 1], predicted[s - 1], np.abs(predicted[s - 1] - future[s - 1]))
-                    for s in shown]
+        columns += [(f"+{s}", future[s - 1], predicted[s - 1], np.abs(predicted[s - 1] - future[s - 1])) for s in shown]
         name = f"strip_{i:02d}.png"
         _strip_image(columns).save(folder / name)
         names.append(name)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +25,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .actions import ActionCodec
-from .config import Config
+from wm_core.actions import ActionCodec
+from wm_core.config import Config
+from wm_core.losses import gaussian_kl
+from wm_core.model import WorldModel
+from wm_core.publish import staged_dir
+
 from .data import EpisodeSet, load_splits, to_batch
-from .files import replace_dir
-from .losses import gaussian_kl
-from .model import WorldModel
 
 SPLITS = ("train", "val")
 HEADLINE_STEPS = (1, 5, 10, 30)  # horizon steps quoted in summaries and the ablation table
@@ -163,16 +162,20 @@ def sequences_of(episodes: EpisodeSet, length: int, max_sequences: int, split: s
     spans = [(e, start) for e, obs in enumerate(episodes.obs) for start in range(0, len(obs) - length + 1, length)]
     if not spans:
         longest = max(len(obs) for obs in episodes.obs)
-        raise ValueError(f"{split} split: no episode has context + horizon = {length} frames (the longest has "
-                         f"{longest}); lower --context or --horizon, or record longer episodes")
+        raise ValueError(
+            f"{split} split: no episode has context + horizon = {length} frames (the longest has "
+            f"{longest}); lower --context or --horizon, or record longer episodes"
+        )
     if len(spans) < 2:
-        raise ValueError(f"{split} split: the action comparison needs at least 2 sequences of {length} frames, "
-                         f"found {len(spans)}; record more or longer episodes, or lower --context or --horizon")
+        raise ValueError(
+            f"{split} split: the action comparison needs at least 2 sequences of {length} frames, "
+            f"found {len(spans)}; record more or longer episodes, or lower --context or --horizon"
+        )
     if len(spans) > max_sequences:
         spans = [spans[i] for i in np.linspace(0, len(spans) - 1, max_sequences).round().astype(int)]
     return Sequences(
-        obs=[episodes.obs[e][s:s + length] for e, s in spans],
-        actions=[episodes.actions[e][s:s + length] for e, s in spans],
+        obs=[episodes.obs[e][s : s + length] for e, s in spans],
+        actions=[episodes.actions[e][s : s + length] for e, s in spans],
         episode=np.array([e for e, _ in spans]),
         action_pool=np.concatenate(episodes.actions),
         episodes=sum(len(obs) >= length for obs in episodes.obs),
@@ -209,9 +212,19 @@ def error_ratio(errors: list[float] | np.ndarray, reference: list[float] | np.nd
 
 
 @torch.no_grad()
-def open_loop(model: WorldModel, codec: ActionCodec, sequences: Sequences, context: int, horizon: int,
-              action_samples: int = 8, batch_size: int = 16, seed: int = 0, examples: int = 0,
-              device: torch.device | str = "cpu", bar: tqdm | None = None):
+def open_loop(
+    model: WorldModel,
+    codec: ActionCodec,
+    sequences: Sequences,
+    context: int,
+    horizon: int,
+    action_samples: int = 8,
+    batch_size: int = 16,
+    seed: int = 0,
+    examples: int = 0,
+    device: torch.device | str = "cpu",
+    bar: tqdm | None = None,
+):
     """Open-loop and action-identifiability metrics of one split -> (OpenLoopMetrics, ActionMetrics, Examples)."""
     model.eval()
     n = len(sequences.obs)
@@ -221,9 +234,20 @@ def open_loop(model: WorldModel, codec: ActionCodec, sequences: Sequences, conte
     donors = donor_indices(sequences.episode, action_samples - 1, rng)  # column 0: "shuffled"
     random_actions = sequences.action_pool[rng.integers(len(sequences.action_pool), size=(n, horizon))]
     example_ids = set(np.linspace(0, n - 1, min(examples, n)).round().astype(int).tolist()) if examples else set()
-    sums = {name: torch.zeros(horizon, dtype=torch.float64) for name in (
-        "pixel_mse", "latent_kl", "latent_mse", "copy_last_mse", "shuffled_pixel_mse", "random_pixel_mse",
-        "shuffled_latent_mse", "random_latent_mse", "spread")}
+    sums = {
+        name: torch.zeros(horizon, dtype=torch.float64)
+        for name in (
+            "pixel_mse",
+            "latent_kl",
+            "latent_mse",
+            "copy_last_mse",
+            "shuffled_pixel_mse",
+            "random_pixel_mse",
+            "shuffled_latent_mse",
+            "random_latent_mse",
+            "spread",
+        )
+    }
     recon_sum = torch.zeros((), dtype=torch.float64)
     moments = torch.zeros(2, model.cfg.latent_dim, dtype=torch.float64)  # sum and sum of squares per dimension
     frames_seen = 0
@@ -241,23 +265,27 @@ def open_loop(model: WorldModel, codec: ActionCodec, sequences: Sequences, conte
         h, z = filter_context(model, post_mean, actions, context)
         target, target_mean, target_std = obs[:, future], post_mean[:, future], post_std[:, future]
 
-        def rollout(encoded: torch.Tensor):
+        def rollout(encoded: torch.Tensor, h=h, z=z):
             prior_mean, prior_std, _ = model.rssm.imagine(h, z, encoded)
             return prior_mean, prior_std
 
         def per_step(values: torch.Tensor) -> torch.Tensor:  # [B, F, ...] -> mean per step, summed over B: [F]
             return values.flatten(2).mean(-1).sum(0).double().cpu()
 
-        true_mean, true_std = rollout(actions[:, context - 1:context - 1 + horizon])
+        true_mean, true_std = rollout(actions[:, context - 1 : context - 1 + horizon])
         predicted = model.decode(true_mean)  # [B, F, S] -> [B, F, 3, H, W]
         sums["pixel_mse"] += per_step((predicted - target).pow(2))
         sums["latent_kl"] += gaussian_kl(target_mean, target_std, true_mean, true_std).sum(0).double().cpu()
         sums["latent_mse"] += per_step((true_mean - target_mean).pow(2))
-        sums["copy_last_mse"] += per_step((obs[:, context - 1:context] - target).pow(2))
+        sums["copy_last_mse"] += per_step((obs[:, context - 1 : context] - target).pow(2))
         recon_sum += (model.decode(target_mean) - target).pow(2).flatten(2).mean(-1).sum().double().cpu() / horizon
 
-        shuffled = [rollout(imagined_actions([sequences.actions[d][context - 1:context - 1 + horizon]
-                                              for d in donors[ids, k]]))[0] for k in range(donors.shape[1])]
+        shuffled = [
+            rollout(
+                imagined_actions([sequences.actions[d][context - 1 : context - 1 + horizon] for d in donors[ids, k]])
+            )[0]
+            for k in range(donors.shape[1])
+        ]
         random_mean, _ = rollout(imagined_actions(list(random_actions[ids])))
         for name, other_mean in (("shuffled", shuffled[0]), ("random", random_mean)):
             sums[f"{name}_pixel_mse"] += per_step((model.decode(other_mean) - target).pow(2))
@@ -281,25 +309,41 @@ def open_loop(model: WorldModel, codec: ActionCodec, sequences: Sequences, conte
     latent_scale = float(variance.sqrt().mean())
     spread = [s / latent_scale if latent_scale > 0 else 0.0 for s in mean["spread"]]
     metrics = OpenLoopMetrics(
-        pixel_mse=mean["pixel_mse"], latent_kl=mean["latent_kl"], latent_mse=mean["latent_mse"],
-        copy_last_mse=mean["copy_last_mse"], recon_mse=float(recon_sum) / n,
+        pixel_mse=mean["pixel_mse"],
+        latent_kl=mean["latent_kl"],
+        latent_mse=mean["latent_mse"],
+        copy_last_mse=mean["copy_last_mse"],
+        recon_mse=float(recon_sum) / n,
         growth=error_ratio(mean["pixel_mse"][-1:], mean["pixel_mse"][:1]),
-        vs_copy_last=error_ratio(mean["pixel_mse"][-1:], mean["copy_last_mse"][-1:]))
+        vs_copy_last=error_ratio(mean["pixel_mse"][-1:], mean["copy_last_mse"][-1:]),
+    )
     action_metrics = ActionMetrics(
-        shuffled_pixel_mse=mean["shuffled_pixel_mse"], random_pixel_mse=mean["random_pixel_mse"],
-        shuffled_latent_mse=mean["shuffled_latent_mse"], random_latent_mse=mean["random_latent_mse"],
+        shuffled_pixel_mse=mean["shuffled_pixel_mse"],
+        random_pixel_mse=mean["random_pixel_mse"],
+        shuffled_latent_mse=mean["shuffled_latent_mse"],
+        random_latent_mse=mean["random_latent_mse"],
         ratio_shuffled=error_ratio(mean["pixel_mse"], mean["shuffled_pixel_mse"]),
         ratio_random=error_ratio(mean["pixel_mse"], mean["random_pixel_mse"]),
         latent_ratio_shuffled=error_ratio(mean["latent_mse"], mean["shuffled_latent_mse"]),
         latent_ratio_random=error_ratio(mean["latent_mse"], mean["random_latent_mse"]),
-        spread=spread, spread_mean=float(np.mean(spread)), latent_scale=latent_scale)
+        spread=spread,
+        spread_mean=float(np.mean(spread)),
+        latent_scale=latent_scale,
+    )
     shown = Examples(np.stack(real_examples), np.stack(predicted_examples)) if real_examples else None
     return metrics, action_metrics, shown
 
 
 @torch.no_grad()
-def teacher_forced_losses(model: WorldModel, episodes: EpisodeSet, codec: ActionCodec, cfg: Config,
-                          max_windows: int = 64, seed: int = 0, device: torch.device | str = "cpu") -> dict[str, float]:
+def teacher_forced_losses(
+    model: WorldModel,
+    episodes: EpisodeSet,
+    codec: ActionCodec,
+    cfg: Config,
+    max_windows: int = 64,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
     """The training losses (WorldModelOutput) over the split's fixed windows, evenly subsampled to
     `max_windows`."""
     model.eval()
@@ -310,7 +354,7 @@ def teacher_forced_losses(model: WorldModel, episodes: EpisodeSet, codec: Action
     with torch.random.fork_rng(devices=[]):  # the reparameterisation noise: seeded here, the caller's RNG untouched
         torch.manual_seed(seed)
         for first in range(0, len(windows), cfg.train.batch_size):
-            chunk = windows[first:first + cfg.train.batch_size]
+            chunk = windows[first : first + cfg.train.batch_size]
             obs, actions = to_batch(chunk, codec, device)
             out = model(obs, actions, beta=cfg.train.beta, rssm_scale=cfg.train.rssm_scale)
             for name, value in out.scalars().items():
@@ -327,10 +371,22 @@ def loss_gap(train: dict[str, float], val: dict[str, float]) -> dict[str, float]
     return gap
 
 
-def evaluate_model(model: WorldModel, cfg: Config, codec: ActionCodec, episodes: dict[str, EpisodeSet],
-                   context: int = 5, horizon: int = 30, split: str = "val", max_sequences: int = 64,
-                   action_samples: int = 8, examples: int = 4, seed: int = 0, checkpoint: str = "",
-                   device: torch.device | str = "cpu", progress: bool = True) -> EvalReport:
+def evaluate_model(
+    model: WorldModel,
+    cfg: Config,
+    codec: ActionCodec,
+    episodes: dict[str, EpisodeSet],
+    context: int = 5,
+    horizon: int = 30,
+    split: str = "val",
+    max_sequences: int = 64,
+    action_samples: int = 8,
+    examples: int = 4,
+    seed: int = 0,
+    checkpoint: str = "",
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> EvalReport:
     """Every metric of the report on the `train` and `val` episodes; `split` picks the one the examples show."""
     check_settings(context, horizon, split, max_sequences, action_samples)
     if set(episodes) != set(SPLITS):
@@ -343,17 +399,37 @@ def evaluate_model(model: WorldModel, cfg: Config, codec: ActionCodec, episodes:
     for name in SPLITS:
         bar.set_postfix(split=name)
         open_loop_metrics, action_metrics, split_examples = open_loop(
-            model, codec, sequences[name], context, horizon, action_samples, cfg.train.batch_size, seed,
-            examples if name == split else 0, device, bar)
+            model,
+            codec,
+            sequences[name],
+            context,
+            horizon,
+            action_samples,
+            cfg.train.batch_size,
+            seed,
+            examples if name == split else 0,
+            device,
+            bar,
+        )
         losses = teacher_forced_losses(model, episodes[name], codec, cfg, max_sequences, seed, device)
-        results[name] = SplitMetrics(sequences[name].episodes, len(sequences[name].obs), losses, open_loop_metrics,
-                                     action_metrics)
+        results[name] = SplitMetrics(
+            sequences[name].episodes, len(sequences[name].obs), losses, open_loop_metrics, action_metrics
+        )
         shown = split_examples if name == split else shown
     bar.close()
     return EvalReport(
-        checkpoint=str(checkpoint), data=cfg.data.path, split=split, context=context, horizon=horizon,
-        max_sequences=max_sequences, action_samples=action_samples, seed=seed, splits=results,
-        gap=loss_gap(results["train"].losses, results["val"].losses), examples=shown)
+        checkpoint=str(checkpoint),
+        data=cfg.data.path,
+        split=split,
+        context=context,
+        horizon=horizon,
+        max_sequences=max_sequences,
+        action_samples=action_samples,
+        seed=seed,
+        splits=results,
+        gap=loss_gap(results["train"].losses, results["val"].losses),
+        examples=shown,
+    )
 
 
 def check_settings(context: int, horizon: int, split: str, max_sequences: int, action_samples: int) -> None:
@@ -362,8 +438,9 @@ def check_settings(context: int, horizon: int, split: str, max_sequences: int, a
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if max_sequences < 2:
-        raise ValueError(f"max_sequences must be >= 2 (the action comparison swaps actions between sequences), "
-                         f"got {max_sequences}")
+        raise ValueError(
+            f"max_sequences must be >= 2 (the action comparison swaps actions between sequences), got {max_sequences}"
+        )
     if action_samples < 2:
         raise ValueError(f"action_samples must be >= 2 (the true actions and at least one other), got {action_samples}")
 
@@ -378,22 +455,47 @@ def check_report_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
     return out_dir
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", context: int = 5,
-                        horizon: int = 30, max_sequences: int = 64, action_samples: int = 8, examples: int = 4,
-                        seed: int = 0, device: str = "cpu", threads: int = 0, progress: bool = True) -> EvalReport:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str = "val",
+    context: int = 5,
+    horizon: int = 30,
+    max_sequences: int = 64,
+    action_samples: int = 8,
+    examples: int = 4,
+    seed: int = 0,
+    device: str = "cpu",
+    threads: int = 0,
+    progress: bool = True,
+) -> EvalReport:
     """Load a checkpoint and the episodes in `data`, split exactly as training split them (the checkpoint's
     data.val_fraction and train.seed, so `val` holds the episodes training did not see), and evaluate.
     `threads` > 0 sets torch's intra-op threads on CPU."""
     check_settings(context, horizon, split, max_sequences, action_samples)
     if threads > 0:
         torch.set_num_threads(threads)
-    from .checkpoint import load_checkpoint
+    from wm_core.checkpoint import load_checkpoint
 
     model, cfg, extras = load_checkpoint(checkpoint, map_location=device)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
     train, val, _ = load_splits(cfg)  # the codec refitted here is ignored: the checkpoint's is the one it learned
-    return evaluate_model(model, cfg, extras["action_codec"], {"train": train, "val": val}, context, horizon, split,
-                          max_sequences, action_samples, examples, seed, str(checkpoint), device, progress)
+    return evaluate_model(
+        model,
+        cfg,
+        extras["action_codec"],
+        {"train": train, "val": val},
+        context,
+        horizon,
+        split,
+        max_sequences,
+        action_samples,
+        examples,
+        seed,
+        str(checkpoint),
+        device,
+        progress,
+    )
 
 
 def write_report(report: EvalReport, out_dir: str | Path, overwrite: bool = False) -> Path:
@@ -402,23 +504,18 @@ def write_report(report: EvalReport, out_dir: str | Path, overwrite: bool = Fals
     from .eval_plots import save_error_plot, save_strips
 
     out_dir = check_report_dir(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_dir(out_dir) as tmp:
         files: dict[str, object] = {"report": REPORT_FILE, "plot": PLOT_FILE}
         save_error_plot(report, tmp / PLOT_FILE)
         files["strips"] = save_strips(report, tmp) if report.examples is not None else []
         report.files = files
         (tmp / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=1) + "\n")
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
-def run_eval(checkpoint: str | Path, data: str | Path, out_dir: str | Path, overwrite: bool = False,
-             **kwargs) -> EvalReport:
+def run_eval(
+    checkpoint: str | Path, data: str | Path, out_dir: str | Path, overwrite: bool = False, **kwargs
+) -> EvalReport:
     """What `wm-eval` does: check the report folder, evaluate, write the report. `kwargs` are
     evaluate_checkpoint's settings."""
     check_report_dir(out_dir, overwrite)  # before minutes of evaluation, not after
@@ -435,17 +532,20 @@ def summary_lines(report: EvalReport) -> list[str]:
     lines = [
         f"{report.split}: {metrics.sequences} sequences from {metrics.episodes} episodes, context {report.context}, "
         f"horizon {report.horizon}",
-        "open-loop pixel MSE: " + ", ".join(f"step {s} {report.pixel_mse_at(report.split, s):.4f}" for s in steps)
+        "open-loop pixel MSE: "
+        + ", ".join(f"step {s} {report.pixel_mse_at(report.split, s):.4f}" for s in steps)
         + f" (repeat-last-frame at {report.horizon}: {ol.copy_last_mse[-1]:.4f}; reconstruction floor "
-          f"{ol.recon_mse:.4f})",
+        f"{ol.recon_mse:.4f})",
         f"open-loop latent KL: step 1 {ol.latent_kl[0]:.2f}, step {report.horizon} {ol.latent_kl[-1]:.2f}",
         f"actions: error ratio true/shuffled {act.ratio_shuffled:.3f} (latent {act.latent_ratio_shuffled:.3f}), "
         f"true/random {act.ratio_random:.3f}; spread across action sequences {act.spread_mean:.3f} of the latent "
         "scale (ratio 1 and spread 0: actions ignored)",
     ]
     train, val = report.splits["train"].losses, report.splits["val"].losses
-    lines.append(f"rssm_loss train {train['rssm_loss']:.3f}, val {val['rssm_loss']:.3f}: gap "
-                 f"{report.gap['rssm_loss']:+.3f} ({100 * report.gap['rssm_loss_relative']:+.1f}%); open-loop pixel "
-                 f"MSE over the horizon train {np.mean(report.splits['train'].open_loop.pixel_mse):.4f}, "
-                 f"val {np.mean(report.splits['val'].open_loop.pixel_mse):.4f}")
+    lines.append(
+        f"rssm_loss train {train['rssm_loss']:.3f}, val {val['rssm_loss']:.3f}: gap "
+        f"{report.gap['rssm_loss']:+.3f} ({100 * report.gap['rssm_loss_relative']:+.1f}%); open-loop pixel "
+        f"MSE over the horizon train {np.mean(report.splits['train'].open_loop.pixel_mse):.4f}, "
+        f"val {np.mean(report.splits['val'].open_loop.pixel_mse):.4f}"
+    )
     return lines

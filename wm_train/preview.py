@@ -8,17 +8,24 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .actions import ActionCodec
+from wm_core.actions import ActionCodec
+from wm_core.model import WorldModel
+
 from .data import EpisodeSet, to_batch
-from .model import WorldModel
 
 ROWS = ("truth", "recon", "1-step")
 LABEL_WIDTH = 48
 
 
 @torch.no_grad()
-def save_preview(model: WorldModel, episodes: EpisodeSet, codec: ActionCodec, path: Path,
-                 device: torch.device | str = "cpu", columns: int = 8) -> None:
+def save_preview(
+    model: WorldModel,
+    episodes: EpisodeSet,
+    codec: ActionCodec,
+    path: Path,
+    device: torch.device | str = "cpu",
+    columns: int = 8,
+) -> None:
     """Rows: frames x_t, decoded posterior means, decoded priors p(z_t|z_t-1, a_t-1) (first column blank)."""
     model.eval()
     obs, actions = to_batch(episodes.fixed_windows()[:1], codec, device)  # [1, T, 3, H, W]

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import read_checkpoint, save_checkpoint
-from .config import Config
+from wm_core.checkpoint import read_checkpoint, save_checkpoint
+from wm_core.config import Config
+from wm_core.losses import WorldModelOutput
+from wm_core.model import WorldModel
+
 from .data import EpisodeSet, load_splits, to_batch
-from .losses import WorldModelOutput
-from .model import WorldModel
 from .preview import save_preview
 
 LOG_NAMES = {"loss": "loss", "recon_loss": "rec", "kld": "kld", "rssm_loss": "rssm", "one_step": "1step"}
@@ -25,7 +26,8 @@ LOG_NAMES = {"loss": "loss", "recon_loss": "rec", "kld": "kld", "rssm_loss": "rs
 RSSM_ZERO_CHECKLIST = (
     "rssm_loss is exactly 0: the RSSM is not learning anything. Check that data.seq_len >= 4 (it needs "
     "transitions), that the actions are not all zero, and that the latents vary across frames (a collapsed "
-    "encoder gives identical posteriors).")
+    "encoder gives identical posteriors)."
+)
 
 
 @dataclass
@@ -40,8 +42,10 @@ class EpochMetrics:
 
     def log_line(self, split: str) -> str:
         values = getattr(self, split)
-        parts = [f"{short}={values[name]:.4f}" if name == "one_step" else f"{short}={values[name]:.2f}"
-                 for name, short in LOG_NAMES.items()]
+        parts = [
+            f"{short}={values[name]:.4f}" if name == "one_step" else f"{short}={values[name]:.2f}"
+            for name, short in LOG_NAMES.items()
+        ]
         return f"epoch {self.epoch} {split} " + " ".join(parts)
 
 
@@ -81,8 +85,9 @@ class Trainer:
         path = self.out_dir / "last.pt"
         state = read_checkpoint(path)
         if state["config"]["model"] != self.cfg.to_dict()["model"]:
-            raise ValueError(f"{path} was trained with model config {state['config']['model']}, "
-                             f"not {self.cfg.to_dict()['model']}")
+            raise ValueError(
+                f"{path} was trained with model config {state['config']['model']}, not {self.cfg.to_dict()['model']}"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
@@ -107,8 +112,13 @@ class Trainer:
         self.model.train()
         t = self.cfg.train
         sums: dict[str, torch.Tensor] = {}
-        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {self.epoch}/{t.epochs}", unit="step",
-                   leave=False, disable=not self.progress)
+        bar = tqdm(
+            range(self.steps_per_epoch),
+            desc=f"epoch {self.epoch}/{t.epochs}",
+            unit="step",
+            leave=False,
+            disable=not self.progress,
+        )
         start = time.perf_counter()
         for _ in bar:
             out = self.train_step()
@@ -136,7 +146,7 @@ class Trainer:
         t = self.cfg.train
         sums: dict[str, float] = {}
         for i in range(0, len(windows), t.batch_size):
-            chunk = windows[i:i + t.batch_size]
+            chunk = windows[i : i + t.batch_size]
             obs, actions = to_batch(chunk, self.codec, self.device)
             out = self.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale)
             for name, value in out.scalars().items():
@@ -147,12 +157,13 @@ class Trainer:
         for split in ("train", "val"):
             tqdm.write(metrics.log_line(split))
         if metrics.train["rssm_loss"] == 0.0:
-            warnings.warn(RSSM_ZERO_CHECKLIST, UserWarning)
+            warnings.warn(RSSM_ZERO_CHECKLIST, UserWarning, stacklevel=2)
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(asdict(metrics)) + "\n")
         _log_tensorboard(self.out_dir, metrics)
-        save_preview(self.model, self.val_set, self.codec, self.out_dir / f"preview_epoch{self.epoch:03d}.png",
-                     self.device)
+        save_preview(
+            self.model, self.val_set, self.codec, self.out_dir / f"preview_epoch{self.epoch:03d}.png", self.device
+        )
 
     def _save(self, metrics: EpochMetrics) -> None:
         extras = dict(
@@ -185,7 +196,8 @@ def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[Epoc
     if resume:
         trainer.resume()
     elif (trainer.out_dir / "last.pt").exists():
-        raise FileExistsError(f"{trainer.out_dir} already holds a run (last.pt); pass --resume to continue it "
-                              "or choose another train.out_dir")
+        raise FileExistsError(
+            f"{trainer.out_dir} already holds a run (last.pt); pass --resume to continue it "
+            "or choose another train.out_dir"
+        )
     return trainer.fit()
-

@@ -167,8 +167,12 @@ class Workspace:
         self.actions = [self.action[t] for t in range(self.steps)]
         self.noises = [self.noise[t] for t in range(self.steps)]
         # Batch-major [B, T, ...] views of what a trajectory returns, made once for the copy out of each call.
-        self.trajectory = {"z": self.z[1:].swapaxes(0, 1), "h": self.h[1:].swapaxes(0, 1),
-                           "prior_mean": self.prior_mean.swapaxes(0, 1), "prior_std": self.prior_std.swapaxes(0, 1)}
+        self.trajectory = {
+            "z": self.z[1:].swapaxes(0, 1),
+            "h": self.h[1:].swapaxes(0, 1),
+            "prior_mean": self.prior_mean.swapaxes(0, 1),
+            "prior_std": self.prior_std.swapaxes(0, 1),
+        }
 
     @classmethod
     def allocate(cls, ops: ArrayOps, dims: Dims, batch: int, steps: int, frames: bool) -> Workspace:
@@ -176,11 +180,23 @@ class Workspace:
         # Zeroed, so that a warm-up or capture run on a fresh workspace computes on finite numbers.
         extra = {}
         if frames:
-            extra = dict(obs=ops.zeros((B, *dims.frame), "uint8"), post_mean=ops.zeros((B, S), "float32"),
-                         post_std=ops.zeros((B, S), "float32"), recon=ops.zeros((B, *dims.frame), "float32"))
-        return cls(B, T, h=ops.zeros((T + 1, B, D), "float32"), z=ops.zeros((T + 1, B, S), "float32"),
-                   prior_mean=ops.zeros((T, B, S), "float32"), prior_std=ops.zeros((T, B, S), "float32"),
-                   action=ops.zeros((T, B, A), "float32"), noise=ops.zeros((T, B, S), "float32"), **extra)
+            extra = dict(
+                obs=ops.zeros((B, *dims.frame), "uint8"),
+                post_mean=ops.zeros((B, S), "float32"),
+                post_std=ops.zeros((B, S), "float32"),
+                recon=ops.zeros((B, *dims.frame), "float32"),
+            )
+        return cls(
+            B,
+            T,
+            h=ops.zeros((T + 1, B, D), "float32"),
+            z=ops.zeros((T + 1, B, S), "float32"),
+            prior_mean=ops.zeros((T, B, S), "float32"),
+            prior_std=ops.zeros((T, B, S), "float32"),
+            action=ops.zeros((T, B, A), "float32"),
+            noise=ops.zeros((T, B, S), "float32"),
+            **extra,
+        )
 
 
 class Backend(Protocol):

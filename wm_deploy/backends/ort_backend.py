@@ -56,8 +56,9 @@ def cuda_provider_available() -> bool:
 class OrtBackend:
     name = "onnxruntime"
 
-    def __init__(self, files: dict[str, Path], dims: Dims, device: torch.device, max_batch: int,
-                 frame_threads: int | None = None):
+    def __init__(
+        self, files: dict[str, Path], dims: Dims, device: torch.device, max_batch: int, frame_threads: int | None = None
+    ):
         """`files`: graph name -> verified .onnx path (`decoder` optional)."""
         ort = require_onnxruntime()
         self.ort = ort
@@ -73,14 +74,19 @@ class OrtBackend:
                 raise ValueError(
                     "device cuda with the onnxruntime backend needs onnxruntime-gpu (CUDAExecutionProvider) and a "
                     f"CUDA build of torch; available providers: {ort.get_available_providers()}, "
-                    f"torch.cuda.is_available()={torch.cuda.is_available()}; {INSTALL_HINT}")
+                    f"torch.cuda.is_available()={torch.cuda.is_available()}; {INSTALL_HINT}"
+                )
             self.ops = TorchOps(device)
             # A stream of our own: onnxruntime treats torch's default stream (handle 0) as "no stream".
             self.stream = torch.cuda.Stream(device)
             index = device.index if device.index is not None else torch.cuda.current_device()
             self.binding_device = ("cuda", index)
-            providers = [("CUDAExecutionProvider", {"device_id": str(index),
-                                                    "user_compute_stream": str(self.stream.cuda_stream)})]
+            providers = [
+                (
+                    "CUDAExecutionProvider",
+                    {"device_id": str(index), "user_compute_stream": str(self.stream.cuda_stream)},
+                )
+            ]
             # The loop's next op is ordered after onnxruntime's kernels by the shared stream; a host sync per
             # step would only add latency. gpu_graph_id is set (-1: no onnxruntime CUDA graph) so that the
             # wrapper's lookup of it finds an entry instead of raising (see above).
@@ -95,13 +101,19 @@ class OrtBackend:
             providers = ["CPUExecutionProvider"]
             self.detail = f"onnxruntime {ort.__version__}, CPUExecutionProvider, IO binding"
         frame_threads = frame_threads or FRAME_THREADS
-        self.sessions = {name: ort.InferenceSession(
-            str(path), self._session_options(STEP_THREADS if name == "prior_step" else frame_threads),
-            providers=providers) for name, path in files.items()}
+        self.sessions = {
+            name: ort.InferenceSession(
+                str(path),
+                self._session_options(STEP_THREADS if name == "prior_step" else frame_threads),
+                providers=providers,
+            )
+            for name, path in files.items()
+        }
         cores = os.cpu_count() or 1
         if self.stream is None and cores > 1:
             self.sessions["prior_step_wide"] = ort.InferenceSession(
-                str(files["prior_step"]), self._session_options(cores), providers=providers)
+                str(files["prior_step"]), self._session_options(cores), providers=providers
+            )
 
     def _session_options(self, threads: int):
         options = self.ort.SessionOptions()
@@ -141,12 +153,17 @@ class OrtBackend:
         ws = Workspace.allocate(self.ops, self.dims, batch, steps, frames)
         wide = batch >= WIDE_STEP_BATCH and "prior_step_wide" in self.sessions
         ws.private["steps"] = [
-            self._runner("prior_step_wide" if wide else "prior_step", {"h": ws.hs[t], "z": ws.zs[t], "action": ws.actions[t]},
-                         {"h_next": ws.hs[t + 1], "prior_mean": ws.zs[t + 1], "prior_std": ws.stds[t]})
-            for t in range(steps)]
+            self._runner(
+                "prior_step_wide" if wide else "prior_step",
+                {"h": ws.hs[t], "z": ws.zs[t], "action": ws.actions[t]},
+                {"h_next": ws.hs[t + 1], "prior_mean": ws.zs[t + 1], "prior_std": ws.stds[t]},
+            )
+            for t in range(steps)
+        ]
         if frames:
-            ws.private["encoder"] = self._runner("encoder", {"obs": ws.obs},
-                                                 {"z_mean": ws.post_mean, "z_std": ws.post_std})
+            ws.private["encoder"] = self._runner(
+                "encoder", {"obs": ws.obs}, {"z_mean": ws.post_mean, "z_std": ws.post_std}
+            )
             if self.has_decoder:
                 ws.private["decoder"] = self._runner("decoder", {"z": ws.post_mean}, {"frames": ws.recon})
         return ws

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from wm_export.graphs import build_graphs
-from wm_train.model import WorldModel
+from wm_core.graphs import build_graphs
+from wm_core.model import WorldModel
 
 from .base import Dims, TorchOps, Workspace, capture_cuda_graph
 

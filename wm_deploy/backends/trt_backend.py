@@ -19,8 +19,14 @@ from .base import Dims, TorchOps, Workspace, capture_cuda_graph
 # engines keep float32 inputs and outputs, so this holds for both precisions.
 TENSORS = {
     "encoder": {"obs": "uint8", "z_mean": "float32", "z_std": "float32"},
-    "prior_step": {"h": "float32", "z": "float32", "action": "float32",
-                   "h_next": "float32", "prior_mean": "float32", "prior_std": "float32"},
+    "prior_step": {
+        "h": "float32",
+        "z": "float32",
+        "action": "float32",
+        "h_next": "float32",
+        "prior_mean": "float32",
+        "prior_std": "float32",
+    },
     "decoder": {"z": "float32", "frames": "float32"},
 }
 
@@ -31,7 +37,8 @@ def check_engine_compatible(section: dict, device: torch.device, trt_version: st
     if section["version"] != trt_version:
         raise ValueError(
             f"the TensorRT engines were built with TensorRT {section['version']}, this is TensorRT {trt_version}; "
-            "rebuild them here with `wm-export --trt`, or use backend='onnxruntime'")
+            "rebuild them here with `wm-export --trt`, or use backend='onnxruntime'"
+        )
     major, minor = torch.cuda.get_device_capability(device)
     here = (torch.cuda.get_device_name(device), f"{major}.{minor}")
     built = (section["gpu"], section["compute_capability"])
@@ -39,14 +46,22 @@ def check_engine_compatible(section: dict, device: torch.device, trt_version: st
         raise ValueError(
             f"the TensorRT engines were built for {built[0]} (compute capability {built[1]}), this GPU is "
             f"{here[0]} (compute capability {here[1]}); rebuild them here with `wm-export --trt`, "
-            "or use backend='onnxruntime'")
+            "or use backend='onnxruntime'"
+        )
 
 
 class TrtBackend:
     name = "tensorrt"
 
-    def __init__(self, plans: dict[str, Path], section: dict, dims: Dims, device: torch.device, max_batch: int,
-                 cuda_graphs: bool = True):
+    def __init__(
+        self,
+        plans: dict[str, Path],
+        section: dict,
+        dims: Dims,
+        device: torch.device,
+        max_batch: int,
+        cuda_graphs: bool = True,
+    ):
         """`plans`: graph name -> verified .plan path (`decoder` optional); `section`: the manifest's
         `tensorrt` entry."""
         from wm_export.tensorrt_build import require_tensorrt
@@ -60,8 +75,10 @@ class TrtBackend:
         self.max_batch = max_batch
         self.has_decoder = "decoder" in plans
         self.capture = cuda_graphs
-        self.detail = (f"TensorRT {trt.__version__} {section['precision']} on {section['gpu']}, "
-                       f"name-based tensor API, {'CUDA graphs' if cuda_graphs else 'one enqueue per step'}")
+        self.detail = (
+            f"TensorRT {trt.__version__} {section['precision']} on {section['gpu']}, "
+            f"name-based tensor API, {'CUDA graphs' if cuda_graphs else 'one enqueue per step'}"
+        )
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engines, self.contexts = {}, {}
         self.input_shapes = {}  # graph -> input name -> its shape without the batch axis
@@ -74,8 +91,11 @@ class TrtBackend:
                 self._check_tensors(name, engine, path)
                 self.engines[name] = engine
                 self.contexts[name] = engine.create_execution_context()
-                self.input_shapes[name] = {n: tuple(engine.get_tensor_shape(n))[1:] for n in TENSORS[name]
-                                           if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT}
+                self.input_shapes[name] = {
+                    n: tuple(engine.get_tensor_shape(n))[1:]
+                    for n in TENSORS[name]
+                    if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+                }
                 self._shape_batch[name] = None
 
     def _check_tensors(self, graph: str, engine, path: Path) -> None:
@@ -94,8 +114,10 @@ class TrtBackend:
             for name, fixed in self.input_shapes[graph].items():
                 shape = (batch, *fixed)
                 if not context.set_input_shape(name, shape):
-                    raise ValueError(f"TensorRT {graph}: input {name} shape {shape} is outside the engine's "
-                                     f"profile (batch 1..{self.max_batch})")
+                    raise ValueError(
+                        f"TensorRT {graph}: input {name} shape {shape} is outside the engine's "
+                        f"profile (batch 1..{self.max_batch})"
+                    )
             self._shape_batch[graph] = batch
         for name, address in addresses:
             context.set_tensor_address(name, address)
@@ -106,13 +128,22 @@ class TrtBackend:
     def workspace(self, batch: int, steps: int, frames: bool) -> Workspace:
         ws = Workspace.allocate(self.ops, self.dims, batch, steps, frames)
         ws.private["steps"] = [
-            [("h", ws.hs[t].data_ptr()), ("z", ws.zs[t].data_ptr()), ("action", ws.actions[t].data_ptr()),
-             ("h_next", ws.hs[t + 1].data_ptr()), ("prior_mean", ws.zs[t + 1].data_ptr()),
-             ("prior_std", ws.stds[t].data_ptr())]
-            for t in range(steps)]
+            [
+                ("h", ws.hs[t].data_ptr()),
+                ("z", ws.zs[t].data_ptr()),
+                ("action", ws.actions[t].data_ptr()),
+                ("h_next", ws.hs[t + 1].data_ptr()),
+                ("prior_mean", ws.zs[t + 1].data_ptr()),
+                ("prior_std", ws.stds[t].data_ptr()),
+            ]
+            for t in range(steps)
+        ]
         if frames:
-            ws.private["encoder"] = [("obs", ws.obs.data_ptr()), ("z_mean", ws.post_mean.data_ptr()),
-                                     ("z_std", ws.post_std.data_ptr())]
+            ws.private["encoder"] = [
+                ("obs", ws.obs.data_ptr()),
+                ("z_mean", ws.post_mean.data_ptr()),
+                ("z_std", ws.post_std.data_ptr()),
+            ]
             ws.private["decoder"] = [("z", ws.post_mean.data_ptr()), ("frames", ws.recon.data_ptr())]
         return ws
 

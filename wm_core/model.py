@@ -77,7 +77,9 @@ class RSSM(nn.Module):
         self.min_std = min_std
         self.input_layer = nn.Sequential(nn.Linear(latent_dim + action_dim, hidden_dim), nn.SiLU())
         self.gru = nn.GRUCell(hidden_dim, deter_dim)
-        self.prior_head = nn.Sequential(nn.Linear(deter_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 2 * latent_dim))
+        self.prior_head = nn.Sequential(
+            nn.Linear(deter_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 2 * latent_dim)
+        )
 
     def initial_state(self, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.zeros(batch, self.deter_dim, device=device)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +10,7 @@ import torch
 from .actions import ActionCodec
 from .config import Config
 from .model import WorldModel
+from .publish import atomic_write
 
 FORMAT = "wm-checkpoint"
 FORMAT_VERSION = 1
@@ -29,16 +28,7 @@ def versions() -> dict[str, str]:
 
 def atomic_torch_save(payload: dict, path: str | Path) -> None:
     """Write to a temporary file beside `path`, then rename: a crash never leaves a truncated checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda file: torch.save(payload, file))
 
 
 def save_checkpoint(path: str | Path, model: WorldModel, cfg: Config, codec: ActionCodec, **extras) -> None:
@@ -69,7 +59,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path} is not a wm checkpoint (no format={FORMAT!r} entry)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise ValueError(
-            f"{path}: checkpoint format version {payload.get('format_version')!r}, expected {FORMAT_VERSION}")
+            f"{path}: checkpoint format version {payload.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     return payload
 
 

@@ -52,7 +52,8 @@ class ActionCodec:
                 raise ValueError(f"{where}: discrete actions must be integers, got dtype {array.dtype}")
             if array.size and (array.min() < 0 or array.max() >= self.dim):
                 raise ValueError(
-                    f"{where}: discrete actions must lie in [0, {self.dim - 1}], got [{array.min()}, {array.max()}]")
+                    f"{where}: discrete actions must lie in [0, {self.dim - 1}], got [{array.min()}, {array.max()}]"
+                )
             return
         if array.shape[-1:] != (self.dim,):
             raise ValueError(f"{where}: expected continuous actions [..., {self.dim}], got shape {array.shape}")
@@ -73,4 +74,3 @@ class ActionCodec:
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         return (actions.astype(np.float32) - mean) / std
-

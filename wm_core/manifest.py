@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from wm_train.actions import ActionCodec
-from wm_train.config import ModelConfig
-
+from .actions import ActionCodec
+from .config import ModelConfig
 from .graphs import GraphSpec
+from .publish import atomic_write_bytes
 
 FORMAT = "wm-artifacts"
 FORMAT_VERSION = 1
@@ -31,9 +29,18 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def build_manifest(folder: str | Path, *, model_cfg: ModelConfig, codec: ActionCodec, opset: int,
-                   specs: dict[str, GraphSpec], checkpoint: str | Path, parity: dict, parity_inputs: str,
-                   tensorrt: dict | None = None) -> dict:
+def build_manifest(
+    folder: str | Path,
+    *,
+    model_cfg: ModelConfig,
+    codec: ActionCodec,
+    opset: int,
+    specs: dict[str, GraphSpec],
+    checkpoint: str | Path,
+    parity: dict,
+    parity_inputs: str,
+    tensorrt: dict | None = None,
+) -> dict:
     """The manifest of the ONNX files `<graph>.onnx` already in `folder` (hashed here). `parity` is
     {backend: report}; `parity_inputs` says where the gate's frames came from."""
     folder = Path(folder)
@@ -41,19 +48,25 @@ def build_manifest(folder: str | Path, *, model_cfg: ModelConfig, codec: ActionC
     graphs = {}
     for name, spec in specs.items():
         file = f"{name}.onnx"
-        graphs[name] = {"file": file, "sha256": sha256_file(folder / file),
-                        "inputs": {t.name: t.to_dict() for t in spec.inputs},
-                        "outputs": {t.name: t.to_dict() for t in spec.outputs}}
-    versions = {"torch": _distribution_version("torch"), "onnx": _distribution_version("onnx"),
-                "onnxruntime": _distribution_version("onnxruntime"), "wm": _distribution_version("wm")}
+        graphs[name] = {
+            "file": file,
+            "sha256": sha256_file(folder / file),
+            "inputs": {t.name: t.to_dict() for t in spec.inputs},
+            "outputs": {t.name: t.to_dict() for t in spec.outputs},
+        }
+    versions = {
+        "torch": _distribution_version("torch"),
+        "onnx": _distribution_version("onnx"),
+        "onnxruntime": _distribution_version("onnxruntime"),
+        "wm": _distribution_version("wm"),
+    }
     if tensorrt is not None:
         versions["tensorrt"] = tensorrt["version"]
     checkpoint = Path(checkpoint)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "dims": {"deter": model_cfg.deter_dim, "latent": model_cfg.latent_dim, "action": codec.dim,
-                 "frame": [H, H, 3]},
+        "dims": {"deter": model_cfg.deter_dim, "latent": model_cfg.latent_dim, "action": codec.dim, "frame": [H, H, 3]},
         "action_codec": codec.to_dict(),
         "opset": opset,
         "graphs": graphs,
@@ -81,18 +94,9 @@ def _distribution_version(name: str) -> str:
 
 def write_manifest(folder: str | Path, manifest: dict) -> Path:
     """Write `folder/manifest.json` atomically (temporary file, then rename)."""
-    path = Path(folder) / MANIFEST
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is meant to be read
-        with os.fdopen(fd, "w") as file:
-            json.dump(manifest, file, indent=2, allow_nan=False)
-            file.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(manifest, indent=2, allow_nan=False) + "\n"
+    # mkstemp makes files private; a manifest is meant to be read
+    return atomic_write_bytes(Path(folder) / MANIFEST, text.encode(), mode=0o644)
 
 
 def load_manifest(folder: str | Path) -> dict:
@@ -112,8 +116,9 @@ def load_manifest(folder: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} manifest (format={_get(manifest, 'format')!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: artifact format version {manifest.get('format_version')!r}, "
-                         f"expected {FORMAT_VERSION}")
+        raise ValueError(
+            f"{path}: artifact format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
     return manifest
 
 
@@ -141,8 +146,9 @@ def verify_file(folder: str | Path, manifest: dict, name: str) -> Path:
         raise FileNotFoundError(f"{path} is listed in the manifest but missing")
     actual = sha256_file(path)
     if actual != files[name]:
-        raise ValueError(f"{path}: sha256 {actual} does not match the manifest's {files[name]}; "
-                         "the file changed after export")
+        raise ValueError(
+            f"{path}: sha256 {actual} does not match the manifest's {files[name]}; the file changed after export"
+        )
     return path
 
 

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from wm_train.config import ModelConfig
-from wm_train.model import RSSM, Decoder, Encoder, WorldModel
+from .config import ModelConfig
+from .model import RSSM, Decoder, Encoder, WorldModel
 
 BATCH = "batch"
 """name of the dynamic batch axis in every graph"""
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -54,19 +55,28 @@ def graph_specs(cfg: ModelConfig, decoder: bool = True) -> dict[str, GraphSpec]:
         "encoder": GraphSpec(
             "encoder",
             inputs=(TensorSpec("obs", "uint8", (B, H, H, 3)),),
-            outputs=(TensorSpec("z_mean", "float32", (B, S)), TensorSpec("z_std", "float32", (B, S)))),
+            outputs=(TensorSpec("z_mean", "float32", (B, S)), TensorSpec("z_std", "float32", (B, S))),
+        ),
         "prior_step": GraphSpec(
             "prior_step",
-            inputs=(TensorSpec("h", "float32", (B, D)), TensorSpec("z", "float32", (B, S)),
-                    TensorSpec("action", "float32", (B, A))),
-            outputs=(TensorSpec("h_next", "float32", (B, D)), TensorSpec("prior_mean", "float32", (B, S)),
-                     TensorSpec("prior_std", "float32", (B, S)))),
+            inputs=(
+                TensorSpec("h", "float32", (B, D)),
+                TensorSpec("z", "float32", (B, S)),
+                TensorSpec("action", "float32", (B, A)),
+            ),
+            outputs=(
+                TensorSpec("h_next", "float32", (B, D)),
+                TensorSpec("prior_mean", "float32", (B, S)),
+                TensorSpec("prior_std", "float32", (B, S)),
+            ),
+        ),
     }
     if decoder:
         specs["decoder"] = GraphSpec(
             "decoder",
             inputs=(TensorSpec("z", "float32", (B, S)),),
-            outputs=(TensorSpec("frames", "float32", (B, H, H, 3)),))
+            outputs=(TensorSpec("frames", "float32", (B, H, H, 3)),),
+        )
     return specs
 
 

@@ -186,7 +186,10 @@ def _check_values(cfg: Config, source: str) -> None:
     if cfg.data.seq_len < 4:
         warnings.warn(
             f"{source}: data.seq_len={cfg.data.seq_len} gives the RSSM only {cfg.data.seq_len - 1} transition(s) "
-            "per window; use 4 or more", UserWarning, 2)
+            "per window; use 4 or more",
+            UserWarning,
+            2,
+        )
 
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
