@@ -49,7 +49,11 @@ class GraphSpec:
 
 def graph_specs(cfg: ModelConfig, decoder: bool = True) -> dict[str, GraphSpec]:
     """The graphs of an artifact folder for a model of this config, by name."""
-    H, S, D, A = cfg.frame_size, cfg.latent_dim, cfg.deter_dim, cfg.action_dim
+    return graph_specs_of(cfg.frame_size, cfg.latent_dim, cfg.deter_dim, cfg.action_dim, decoder)
+
+
+def graph_specs_of(H: int, S: int, D: int, A: int, decoder: bool = True) -> dict[str, GraphSpec]:
+    """`graph_specs` from the dimensions alone (frame size H, latent S, deter D, encoded action A)."""
     B = BATCH
     specs = {
         "encoder": GraphSpec(
@@ -129,18 +133,21 @@ def build_graphs(model: WorldModel, decoder: bool = True) -> dict[str, nn.Module
 
 
 class HalfPrecisionGraph(nn.Module):
-    """A float16 copy of a graph behind float32 inputs and outputs (integer inputs pass through unchanged).
+    """A float16 (or bfloat16) copy of a graph behind float32 inputs and outputs (integer inputs pass through
+    unchanged).
 
     TensorRT 11 has no FP16 builder flag: an FP16 engine is built from a graph whose weights and arithmetic
-    are float16, and this keeps the engine's tensors float32 so it is a drop-in for the FP32 one.
+    are float16, and this keeps the engine's tensors float32 so it is a drop-in for the FP32 one. The torch
+    backend's half-precision encoder and decoder are the same wrapper.
     """
 
-    def __init__(self, graph: nn.Module):
+    def __init__(self, graph: nn.Module, dtype: torch.dtype = torch.float16):
         super().__init__()
-        self.graph = copy.deepcopy(graph).half()
+        self.dtype = dtype
+        self.graph = copy.deepcopy(graph).to(dtype)
 
     def forward(self, *inputs: torch.Tensor):
-        inputs = tuple(x.half() if x.is_floating_point() else x for x in inputs)
+        inputs = tuple(x.to(self.dtype) if x.is_floating_point() else x for x in inputs)
         outputs = self.graph(*inputs)
         if isinstance(outputs, torch.Tensor):
             return outputs.float()

@@ -1,13 +1,14 @@
 """Open what `Rollout.load` is given (an artifact folder or a checkpoint), check it, and build a backend.
 
-An artifact folder is read through `wm_core.manifest` (the artifact contract), and every file a backend
-uses is checked against its sha256 in the manifest before it is loaded. A checkpoint runs on the torch
-backend only.
+An artifact folder is read through `wm_core.manifest` (the artifact contract), and every file a backend uses
+is checked against its sha256 in the manifest before it is loaded. A checkpoint runs on the torch backend
+only. `REGISTRY` is the one table of backends: name -> why it cannot run here (or None), and its builder.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,12 @@ import torch
 from wm_core.actions import ActionCodec
 from wm_core.checkpoint import load_checkpoint
 from wm_core.config import ExportConfig
+from wm_core.manifest import load_manifest, sha256_file, verify_file
+from wm_core.onnxruntime_session import ProviderUnavailableError
+from wm_core.tensorrt_engine import TensorRTUnavailableError
 
 from .backends.base import Backend, Dims
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
 logger = logging.getLogger("wm_deploy")
 
 
@@ -36,11 +39,20 @@ class Source:
         return self.manifest is not None
 
 
+@dataclass(frozen=True)
+class Options:
+    """What `Rollout.load` passes on to a backend's builder."""
+
+    max_batch: int | None = None
+    frame_threads: int | None = None
+    cuda_graphs: bool = True
+    precision: str | None = None
+    """None: the backend's default (fp32; a TensorRT folder's engines as built)"""
+
+
 def open_source(path: str | Path) -> Source:
     path = Path(path)
     if path.is_dir():
-        from wm_core.manifest import load_manifest
-
         return Source(path, load_manifest(path))
     if path.is_file():
         return Source(path, None)
@@ -58,6 +70,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {str(device)!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device} asked for, but torch {torch.__version__} sees no CUDA device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -66,125 +80,196 @@ def manifest_dims(manifest: dict) -> Dims:
     return Dims(int(dims["deter"]), int(dims["latent"]), int(dims["action"]), tuple(int(d) for d in dims["frame"]))
 
 
-def unavailable(name: str, source: Source, device: torch.device) -> str | None:
-    """Why backend `name` cannot run `source` on `device`, or None when it can (files are checked on build)."""
-    if name not in BACKENDS:
-        return f"unknown backend {name!r}; expected 'auto' or one of {list(BACKENDS)}"
-    if name == "torch":
-        if source.is_folder and not Path(source.manifest["checkpoint"]["path"]).is_file():
-            return (
-                f"the torch backend needs the checkpoint this folder was exported from, "
-                f"{source.manifest['checkpoint']['path']}, which is not there"
-            )
-        return None
-    if not source.is_folder:
-        return f"backend {name!r} runs an artifact folder; {source.path} is a checkpoint (export it with wm-export)"
-    if name == "onnxruntime":
-        from .backends.ort_backend import cuda_provider_available, require_onnxruntime
+# --- torch ------------------------------------------------------------------------------------------------
 
-        try:
-            require_onnxruntime()
-        except ImportError as error:
-            return str(error)
-        if device.type == "cuda" and not cuda_provider_available():
-            return "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)"
-        return None
+
+def _torch_unavailable(source: Source, device: torch.device, options: Options) -> str | None:
+    from .backends.torch_backend import PRECISIONS
+
+    if options.precision not in (None, *PRECISIONS):
+        return f"precision must be one of {list(PRECISIONS)}, got {options.precision!r}"
+    if source.is_folder and not Path(source.manifest["checkpoint"]["path"]).is_file():
+        return (
+            f"the torch backend needs the checkpoint this folder was exported from, "
+            f"{source.manifest['checkpoint']['path']}, which is not there"
+        )
+    return None
+
+
+def _build_torch(source: Source, device: torch.device, options: Options) -> tuple[Backend, ActionCodec]:
+    from .backends.torch_backend import TorchBackend
+
+    manifest = source.manifest
+    checkpoint = Path(manifest["checkpoint"]["path"]) if manifest is not None else source.path
+    if manifest is not None:
+        expected, actual = manifest["checkpoint"]["sha256"], sha256_file(checkpoint)
+        if actual != expected:
+            raise ValueError(
+                f"{checkpoint}: sha256 {actual} does not match the manifest's {expected}; the checkpoint "
+                "changed after export, so the torch reference would not match the graphs"
+            )
+    model, cfg, extras = load_checkpoint(checkpoint, map_location=device)
+    max_batch = options.max_batch or _folder_max_batch(manifest) or cfg.export.max_batch
+    backend = TorchBackend(model, device, max_batch, options.cuda_graphs, options.precision or "fp32")
+    if manifest is not None and backend.dims != manifest_dims(manifest):
+        raise ValueError(
+            f"{checkpoint}: model dims {backend.dims} differ from the manifest's {manifest_dims(manifest)}"
+        )
+    codec = ActionCodec.from_dict(manifest["action_codec"]) if manifest is not None else extras["action_codec"]
+    return backend, codec
+
+
+# --- onnxruntime ------------------------------------------------------------------------------------------
+
+
+def _ort_unavailable(source: Source, device: torch.device, options: Options) -> str | None:
+    from wm_core.onnxruntime_session import cuda_provider_listed, require_onnxruntime
+
+    try:
+        require_onnxruntime()
+    except ImportError as error:
+        return str(error)
+    allowed = ("fp32", "tf32") if device.type == "cuda" else ("fp32",)
+    if options.precision not in (None, *allowed):
+        return f"the ONNX graphs are float32: onnxruntime on {device.type} runs precision {' or '.join(allowed)}"
+    if device.type == "cuda" and not cuda_provider_listed():
+        return "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)"
+    return None
+
+
+def _build_ort(source: Source, device: torch.device, options: Options) -> tuple[Backend, ActionCodec]:
+    from .backends.ort_backend import OrtBackend
+
+    manifest = source.manifest
+    files = {g: verify_file(source.path, manifest, manifest["graphs"][g]["file"]) for g in _graphs(manifest)}
+    max_batch = options.max_batch or _folder_max_batch(manifest) or ExportConfig.max_batch
+    backend = OrtBackend(
+        files, manifest_dims(manifest), device, max_batch, options.frame_threads, options.precision or "fp32"
+    )
+    return backend, ActionCodec.from_dict(manifest["action_codec"])
+
+
+# --- TensorRT ---------------------------------------------------------------------------------------------
+
+
+def _trt_unavailable(source: Source, device: torch.device, options: Options) -> str | None:
     if device.type != "cuda":
         return "TensorRT engines run on CUDA devices only"
-    if not source.manifest.get("tensorrt"):
+    section = source.manifest.get("tensorrt")
+    if not section:
         return f"{source.path} holds no TensorRT engines (export with wm-export --trt)"
-    from wm_export.tensorrt_build import TensorRTUnavailableError, require_tensorrt
+    if options.precision is not None and options.precision != section["precision"]:
+        return f"{source.path} holds {section['precision']} engines, precision {options.precision!r} was asked for"
+    from wm_core.tensorrt_engine import require_tensorrt
 
     from .backends.trt_backend import check_engine_compatible
 
     try:
         trt = require_tensorrt()
-        check_engine_compatible(source.manifest["tensorrt"], device, trt.__version__)
+        check_engine_compatible(section, device, trt.__version__)
     except (TensorRTUnavailableError, ValueError) as error:
         return str(error)
     return None
 
 
+def _build_trt(source: Source, device: torch.device, options: Options) -> tuple[Backend, ActionCodec]:
+    from .backends.trt_backend import TrtBackend
+
+    manifest = source.manifest
+    section = manifest["tensorrt"]
+    profile_max = section["profile"]["max"]
+    max_batch = options.max_batch or profile_max
+    if max_batch > profile_max:
+        raise ValueError(f"max_batch {max_batch} exceeds the TensorRT engines' profile maximum {profile_max}")
+    plans = {g: verify_file(source.path, manifest, e["file"]) for g, e in section["engines"].items()}
+    backend = TrtBackend(plans, section, manifest_dims(manifest), device, max_batch, options.cuda_graphs)
+    return backend, ActionCodec.from_dict(manifest["action_codec"])
+
+
+# --- the registry -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    unavailable: Callable[[Source, torch.device, Options], str | None]
+    """why the backend cannot run this source on this device with these options, or None (files are checked
+    when it is built)"""
+    build: Callable[[Source, torch.device, Options], tuple[Backend, ActionCodec]]
+    folder_only: bool
+    """runs artifact folders only (a checkpoint runs on torch)"""
+
+
+REGISTRY: dict[str, BackendEntry] = {
+    "torch": BackendEntry(_torch_unavailable, _build_torch, folder_only=False),
+    "onnxruntime": BackendEntry(_ort_unavailable, _build_ort, folder_only=True),
+    "tensorrt": BackendEntry(_trt_unavailable, _build_trt, folder_only=True),
+}
+BACKENDS = tuple(REGISTRY)
+
 # Fastest first, by device. On CPU onnxruntime beats eager PyTorch by well over 2x at small batches (README,
-# "Deployment"). On CUDA the order is the expected one, not measured in this repository: TensorRT engines with
-# a captured loop, then PyTorch with a captured loop, then onnxruntime, which launches each step separately.
+# "Deployment"). On CUDA: TensorRT engines with a captured loop, then PyTorch with a captured loop, then
+# onnxruntime, which launches each step separately.
 PREFERENCE = {"cpu": ("onnxruntime", "torch"), "cuda": ("tensorrt", "torch", "onnxruntime")}
 
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "torch": ("torch", {"cuda_graphs": False}),
+    "torch-cudagraphs": ("torch", {}),
+    "torch-bf16": ("torch", {"precision": "bf16"}),
+    "torch-fp16": ("torch", {"precision": "fp16"}),
+    "onnxruntime": ("onnxruntime", {}),
+    "tensorrt-fp32": ("tensorrt", {"precision": "fp32"}),
+    "tensorrt-fp16": ("tensorrt", {"precision": "fp16"}),
+}
+"""named configurations of the backends that benchmarks compare: name -> (backend, Rollout.load options)"""
 
-def choose_backend(source: Source, device: torch.device) -> tuple[str, str]:
-    """-> (backend name, why it was chosen) for backend='auto'."""
-    skipped = []
-    for name in PREFERENCE[device.type]:
-        reason = unavailable(name, source, device)
-        if reason is None:
-            why = f"fastest available on {device.type}"
-            return name, why + (f" (skipped: {'; '.join(skipped)})" if skipped else "")
-        skipped.append(f"{name}: {reason}")
-    raise ValueError(f"no backend can run {source.path} on {device}: {'; '.join(skipped)}")
+
+def unavailable(name: str, source: Source, device: torch.device, options: Options = Options()) -> str | None:
+    """Why backend `name` cannot run `source` on `device`, or None when it can (files are checked on build)."""
+    entry = REGISTRY.get(name)
+    if entry is None:
+        return f"unknown backend {name!r}; expected 'auto' or one of {list(BACKENDS)}"
+    if entry.folder_only and not source.is_folder:
+        return f"backend {name!r} runs an artifact folder; {source.path} is a checkpoint (export it with wm-export)"
+    return entry.unavailable(source, device, options)
 
 
-def build_backend(
-    name: str,
-    source: Source,
-    device: torch.device,
-    max_batch: int | None,
-    frame_threads: int | None = None,
-    cuda_graphs: bool = True,
-) -> tuple[Backend, ActionCodec]:
-    reason = unavailable(name, source, device)
+def build_backend(name: str, source: Source, device: torch.device, options: Options) -> tuple[Backend, ActionCodec]:
+    reason = unavailable(name, source, device, options)
     if reason is not None:
         if name == "torch" and source.is_folder:
             raise FileNotFoundError(reason)
         raise ValueError(f"backend {name!r} cannot run {source.path} on {device}: {reason}")
-    if not source.is_folder:
-        return _torch_backend(source.path, None, device, max_batch, cuda_graphs)
-
-    from wm_core.manifest import verify_file
-
-    manifest = source.manifest
-    codec = ActionCodec.from_dict(manifest["action_codec"])
-    dims = manifest_dims(manifest)
-    graphs = [g for g in ("encoder", "prior_step", "decoder") if g in manifest["graphs"]]
-    trt_section = manifest.get("tensorrt")
-    profile_max = trt_section["profile"]["max"] if trt_section else None
-    if max_batch is None:
-        max_batch = profile_max or ExportConfig.max_batch
-    if name == "torch":
-        backend, _ = _torch_backend(Path(manifest["checkpoint"]["path"]), manifest, device, max_batch, cuda_graphs)
-        return backend, codec
-    if name == "onnxruntime":
-        from .backends.ort_backend import OrtBackend
-
-        files = {g: verify_file(source.path, manifest, manifest["graphs"][g]["file"]) for g in graphs}
-        return OrtBackend(files, dims, device, max_batch, frame_threads), codec
-
-    from .backends.trt_backend import TrtBackend
-
-    if max_batch > profile_max:
-        raise ValueError(f"max_batch {max_batch} exceeds the TensorRT engines' profile maximum {profile_max}")
-    plans = {g: verify_file(source.path, manifest, e["file"]) for g, e in trt_section["engines"].items()}
-    return TrtBackend(plans, trt_section, dims, device, max_batch, cuda_graphs), codec
+    return REGISTRY[name].build(source, device, options)
 
 
-def _torch_backend(
-    checkpoint: Path, manifest: dict | None, device: torch.device, max_batch: int | None, cuda_graphs: bool
-):
-    from wm_core.manifest import sha256_file
+def build_auto(source: Source, device: torch.device, options: Options) -> tuple[Backend, ActionCodec, str]:
+    """The fastest backend that builds here -> (backend, codec, why it was chosen). A backend that looks
+    available but fails to start (onnxruntime's CUDA provider falling back to the CPU, a TensorRT the driver
+    cannot run) is skipped with its reason. TensorRT fp16 engines are taken only when fp16 is asked for."""
+    fp16_engines = source.is_folder and (source.manifest.get("tensorrt") or {}).get("precision") == "fp16"
+    skipped = []
+    for name in PREFERENCE[device.type]:
+        if name == "tensorrt" and fp16_engines and options.precision != "fp16":
+            skipped.append("tensorrt: the engines are fp16; pass precision='fp16' to use them")
+            continue
+        reason = unavailable(name, source, device, options)
+        if reason is None:
+            try:
+                backend, codec = REGISTRY[name].build(source, device, options)
+            except (ProviderUnavailableError, TensorRTUnavailableError) as error:
+                reason = str(error)
+            else:
+                why = f"fastest available on {device.type}"
+                return backend, codec, why + (f" (skipped: {'; '.join(skipped)})" if skipped else "")
+        skipped.append(f"{name}: {reason}")
+    raise ValueError(f"no backend can run {source.path} on {device}: {'; '.join(skipped)}")
 
-    from .backends.torch_backend import TorchBackend
 
-    if manifest is not None:
-        expected, actual = manifest["checkpoint"]["sha256"], sha256_file(checkpoint)
-        if actual != expected:
-            raise ValueError(
-                f"{checkpoint}: sha256 {actual} does not match the manifest's {expected}; the "
-                "checkpoint changed after export, so the torch reference would not match the graphs"
-            )
-    model, cfg, extras = load_checkpoint(checkpoint, map_location=device)
-    codec = extras["action_codec"]
-    backend = TorchBackend(model, device, max_batch or cfg.export.max_batch, cuda_graphs)
-    if manifest is not None and backend.dims != manifest_dims(manifest):
-        raise ValueError(
-            f"{checkpoint}: model dims {backend.dims} differ from the manifest's {manifest_dims(manifest)}"
-        )
-    return backend, codec
+def _graphs(manifest: dict) -> list[str]:
+    return [g for g in ("encoder", "prior_step", "decoder") if g in manifest["graphs"]]
+
+
+def _folder_max_batch(manifest: dict | None) -> int | None:
+    """A folder's largest batch: its TensorRT profile's maximum, if it has engines."""
+    section = (manifest or {}).get("tensorrt")
+    return section["profile"]["max"] if section else None

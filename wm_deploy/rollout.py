@@ -30,7 +30,7 @@ from wm_core.model import WorldModel
 from . import validation
 from .actions import ActionWriter
 from .backends.base import ArrayOps, Backend, Workspace
-from .loading import build_backend, choose_backend, logger, open_source, resolve_device
+from .loading import Options, build_auto, build_backend, logger, open_source, resolve_device
 from .state import LatentState, Trajectory
 
 WORKSPACE_CACHE = 16
@@ -86,6 +86,7 @@ class Rollout:
         seed: int = 0,
         frame_threads: int | None = None,
         cuda_graphs: bool = True,
+        precision: str | None = None,
     ) -> Rollout:
         """Load an artifact folder (written by wm-export) or a checkpoint (torch backend only).
 
@@ -95,17 +96,20 @@ class Rollout:
         draws `imagine(sample=True)` noise. frame_threads: onnxruntime CPU threads of the encoder and decoder
         (default 1, right for small batches). cuda_graphs: capture the imagine loop in CUDA graphs on GPU
         (torch and TensorRT backends); off, every step is launched from Python (for comparisons).
+        precision: `fp32` (the default: exact float32, TF32 off on CUDA), `tf32` (torch and onnxruntime on
+        CUDA, opt-in), `bf16` or `fp16` (torch: half-precision matmuls, float32 recurrent state; meant for
+        CUDA); for TensorRT the engines' precision, which `auto` uses only when it is fp32 or asked for.
         """
         device = resolve_device(device)
         source = open_source(path)
-        reason = ""
+        options = Options(max_batch, frame_threads, cuda_graphs, precision)
         if backend == "auto":
-            backend, reason = choose_backend(source, device)
-        built, codec = build_backend(backend, source, device, max_batch, frame_threads, cuda_graphs)
-        rollout = cls(built, codec, seed=seed, reason=reason)
-        if reason:
+            built, codec, reason = build_auto(source, device, options)
             logger.info("wm_deploy: backend auto -> %s (%s); %s", built.name, built.detail, reason)
-        return rollout
+        else:
+            built, codec = build_backend(backend, source, device, options)
+            reason = ""
+        return cls(built, codec, seed=seed, reason=reason)
 
     @classmethod
     def from_model(
@@ -117,11 +121,13 @@ class Rollout:
         max_batch: int = ExportConfig.max_batch,
         seed: int = 0,
         cuda_graphs: bool = True,
+        precision: str = "fp32",
     ) -> Rollout:
         """The torch backend on a model in memory (e.g. freshly trained), without a checkpoint file."""
         from .backends.torch_backend import TorchBackend
 
-        return cls(TorchBackend(model, resolve_device(device), max_batch, cuda_graphs), codec, seed=seed)
+        backend = TorchBackend(model, resolve_device(device), max_batch, cuda_graphs, precision)
+        return cls(backend, codec, seed=seed)
 
     @property
     def backend_name(self) -> str:
@@ -201,6 +207,9 @@ class Rollout:
         ws = self._workspace(batch, horizon, frames=False)
         ops = self.ops
         with self.backend.scope():
+            # Compiled first: a GPU backend's warm-up and capture run the loop on the buffers, which must not
+            # hold this call's inputs yet (a sampling loop scales the noise in place).
+            runner = self._runner(ws, sample)
             ops.write(ws.hs[0], state.h)
             ops.write(ws.zs[0], state.z)
             self._actions.write(ws.action, actions, swap01=True)
@@ -210,7 +219,7 @@ class Rollout:
                 else:
                     generator = self._generator if seed is None else torch.Generator(self.ops.device).manual_seed(seed)
                     ops.as_torch(ws.noise).normal_(generator=generator)
-            self._runner(ws, sample)()
+            runner()
             views = ws.trajectory
             return Trajectory(
                 z=ops.read(views["z"], kind),

@@ -110,13 +110,15 @@ def export_artifacts(
         tensorrt = None
         if settings.trt:
             try:
-                tensorrt_build.require_tensorrt()
-            except tensorrt_build.TensorRTUnavailableError as error:
-                unavailable = error
-            else:
                 tensorrt = _build_tensorrt(
                     graphs, specs, onnx_files, staging, dest, settings, metadata, inputs, reference, drift, progress
                 )
+            except tensorrt_build.TensorRTUnavailableError as error:
+                # Also raised after some engines were built (a runtime that cannot be created): the ONNX
+                # artifacts are published without them.
+                unavailable = error
+                for plan in staging.glob("*.plan"):
+                    plan.unlink()
 
         manifest = build_manifest(
             staging,
@@ -207,7 +209,7 @@ def _build_tensorrt(
             sources, staging, profile, settings.fp16, dest.parent / TIMING_CACHE, progress
         )
     runner = tensorrt_build.TensorRTRunner(
-        {name: staging / e["file"] for name, e in section["engines"].items()}, settings.max_batch
+        {name: staging / e["file"] for name, e in section["engines"].items()}, specs, settings.max_batch
     )
     tolerances = parity.TENSORRT_FP16_TOLERANCES if settings.fp16 else parity.TENSORRT_FP32_TOLERANCES
     section["parity"] = parity.run_parity_gate(

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from wm_core.actions import ActionCodec
 from wm_core.config import Config
 from wm_core.graphs import BATCH, GraphSpec
+from wm_core.onnxruntime_session import create_session
 
 BATCH_SIZES = (1, 7, 256)
 ROLLOUT_STEPS = 50
@@ -107,19 +108,10 @@ class OnnxRuntimeRunner:
 
     def __init__(self, files: dict[str, Path]):
         try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ImportError(
-                "the parity check runs the graphs with onnxruntime, which is not installed; "
-                'pip install ".[cpu]" (or ".[gpu]")'
-            ) from None
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only
-        self.sessions = {
-            name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            for name, path in files.items()
-        }
+            # threads=0: onnxruntime picks one per core, as the gate runs large batches
+            self.sessions = {name: create_session(path, threads=0) for name, path in files.items()}
+        except ImportError as error:
+            raise ImportError(f"the parity check runs the graphs with onnxruntime: {error}") from None
 
     def __call__(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         session = self.sessions[graph]

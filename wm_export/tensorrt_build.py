@@ -16,36 +16,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from wm_core.graphs import GraphSpec
 from wm_core.manifest import sha256_file
 from wm_core.publish import atomic_write_bytes
+from wm_core.tensorrt_engine import (
+    TensorRTUnavailableError,
+    check_engine_tensors,
+    create_builder,
+    create_runtime,
+    load_engine,
+    require_tensorrt,
+)
 
-INSTALL_HINT = 'install the GPU extra: pip install ".[gpu]"'
-
-
-class TensorRTUnavailableError(RuntimeError):
-    """TensorRT or a CUDA device is missing. `artifacts`: the ONNX-only folder written anyway, if any."""
-
-    def __init__(self, message: str, artifacts: Path | None = None):
-        super().__init__(message)
-        self.artifacts = artifacts
+__all__ = ["EngineBuildError", "TensorRTUnavailableError", "TensorRTRunner", "build_engines", "require_tensorrt"]
 
 
 class EngineBuildError(RuntimeError):
     """TensorRT could not parse a graph or build an engine."""
-
-
-def require_tensorrt():
-    """-> the tensorrt module, after checking that a CUDA device is usable; else TensorRTUnavailableError."""
-    try:
-        import tensorrt
-    except ImportError as error:
-        raise TensorRTUnavailableError(f"TensorRT is not installed ({error}); {INSTALL_HINT}") from None
-    if not torch.cuda.is_available():
-        raise TensorRTUnavailableError(
-            "no CUDA device: TensorRT engines need an NVIDIA GPU and a CUDA build of torch "
-            f"(torch {torch.__version__} sees none); {INSTALL_HINT} on a machine with a GPU"
-        )
-    return tensorrt
 
 
 def optimization_profile(opt_batch: int, max_batch: int) -> dict[str, int]:
@@ -96,7 +83,7 @@ def build_engines(
 
 def _build_engine(trt, logger, onnx_path: Path, plan_path: Path, profile: dict[str, int], cache_blob: bytes) -> bytes:
     """Parse, build and serialise one engine -> the updated timing cache."""
-    builder = trt.Builder(logger)
+    builder = create_builder(trt)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -125,26 +112,24 @@ def _build_engine(trt, logger, onnx_path: Path, plan_path: Path, profile: dict[s
 
 
 class TensorRTRunner:
-    """Engines as a parity runner; batches larger than the profile's max run in chunks."""
+    """Engines as a parity runner, on a stream of its own; batches larger than the profile's max run in chunks.
+    Tensor names and dtypes come from the graph specs."""
 
-    def __init__(self, plans: dict[str, Path], max_batch: int):
+    def __init__(self, plans: dict[str, Path], specs: dict[str, GraphSpec], max_batch: int):
         trt = require_tensorrt()
-        self.trt = trt
+        self.specs = specs
         self.max_batch = max_batch
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.runtime = create_runtime(trt)
+        self.stream = torch.cuda.Stream()
         self.engines, self.contexts = {}, {}
         for name, path in plans.items():
-            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
-                raise EngineBuildError(f"TensorRT could not load {path.name}")
+            try:
+                engine = load_engine(self.runtime, path)
+                check_engine_tensors(trt, engine, specs[name], path)
+            except ValueError as error:
+                raise EngineBuildError(str(error)) from None
             self.engines[name] = engine
             self.contexts[name] = engine.create_execution_context()
-        self.dtypes = {
-            trt.float32: torch.float32,
-            trt.float16: torch.float16,
-            trt.uint8: torch.uint8,
-            trt.int32: torch.int32,
-        }
 
     def __call__(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch = len(next(iter(inputs.values())))
@@ -155,21 +140,23 @@ class TensorRTRunner:
         return {name: np.concatenate([chunk[name] for chunk in chunks]) for name in chunks[0]}
 
     def _run(self, graph: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        engine, context = self.engines[graph], self.contexts[graph]
-        device_inputs = {name: torch.from_numpy(np.ascontiguousarray(x)).cuda() for name, x in inputs.items()}
+        context, spec = self.contexts[graph], self.specs[graph]
+        batch = len(next(iter(inputs.values())))
+        with torch.cuda.stream(self.stream):
+            device_inputs = {name: torch.from_numpy(np.ascontiguousarray(x)).cuda() for name, x in inputs.items()}
+            outputs = {
+                t.name: torch.empty(
+                    [batch if isinstance(d, str) else d for d in t.shape], dtype=getattr(torch, t.dtype), device="cuda"
+                )
+                for t in spec.outputs
+            }
         for name, tensor in device_inputs.items():
-            context.set_input_shape(name, tuple(tensor.shape))
-            context.set_tensor_address(name, tensor.data_ptr())
-        outputs = {}
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            if engine.get_tensor_mode(name) != self.trt.TensorIOMode.OUTPUT:
-                continue
-            shape = tuple(context.get_tensor_shape(name))
-            outputs[name] = torch.empty(shape, dtype=self.dtypes[engine.get_tensor_dtype(name)], device="cuda")
-            context.set_tensor_address(name, outputs[name].data_ptr())
-        stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT failed to run the {graph} engine")
-        stream.synchronize()
+            if not context.set_input_shape(name, tuple(tensor.shape)):
+                raise EngineBuildError(f"TensorRT {graph}: input {name} shape {tuple(tensor.shape)} refused")
+        for name, tensor in {**device_inputs, **outputs}.items():
+            if not context.set_tensor_address(name, tensor.data_ptr()):
+                raise EngineBuildError(f"TensorRT {graph}: address of {name} refused")
+        if not context.execute_async_v3(self.stream.cuda_stream):
+            raise EngineBuildError(f"TensorRT failed to run the {graph} engine")
+        self.stream.synchronize()
         return {name: tensor.cpu().numpy() for name, tensor in outputs.items()}

@@ -14,6 +14,8 @@ nothing per step and a GPU backend can capture the whole loop in a CUDA graph.
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Protocol
 
@@ -175,28 +177,49 @@ class Workspace:
         }
 
     @classmethod
-    def allocate(cls, ops: ArrayOps, dims: Dims, batch: int, steps: int, frames: bool) -> Workspace:
+    def allocate(cls, ops: ArrayOps, dims: Dims, batch: int, steps: int, frames: bool, align: int = 0) -> Workspace:
+        """Zeroed buffers (so that a warm-up or capture run on a fresh workspace computes on finite numbers).
+        With `align` (bytes; torch buffers only), every per-step slice and every frame buffer starts at a
+        multiple of it: TensorRT needs 256-byte aligned tensor addresses, which a time-major [T, B, ...] buffer
+        gives its step slices only when B x width x 4 happens to be a multiple of 256."""
         B, T, D, S, A = batch, steps, dims.deter, dims.latent, dims.action
-        # Zeroed, so that a warm-up or capture run on a fresh workspace computes on finite numbers.
+
+        def slabs(count: int, shape: tuple[int, ...], dtype: str = "float32"):
+            return aligned_zeros(ops, count, shape, dtype, align) if align else ops.zeros((count, *shape), dtype)
+
         extra = {}
         if frames:
             extra = dict(
-                obs=ops.zeros((B, *dims.frame), "uint8"),
-                post_mean=ops.zeros((B, S), "float32"),
-                post_std=ops.zeros((B, S), "float32"),
-                recon=ops.zeros((B, *dims.frame), "float32"),
+                obs=slabs(1, (B, *dims.frame), "uint8")[0],
+                post_mean=slabs(1, (B, S))[0],
+                post_std=slabs(1, (B, S))[0],
+                recon=slabs(1, (B, *dims.frame))[0],
             )
         return cls(
             B,
             T,
-            h=ops.zeros((T + 1, B, D), "float32"),
-            z=ops.zeros((T + 1, B, S), "float32"),
-            prior_mean=ops.zeros((T, B, S), "float32"),
-            prior_std=ops.zeros((T, B, S), "float32"),
-            action=ops.zeros((T, B, A), "float32"),
-            noise=ops.zeros((T, B, S), "float32"),
+            h=slabs(T + 1, (B, D)),
+            z=slabs(T + 1, (B, S)),
+            prior_mean=slabs(T, (B, S)),
+            prior_std=slabs(T, (B, S)),
+            action=slabs(T, (B, A)),
+            noise=slabs(T, (B, S)),
             **extra,
         )
+
+
+def aligned_zeros(ops: ArrayOps, count: int, shape: tuple[int, ...], dtype: str, align: int) -> torch.Tensor:
+    """Zeros [count, *shape] whose `count` slices are each contiguous and start at a multiple of `align` bytes
+    (rows padded to the alignment inside one allocation)."""
+    assert ops.kind == "torch", "aligned buffers are for device tensors"
+    itemsize = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    per = align // itemsize  # elements per alignment unit
+    row = math.prod(shape)
+    stride = -(-row // per) * per  # row padded up to whole units
+    flat = ops.zeros((count * stride + per,), dtype)
+    offset = (-flat.data_ptr() // itemsize) % per
+    rows = flat[offset : offset + count * stride].view(count, stride)[:, :row]
+    return rows.view(count, *shape)  # [count, row] with row stride `stride` -> [count, *shape]
 
 
 class Backend(Protocol):
@@ -233,24 +256,64 @@ class Backend(Protocol):
         """Entered around every call that runs the backend (its stream, its grad mode)."""
 
 
+class CaptureError(RuntimeError):
+    """Something in the loop cannot be captured in a CUDA graph (the eager loop is used instead)."""
+
+
 def capture_cuda_graph(loop: Callable[[], None], device: torch.device) -> Callable[[], None]:
-    """Capture `loop` in a CUDA graph and return its replay.
+    """Capture `loop` in a CUDA graph on `device` and return its replay; where the capture fails, warn and
+    return `loop` itself (eager, still correct).
 
     Warm-up runs on a side stream first, as torch.cuda.graphs asks: they let libraries (cuBLAS, TensorRT) finish
-    their lazy initialisation and shape-dependent setup outside the capture. `loop` must only read and write
+    their lazy initialisation and shape-dependent setup outside the capture. The warm-up computes on whatever
+    the buffers hold, so callers capture before writing a call's inputs. `loop` must only read and write
     tensors that outlive the graph (the workspace), since replay reuses their addresses.
+
+    `device` is made current and the capture runs on a stream of that device: torch's default capture stream
+    belongs to whichever device was current when it was first made, and a graph captured there while the work
+    launches on another device's stream is empty.
     """
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            loop()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        loop()
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                loop()
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        try:
+            graph = _capture(loop, device)
+        except CaptureError as error:
+            warnings.warn(f"CUDA graph capture failed, running the loop eagerly: {error}", RuntimeWarning, 2)
+            return loop
     return graph.replay
 
 
-def no_scope() -> ContextManager:
-    return contextlib.nullcontext()
+def _capture(loop: Callable[[], None], device: torch.device) -> torch.cuda.CUDAGraph:
+    """The capture itself, with begin and end called here rather than by `torch.cuda.graph`, whose exit would
+    mask an error raised inside the capture with its own failure to end it."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream(device)
+    with torch.cuda.stream(stream):
+        graph.capture_begin()
+        try:
+            loop()
+        except Exception as error:
+            with contextlib.suppress(RuntimeError):  # the capture is invalidated; ending it may report that
+                graph.capture_end()
+            torch.cuda.synchronize(device)
+            raise CaptureError(f"{type(error).__name__}: {str(error).strip().splitlines()[0]}") from error
+        graph.capture_end()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return graph
+
+
+@contextlib.contextmanager
+def on_stream(stream: torch.cuda.Stream):
+    """Run on `stream` with its device current, ordered after the caller's pending work and before the
+    caller's next (so that a backend's eager calls never land on the device-wide legacy default stream)."""
+    caller = torch.cuda.current_stream(stream.device)
+    stream.wait_stream(caller)
+    with torch.no_grad(), torch.cuda.device(stream.device), torch.cuda.stream(stream):
+        yield
+    caller.wait_stream(stream)

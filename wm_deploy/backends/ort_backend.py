@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Dims, NumpyOps, TorchOps, Workspace
+from wm_core.onnxruntime_session import create_session, require_onnxruntime
 
-INSTALL_HINT = 'install onnxruntime: pip install ".[cpu]" (or ".[gpu]" for onnxruntime-gpu)'
+from .base import Dims, NumpyOps, TorchOps, Workspace, on_stream
 
 STEP_THREADS = 1
 """intra-op threads of the prior step: a chain of small GEMVs gains nothing from a thread pool and pays for
@@ -37,31 +37,21 @@ FRAME_THREADS = 1
 convolutions of large batches of frames do parallelise, so raise it (`frame_threads`) for those"""
 
 
-def require_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise ImportError(f"the onnxruntime backend needs onnxruntime ({error}); {INSTALL_HINT}") from None
-    return onnxruntime
-
-
-def cuda_provider_available() -> bool:
-    try:
-        ort = require_onnxruntime()
-    except ImportError:
-        return False
-    return "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available()
-
-
 class OrtBackend:
     name = "onnxruntime"
 
     def __init__(
-        self, files: dict[str, Path], dims: Dims, device: torch.device, max_batch: int, frame_threads: int | None = None
+        self,
+        files: dict[str, Path],
+        dims: Dims,
+        device: torch.device,
+        max_batch: int,
+        frame_threads: int | None = None,
+        precision: str = "fp32",
     ):
-        """`files`: graph name -> verified .onnx path (`decoder` optional)."""
+        """`files`: graph name -> verified .onnx path (`decoder` optional). precision: `fp32`, or `tf32` on CUDA
+        (the graphs are float32; TF32 is the CUDA provider's opt-in)."""
         ort = require_onnxruntime()
-        self.ort = ort
         self.dims = dims
         self.device = device
         self.max_batch = max_batch
@@ -69,60 +59,34 @@ class OrtBackend:
         # No RunOptions on CPU: onnxruntime's Python wrapper looks up the `gpu_graph_id` entry of any RunOptions it
         # is given, and an absent entry costs a C++ exception per call (~100 us, more than a whole step here).
         self.run_options = None
+        frame_threads = frame_threads or FRAME_THREADS
+        threads = {name: STEP_THREADS if name == "prior_step" else frame_threads for name in files}
         if device.type == "cuda":
-            if not cuda_provider_available():
-                raise ValueError(
-                    "device cuda with the onnxruntime backend needs onnxruntime-gpu (CUDAExecutionProvider) and a "
-                    f"CUDA build of torch; available providers: {ort.get_available_providers()}, "
-                    f"torch.cuda.is_available()={torch.cuda.is_available()}; {INSTALL_HINT}"
-                )
-            self.ops = TorchOps(device)
+            self.ops: NumpyOps | TorchOps = TorchOps(device)
             # A stream of our own: onnxruntime treats torch's default stream (handle 0) as "no stream".
             self.stream = torch.cuda.Stream(device)
             index = device.index if device.index is not None else torch.cuda.current_device()
             self.binding_device = ("cuda", index)
-            providers = [
-                (
-                    "CUDAExecutionProvider",
-                    {"device_id": str(index), "user_compute_stream": str(self.stream.cuda_stream)},
-                )
-            ]
+            self.sessions = {
+                name: create_session(path, device, stream=self.stream.cuda_stream, tf32=precision == "tf32")
+                for name, path in files.items()
+            }
             # The loop's next op is ordered after onnxruntime's kernels by the shared stream; a host sync per
             # step would only add latency. gpu_graph_id is set (-1: no onnxruntime CUDA graph) so that the
             # wrapper's lookup of it finds an entry instead of raising (see above).
             self.run_options = ort.RunOptions()
             self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
             self.run_options.add_run_config_entry("gpu_graph_id", "-1")
-            self.detail = f"onnxruntime {ort.__version__}, CUDAExecutionProvider on {device}, IO binding"
+            self.detail = f"onnxruntime {ort.__version__}, CUDAExecutionProvider on {device}, {precision}, IO binding"
         else:
             self.ops = NumpyOps()
             self.stream = None
             self.binding_device = ("cpu", 0)
-            providers = ["CPUExecutionProvider"]
+            self.sessions = {name: create_session(path, threads=threads[name]) for name, path in files.items()}
+            cores = os.cpu_count() or 1
+            if cores > 1:
+                self.sessions["prior_step_wide"] = create_session(files["prior_step"], threads=cores)
             self.detail = f"onnxruntime {ort.__version__}, CPUExecutionProvider, IO binding"
-        frame_threads = frame_threads or FRAME_THREADS
-        self.sessions = {
-            name: ort.InferenceSession(
-                str(path),
-                self._session_options(STEP_THREADS if name == "prior_step" else frame_threads),
-                providers=providers,
-            )
-            for name, path in files.items()
-        }
-        cores = os.cpu_count() or 1
-        if self.stream is None and cores > 1:
-            self.sessions["prior_step_wide"] = ort.InferenceSession(
-                str(files["prior_step"]), self._session_options(cores), providers=providers
-            )
-
-    def _session_options(self, threads: int):
-        options = self.ort.SessionOptions()
-        options.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # errors only: the "some nodes were not assigned" notes are expected
-        return options
 
     def _bind(self, session, inputs: dict, outputs: dict):
         binding = session.io_binding()
@@ -183,14 +147,4 @@ class OrtBackend:
     def scope(self):
         if self.stream is None:
             return contextlib.nullcontext()
-        return _on_stream(self.stream)
-
-
-@contextlib.contextmanager
-def _on_stream(stream: torch.cuda.Stream):
-    """Run on `stream`, ordered after the caller's pending work and before the caller's next."""
-    caller = torch.cuda.current_stream(stream.device)
-    stream.wait_stream(caller)
-    with torch.no_grad(), torch.cuda.stream(stream):
-        yield
-    caller.wait_stream(stream)
+        return on_stream(self.stream)

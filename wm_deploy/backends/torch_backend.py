@@ -2,23 +2,44 @@
 
 On CUDA the whole H-step imagine loop of a (batch, horizon) bucket is captured in a CUDA graph, so a call costs
 one graph launch instead of a few kernel launches per step.
+
+Precision (`PRECISIONS`): `fp32` computes in float32 with TF32 off, so that CUDA agrees with the CPU
+reference to the export gate's 1e-4; `tf32` lets matmuls and convolutions round their inputs to TF32 (an
+explicit opt-in, with its own tolerance); `bf16` and `fp16` run the matrix products on half-precision weights
+while the recurrent state stays float32 (backends/half_precision.py), for the 1e-2 tolerance of TensorRT fp16.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from wm_core.graphs import build_graphs
+from wm_core.graphs import HalfPrecisionGraph, build_graphs
 from wm_core.model import WorldModel
 
 from .base import Dims, TorchOps, Workspace, capture_cuda_graph
+from .half_precision import HalfPrecisionPriorStep
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: WorldModel, device: torch.device, max_batch: int, cuda_graphs: bool = True):
+    def __init__(
+        self,
+        model: WorldModel,
+        device: torch.device,
+        max_batch: int,
+        cuda_graphs: bool = True,
+        precision: str = "fp32",
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.device = device
+        self.precision = precision
         self.model = model.to(device).eval().requires_grad_(False)
         cfg = model.cfg
         self.dims = Dims(cfg.deter_dim, cfg.latent_dim, cfg.action_dim, (cfg.frame_size, cfg.frame_size, 3))
@@ -28,8 +49,15 @@ class TorchBackend:
         # The wrappers wm_export exports, so that every backend computes the same function (uint8 NHWC in, ...).
         graphs = build_graphs(self.model)
         self.encoder, self.prior_step, self.decoder = graphs["encoder"], graphs["prior_step"], graphs["decoder"]
+        if precision in HALF:
+            dtype = HALF[precision]
+            self.encoder = HalfPrecisionGraph(self.encoder, dtype)
+            self.decoder = HalfPrecisionGraph(self.decoder, dtype)
+            self.prior_step = HalfPrecisionPriorStep(self.model.rssm, dtype).to(device)
         self.capture = cuda_graphs and device.type == "cuda"
-        self.detail = f"PyTorch {torch.__version__} on {device}" + (", CUDA graphs" if self.capture else ", eager")
+        self.detail = f"PyTorch {torch.__version__} on {device}, {precision}" + (
+            ", CUDA graphs" if self.capture else ", eager"
+        )
 
     def workspace(self, batch: int, steps: int, frames: bool) -> Workspace:
         return Workspace.allocate(self.ops, self.dims, batch, steps, frames)
@@ -52,4 +80,30 @@ class TorchBackend:
         return capture_cuda_graph(loop, self.device) if self.capture else loop
 
     def scope(self):
-        return torch.no_grad()
+        if self.device.type != "cuda":
+            return torch.no_grad()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.no_grad())
+        stack.enter_context(torch.cuda.device(self.device))
+        stack.enter_context(float32_matmul("tf32" if self.precision == "tf32" else "ieee"))
+        return stack
+
+
+@contextlib.contextmanager
+def float32_matmul(mode: str):
+    """Float32 matmuls and convolutions on CUDA in `mode` (`ieee`: exact float32; `tf32`) inside the block,
+    the caller's setting restored after. torch leaves TF32 on for cuDNN convolutions by default, which alone
+    puts the encoder ~1e-3 away from the CPU reference."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; mixing it with allow_tf32 is refused there
+        knobs = [(matmul, "fp32_precision", mode), (conv.conv, "fp32_precision", mode)]
+    else:
+        knobs = [(matmul, "allow_tf32", mode == "tf32"), (conv, "allow_tf32", mode == "tf32")]
+    saved = [getattr(owner, name) for owner, name, _ in knobs]
+    for owner, name, value in knobs:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(knobs, saved):
+            setattr(owner, name, value)

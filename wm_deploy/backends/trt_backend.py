@@ -2,33 +2,35 @@
 (set_input_shape / set_tensor_address / execute_async_v3) on preallocated torch CUDA tensors, with the H-step
 imagine loop of each (batch, horizon) bucket captured in a CUDA graph.
 
+- One execution context per (graph, batch size): a captured graph is tied to the state of the context it was
+  captured on, and `set_input_shape` with another batch would change that state under it.
+- Workspaces pad every per-step slice to TENSOR_ALIGNMENT bytes (TensorRT refuses other tensor addresses), and
+  a refused shape or address raises instead of leaving the previous buffer bound.
+- Eager calls run on a stream of the backend's, never on the device-wide legacy default stream.
+
 TensorRT is imported lazily, when this backend is built. Written against the TensorRT 10/11 Python API
-documentation; it has not been run on a GPU in this repository's CI.
+documentation and type-checked with tensorrt-stubs; it has not been run on a GPU in this repository's CI.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .base import Dims, TorchOps, Workspace, capture_cuda_graph
+from wm_core.graphs import graph_specs_of
+from wm_core.tensorrt_engine import (
+    check_engine_tensors,
+    create_runtime,
+    load_engine,
+    require_tensorrt,
+)
 
-# Engine tensors by graph, with the dtype each must have: the artifact contract (docs/artifacts.md). FP16
-# engines keep float32 inputs and outputs, so this holds for both precisions.
-TENSORS = {
-    "encoder": {"obs": "uint8", "z_mean": "float32", "z_std": "float32"},
-    "prior_step": {
-        "h": "float32",
-        "z": "float32",
-        "action": "float32",
-        "h_next": "float32",
-        "prior_mean": "float32",
-        "prior_std": "float32",
-    },
-    "decoder": {"z": "float32", "frames": "float32"},
-}
+from .base import Dims, TorchOps, Workspace, capture_cuda_graph, on_stream
+
+TENSOR_ALIGNMENT = 256
+"""bytes: TensorRT's required alignment of every tensor address"""
 
 
 def check_engine_compatible(section: dict, device: torch.device, trt_version: str) -> None:
@@ -50,6 +52,32 @@ def check_engine_compatible(section: dict, device: torch.device, trt_version: st
         )
 
 
+def tensor_addresses(ws: Workspace) -> dict[str, Any]:
+    """The engine tensor addresses of a workspace: `steps` [t] -> [(name, address)] for prior step t (reading
+    h[t], z[t], action[t], writing h[t+1], z[t+1], prior_std[t]); with frames, `encoder` and `decoder`."""
+    bindings: dict[str, Any] = {
+        "steps": [
+            [
+                ("h", ws.hs[t].data_ptr()),
+                ("z", ws.zs[t].data_ptr()),
+                ("action", ws.actions[t].data_ptr()),
+                ("h_next", ws.hs[t + 1].data_ptr()),
+                ("prior_mean", ws.zs[t + 1].data_ptr()),
+                ("prior_std", ws.stds[t].data_ptr()),
+            ]
+            for t in range(ws.steps)
+        ]
+    }
+    if ws.obs is not None:
+        bindings["encoder"] = [
+            ("obs", ws.obs.data_ptr()),
+            ("z_mean", ws.post_mean.data_ptr()),
+            ("z_std", ws.post_std.data_ptr()),
+        ]
+        bindings["decoder"] = [("z", ws.post_mean.data_ptr()), ("frames", ws.recon.data_ptr())]
+    return bindings
+
+
 class TrtBackend:
     name = "tensorrt"
 
@@ -64,8 +92,6 @@ class TrtBackend:
     ):
         """`plans`: graph name -> verified .plan path (`decoder` optional); `section`: the manifest's
         `tensorrt` entry."""
-        from wm_export.tensorrt_build import require_tensorrt
-
         trt = require_tensorrt()
         check_engine_compatible(section, device, trt.__version__)
         self.trt = trt
@@ -75,76 +101,52 @@ class TrtBackend:
         self.max_batch = max_batch
         self.has_decoder = "decoder" in plans
         self.capture = cuda_graphs
+        self.precision = section["precision"]
         self.detail = (
             f"TensorRT {trt.__version__} {section['precision']} on {section['gpu']}, "
             f"name-based tensor API, {'CUDA graphs' if cuda_graphs else 'one enqueue per step'}"
         )
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engines, self.contexts = {}, {}
-        self.input_shapes = {}  # graph -> input name -> its shape without the batch axis
-        self._shape_batch = {}  # graph -> batch its context's input shapes are set for
+        specs = graph_specs_of(dims.frame[0], dims.latent, dims.deter, dims.action)
+        self.stream = torch.cuda.Stream(device)
+        self.runtime = create_runtime(trt)
+        self.engines: dict[str, Any] = {}
+        self.contexts: dict[tuple[str, int], Any] = {}
+        self.input_shapes: dict[str, dict[str, tuple]] = {}  # graph -> input name -> shape without the batch axis
         with torch.cuda.device(device):
             for name, path in plans.items():
-                engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-                if engine is None:
-                    raise ValueError(f"TensorRT {trt.__version__} could not deserialise {path} (see its log above)")
-                self._check_tensors(name, engine, path)
+                engine = load_engine(self.runtime, path)
+                check_engine_tensors(trt, engine, specs[name], path)
                 self.engines[name] = engine
-                self.contexts[name] = engine.create_execution_context()
-                self.input_shapes[name] = {
-                    n: tuple(engine.get_tensor_shape(n))[1:]
-                    for n in TENSORS[name]
-                    if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
-                }
-                self._shape_batch[name] = None
+                self.input_shapes[name] = {t.name: tuple(t.shape[1:]) for t in specs[name].inputs}
 
-    def _check_tensors(self, graph: str, engine, path: Path) -> None:
-        trt = self.trt
-        dtypes = {trt.float32: "float32", trt.uint8: "uint8", trt.float16: "float16", trt.int32: "int32"}
-        actual = {}
-        for i in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(i)
-            actual[name] = dtypes.get(engine.get_tensor_dtype(name), str(engine.get_tensor_dtype(name)))
-        if actual != TENSORS[graph]:
-            raise ValueError(f"{path}: engine tensors {actual}, expected {TENSORS[graph]} (docs/artifacts.md)")
-
-    def _run(self, graph: str, batch: int, addresses: list[tuple[str, int]]) -> None:
-        context = self.contexts[graph]
-        if self._shape_batch[graph] != batch:
+    def _context(self, graph: str, batch: int):
+        """The execution context of `graph` at `batch`, its input shapes set once, when it is made."""
+        context = self.contexts.get((graph, batch))
+        if context is None:
+            with torch.cuda.device(self.device):
+                context = self.engines[graph].create_execution_context()
             for name, fixed in self.input_shapes[graph].items():
                 shape = (batch, *fixed)
                 if not context.set_input_shape(name, shape):
                     raise ValueError(
-                        f"TensorRT {graph}: input {name} shape {shape} is outside the engine's "
-                        f"profile (batch 1..{self.max_batch})"
+                        f"TensorRT {graph}: input {name} shape {shape} is outside the engine's profile "
+                        f"(batch 1..{self.max_batch})"
                     )
-            self._shape_batch[graph] = batch
+            self.contexts[(graph, batch)] = context
+        return context
+
+    def _run(self, graph: str, batch: int, addresses: list[tuple[str, int]]) -> None:
+        context = self._context(graph, batch)
         for name, address in addresses:
-            context.set_tensor_address(name, address)
-        # The current stream: the caller's, or the capture stream while a CUDA graph is being recorded.
+            if not context.set_tensor_address(name, address):
+                raise RuntimeError(f"TensorRT {graph}: the address of {name} ({address:#x}) was refused")
+        # The current stream: the backend's (see `scope`), or the capture stream while a graph is recorded.
         if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
             raise RuntimeError(f"TensorRT failed to enqueue the {graph} engine")
 
     def workspace(self, batch: int, steps: int, frames: bool) -> Workspace:
-        ws = Workspace.allocate(self.ops, self.dims, batch, steps, frames)
-        ws.private["steps"] = [
-            [
-                ("h", ws.hs[t].data_ptr()),
-                ("z", ws.zs[t].data_ptr()),
-                ("action", ws.actions[t].data_ptr()),
-                ("h_next", ws.hs[t + 1].data_ptr()),
-                ("prior_mean", ws.zs[t + 1].data_ptr()),
-                ("prior_std", ws.stds[t].data_ptr()),
-            ]
-            for t in range(steps)
-        ]
-        if frames:
-            ws.private["encoder"] = [
-                ("obs", ws.obs.data_ptr()),
-                ("z_mean", ws.post_mean.data_ptr()),
-                ("z_std", ws.post_std.data_ptr()),
-            ]
-            ws.private["decoder"] = [("z", ws.post_mean.data_ptr()), ("frames", ws.recon.data_ptr())]
+        ws = Workspace.allocate(self.ops, self.dims, batch, steps, frames, align=TENSOR_ALIGNMENT)
+        ws.private.update(tensor_addresses(ws))
         return ws
 
     def encode_into(self, ws: Workspace) -> None:
@@ -162,4 +164,4 @@ class TrtBackend:
         return capture_cuda_graph(loop, self.device) if self.capture else loop
 
     def scope(self):
-        return contextlib.nullcontext()
+        return on_stream(self.stream)

@@ -1,0 +1,58 @@
+"""The prior step in half precision (bfloat16 or float16) with the recurrent state carried in float32.
+
+Dimensions: B batch, D GRU state (deter), S latent (stoch), A encoded action, K hidden width.
+
+Every matrix product runs in half precision on half-precision weights; the GRU's gate arithmetic, the state
+update h' = n + u * (h - n) and the prior's softplus run in float32 on float32 copies of the products. So h
+itself is never rounded to 16 bits between steps: only its copy that enters the hidden-state product is. This
+is PyTorch's GRUCell (torch.nn.GRUCell's equations, gates ordered reset, update, new) written out so that the
+precision of each part can be chosen.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wm_core.model import RSSM, gaussian_params
+
+
+class HalfPrecisionPriorStep(nn.Module):
+    """h [B, D], z [B, S], encoded action [B, A], all float32 -> h_next [B, D], prior mean, std [B, S] float32."""
+
+    def __init__(self, rssm: RSSM, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+        self.min_std = rssm.min_std
+        input_linear, gru, head = rssm.input_layer[0], rssm.gru, rssm.prior_head
+        weights = {
+            "input_w": input_linear.weight,  # [K, S + A]
+            "input_b": input_linear.bias,
+            "w_ih": gru.weight_ih,  # [3D, K]
+            "b_ih": gru.bias_ih,
+            "w_hh": gru.weight_hh,  # [3D, D]
+            "b_hh": gru.bias_hh,
+            "head1_w": head[0].weight,  # [K, D]
+            "head1_b": head[0].bias,
+            "head2_w": head[2].weight,  # [2S, K]
+            "head2_b": head[2].bias,
+        }
+        for name, weight in weights.items():
+            self.register_buffer(name, weight.detach().to(dtype).clone())
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor):
+        half = self.dtype
+        x = F.silu(F.linear(torch.cat([z, action], dim=-1).to(half), self.input_w, self.input_b))  # [B, K]
+        gates_x = F.linear(x, self.w_ih, self.b_ih).float()  # [B, 3D]
+        gates_h = F.linear(h.to(half), self.w_hh, self.b_hh).float()  # [B, 3D]
+        x_r, x_u, x_n = gates_x.chunk(3, dim=-1)
+        h_r, h_u, h_n = gates_h.chunk(3, dim=-1)
+        reset = torch.sigmoid(x_r + h_r)
+        update = torch.sigmoid(x_u + h_u)
+        new = torch.tanh(x_n + reset * h_n)
+        h_next = new + update * (h - new)  # (1 - u) * n + u * h, in float32
+        hidden = F.silu(F.linear(h_next.to(half), self.head1_w, self.head1_b))
+        raw = F.linear(hidden, self.head2_w, self.head2_b).float()  # [B, 2S]
+        prior_mean, prior_std = gaussian_params(raw, self.min_std)
+        return h_next, prior_mean, prior_std
