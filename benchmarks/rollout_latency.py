@@ -22,9 +22,12 @@ computes (numpy arrays for onnxruntime on CPU, torch tensors on the device other
 host<->device copy is timed; `--host-io` passes numpy arrays instead, which adds those copies. The backends
 of a cell take turns in blocks of calls, so that on a shared machine they all see the same load.
 
-Backends (`--backends`, default all; those that cannot run here are listed as skipped, with the reason):
+Backends (`--backends`, default all; those that cannot run here are listed as skipped, with the reason). The
+names are wm_deploy.loading.VARIANTS:
   torch             PyTorch eager, the baseline of the speed-up column
-  torch-cudagraphs  PyTorch with the imagine loop captured in a CUDA graph (CUDA only)
+  torch-cudagraphs  PyTorch with the imagine loop captured in a CUDA graph (CUDA graphs on CUDA only)
+  torch-bf16        PyTorch, bfloat16 matmuls with a float32 recurrent state (CUDA graphs on CUDA)
+  torch-fp16        the same in float16
   onnxruntime       the exported ONNX graphs; CPUExecutionProvider on cpu, CUDAExecutionProvider on cuda
   tensorrt-fp32     TensorRT engines, float32 (CUDA only)
   tensorrt-fp16     TensorRT engines, float16 (CUDA only)
@@ -32,7 +35,8 @@ Backends (`--backends`, default all; those that cannot run here are listed as sk
 FLOPs per latent step are counted from the RSSM's layer sizes, matrix products only: 2 * in * out for every
 Linear and 2 * 3 * (K * D + D * D) for the GRUCell's three gates. Elementwise work (biases, activations, the
 GRU's gate arithmetic, softplus) is left out; for the default model it is about 1% more. The tensorrt-fp16
-rows are compared with a float16 matmul peak, all others with the float32 one.
+and torch-fp16 rows are compared with a float16 matmul peak, torch-bf16 with a bfloat16 one, all others with the
+float32 one.
 """
 
 from __future__ import annotations
@@ -56,9 +60,12 @@ from torch import nn
 import wm_core
 import wm_core.config
 from wm_deploy import LatentState, Rollout
+from wm_deploy.loading import VARIANTS
 from wm_export import EngineBuildError, ParityError, TensorRTUnavailableError, export_artifacts, load_manifest
 
-BACKENDS = ("torch", "torch-cudagraphs", "onnxruntime", "tensorrt-fp32", "tensorrt-fp16")
+BACKENDS = tuple(VARIANTS)
+HALF_PEAK = {"tensorrt-fp16": "float16", "torch-fp16": "float16", "torch-bf16": "bfloat16"}
+"""variants compared with a half-precision matmul peak"""
 BASELINE = "torch"
 BATCHES = (1, 16, 256, 1024, 4096)
 HORIZONS = (15, 50)
@@ -286,20 +293,12 @@ def random_checkpoint(scratch: Path, size: str) -> Path:
 
 def load_backend(name: str, folders: dict, device: torch.device, max_batch: int) -> Rollout:
     """Raises ValueError / FileNotFoundError / ImportError when `name` cannot run here."""
+    backend, options = VARIANTS[name]
     if name == "torch-cudagraphs" and device.type != "cuda":
         raise ValueError("CUDA graphs need a CUDA device (--device cuda)")
-    if name.startswith("tensorrt"):
-        return Rollout.load(
-            folders[name.removeprefix("tensorrt-")], backend="tensorrt", device=device, max_batch=max_batch
-        )
+    folder = folders[options["precision"]] if backend == "tensorrt" else folders["onnx"]
     # the baseline is eager: on CUDA the torch backend would otherwise capture the loop in a CUDA graph
-    return Rollout.load(
-        folders["onnx"],
-        backend=name.removesuffix("-cudagraphs"),
-        device=device,
-        max_batch=max_batch,
-        cuda_graphs=name != "torch",
-    )
+    return Rollout.load(folder, backend=backend, device=device, max_batch=max_batch, **options)
 
 
 def input_kind(rollout: Rollout, host_io: bool) -> str:
@@ -575,8 +574,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help=f"fewer cells and calls ({QUICK.min_calls}+ per cell, {QUICK.budget_s} s budget)",
     )
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help=f"seconds per backend and cell (default {FULL.budget_s})"
+    )
     parser.add_argument("--host-io", action="store_true", help="pass and get numpy arrays on the host")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--markdown", type=Path, help="write the header and table as markdown here")
     parser.add_argument("--plot", type=Path, help="write latency vs batch (log-log) here")
     args = parser.parse_args(argv)
     args.batches = args.batches or list(QUICK_BATCHES if args.quick else BATCHES)
@@ -589,6 +592,8 @@ def run(args) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: torch {torch.__version__} sees no CUDA device")
     sampling = QUICK if args.quick else FULL
+    if args.budget_s is not None:
+        sampling = dataclasses.replace(sampling, budget_s=args.budget_s)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="wm-rollout-bench-") as scratch:
         folders, skipped = prepare_artifacts(args, Path(scratch), args.backends, device)
@@ -606,14 +611,14 @@ def run(args) -> dict:
         flops = step_flops(wm_core.load_checkpoint(checkpoint)[0].rssm) if checkpoint.is_file() else None
 
         meters = [MatmulPeak(device, torch.float32)]
-        if "tensorrt-fp16" in rollouts:
-            meters.append(MatmulPeak(device, torch.float16))
+        for dtype in sorted({HALF_PEAK[name] for name in rollouts if name in HALF_PEAK}):
+            meters.append(MatmulPeak(device, getattr(torch, dtype)))
         for meter in meters:
             meter.sample(sampling)
         results = benchmark(rollouts, device, args, sampling, meters)
         env = environment(device, rollouts)
     peaks = {str(meter.dtype).removeprefix("torch."): meter.summary() for meter in meters}
-    fill_derived(results, flops, peaks, {"tensorrt-fp16": "float16"})
+    fill_derived(results, flops, peaks, HALF_PEAK)
     load = (tuple(round(x, 2) for x in load_start), tuple(round(x, 2) for x in os.getloadavg()))
     return {
         "environment": env,
@@ -628,29 +633,32 @@ def run(args) -> dict:
     }
 
 
+def report_text(report: dict, host_io: bool) -> str:
+    """The header, the markdown table and the skipped backends with their reasons."""
+    results = [Result(**r) for r in report["results"]]
+    load = report["load_average"]
+    header = report_header(
+        report["environment"], report["flops"], report["matmul_peak"], (load["start"], load["end"]), host_io
+    )
+    skipped = [f"- skipped {name}: {reason}" for name, reason in report["skipped"].items()]
+    return "\n\n".join([header, markdown_table(results)] + (["\n".join(skipped)] if skipped else []))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
         report = run(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         sys.exit(f"rollout_latency: {error}")
-    results = [Result(**r) for r in report["results"]]
-    load = report["load_average"]
-    print(
-        report_header(
-            report["environment"], report["flops"], report["matmul_peak"], (load["start"], load["end"]), args.host_io
-        )
-    )
-    print()
-    print(markdown_table(results))
-    if report["skipped"]:
-        print()
-        for name, reason in report["skipped"].items():
-            print(f"- skipped {name}: {reason}")
+    text = report_text(report, args.host_io)
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text + "\n")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     if args.plot:
         env = report["environment"]
+        results = [Result(**r) for r in report["results"]]
         plot(results, args.plot, f"Rollout.imagine on {env.get('gpu', env['cpu'])} ({env['device']})")
 
 
