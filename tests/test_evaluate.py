@@ -14,7 +14,8 @@ from conftest import tiny_config
 from wm_core.model import RSSM
 from wm_train import ActionCodec, Config, WorldModel
 from wm_train.data import EpisodeSet, episode_paths, load_episode, save_episode, split_episodes
-from wm_train.evaluate import evaluate_checkpoint, open_loop, run_eval, sequences_of
+from wm_train.eval_metrics import open_loop, sequences_of
+from wm_train.evaluate import evaluate_checkpoint, run_eval
 from wm_train.trainer import train
 
 BIN = Path(sys.executable).parent
