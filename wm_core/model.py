@@ -11,6 +11,8 @@ benchmarks/isolation_ablation.py; see README, "Why gradient isolation".
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -114,8 +116,22 @@ class RSSM(nn.Module):
 
 
 class WorldModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        rssm_gate_threshold: float | None = None,
+        grad_detach_schedule_k: int | None = None,
+    ):
+        """`rssm_gate_threshold` and `grad_detach_schedule_k` are the seed's parameters, accepted so that its
+        training scripts still run: they warn and change nothing (config.SEED_KEYS)."""
         super().__init__()
+        for name, value in (
+            ("rssm_gate_threshold", rssm_gate_threshold),
+            ("grad_detach_schedule_k", grad_detach_schedule_k),
+        ):
+            if value is not None:
+                warnings.warn(f"WorldModel({name}=...) is deprecated and ignored", DeprecationWarning, stacklevel=2)
         self.cfg = cfg
         self.encoder = Encoder(cfg.frame_size, cfg.channels, cfg.latent_dim)
         self.decoder = Decoder(cfg.frame_size, cfg.channels, cfg.latent_dim)
