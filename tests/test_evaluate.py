@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 from wm_core.model import RSSM
 from wm_train import ActionCodec, Config, WorldModel
@@ -23,7 +22,7 @@ CONTEXT, HORIZON = 3, 5  # 8-frame sequences: 3 per 24-frame episode
 
 
 @pytest.fixture(scope="module")
-def checkpoint(carracing_dir, tmp_path_factory):
+def checkpoint(carracing_dir, tmp_path_factory, tiny_config):
     """A tiny model trained for one epoch on the 4 CarRacing episodes (3 train, 1 val)."""
     out = tmp_path_factory.mktemp("eval_run")
     train(tiny_config(carracing_dir, out, epochs=1), progress=False)
@@ -60,7 +59,7 @@ def test_report_has_every_metric_for_every_horizon_step_on_both_splits(report):
     assert report.gap["rssm_loss_relative"] == pytest.approx((val_rssm - train_rssm) / train_rssm)
 
 
-def test_val_split_is_the_episode_training_held_out(report, carracing_dir):
+def test_val_split_is_the_episode_training_held_out(report, carracing_dir, tiny_config):
     cfg = tiny_config(carracing_dir, "unused")
     _, val_paths = split_episodes(episode_paths(carracing_dir), cfg.data.val_fraction, cfg.train.seed)
     obs, _ = load_episode(val_paths[0], "continuous", 3, 64)
