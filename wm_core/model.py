@@ -6,7 +6,7 @@ A encoded action, K hidden width.
 The VAE loss never reaches the RSSM (the RSSM is not in its graph) and the RSSM loss never reaches the
 encoder or decoder (its inputs and targets are detached), so each part is trained for one job only. What
 that buys against training the RSSM through pixel reconstruction is measured by
-benchmarks/isolation_ablation.py; see README, "Why gradient isolation".
+benchmarks/isolation_ablation.py; see docs/isolation_study.md.
 """
 
 from __future__ import annotations
