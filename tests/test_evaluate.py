@@ -13,7 +13,7 @@ import torch
 from wm_core.model import RSSM
 from wm_train import ActionCodec, Config, WorldModel
 from wm_train.data import EpisodeSet, episode_paths, load_episode, save_episode, split_episodes
-from wm_train.eval_metrics import open_loop, sequences_of
+from wm_train.eval_metrics import open_loop, sequences_of, teacher_forced_losses
 from wm_train.evaluate import evaluate_checkpoint, run_eval
 from wm_train.trainer import train
 
@@ -126,6 +126,19 @@ def test_a_model_blind_to_actions_has_ratio_one_and_no_spread():
     assert actions.spread == pytest.approx([0.0] * HORIZON, abs=1e-6)
     # Blind persistence is exactly the repeat-last-frame baseline.
     np.testing.assert_allclose(metrics.pixel_mse, metrics.copy_last_mse, rtol=1e-6)
+
+
+def test_teacher_forced_losses_with_a_seed_repeat_and_leave_the_callers_rng_alone():
+    """wm-eval seeds them; the trainer's validation (no seed) draws from the global RNG, as training always has."""
+    cfg = Config.from_dict({"model": {"size": "tiny", "action_dim": 1}})
+    model, windows = WorldModel(cfg.model), _brightness_episodes().fixed_windows()
+    state = torch.get_rng_state()
+    seeded = teacher_forced_losses(model, windows, IDENTITY_CODEC, cfg.train, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert teacher_forced_losses(model, windows, IDENTITY_CODEC, cfg.train, seed=3) == seeded
+    assert set(seeded) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step"}
+    teacher_forced_losses(model, windows, IDENTITY_CODEC, cfg.train)
+    assert not torch.equal(torch.get_rng_state(), state)
 
 
 def test_trained_model_with_its_action_weights_zeroed_ignores_actions(checkpoint, carracing_dir):
