@@ -32,7 +32,8 @@ from wm_core.checkpoint import load_checkpoint
 from wm_core.config import Config
 from wm_core.losses import WorldModelOutput, gaussian_kl, reconstruction_loss
 from wm_core.model import WorldModel
-from wm_train.evaluate import HEADLINE_STEPS, EvalReport, evaluate_model, write_report
+from wm_train.eval_report import HEADLINE_STEPS, EvalReport
+from wm_train.evaluate import evaluate_model, write_report
 from wm_train.trainer import Trainer
 
 VARIANTS = ("isolated", "coupled")

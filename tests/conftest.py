@@ -1,13 +1,48 @@
-"""Shared fixtures: a few short episodes recorded from real environments, and tiny configs over them."""
+"""Shared fixtures. Tests get everything they share from here, as fixtures; no test module imports another.
+
+- Data: a few short episodes recorded from real environments, and tiny configs over them.
+- Models: an untrained model or checkpoint of any size preset and action mode, and the artifact folder of the
+  tiny ones, exported once per session.
+- Deployment: the backends this machine can run (or a skip saying what it lacks), their tolerances, random
+  frames and actions.
+
+Factories are fixtures that return a function, so a test or a module-scoped fixture can ask for several.
+Dimensions: B batch, H horizon, A action width.
+"""
 
 from __future__ import annotations
 
+import functools
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 
+from wm_core.actions import ActionCodec
+from wm_core.checkpoint import save_checkpoint
 from wm_core.config import Config
+from wm_core.model import WorldModel
 from wm_train.collect import record_episode
 from wm_train.data import save_episode
+
+# The action codec of every untrained model, by action mode: continuous 3-d (CarRacing), discrete 6 (Pong).
+CODECS = {
+    "continuous": ActionCodec("continuous", 3, (0.1, 0.2, 0.3), (1.0, 2.0, 0.5)),
+    "discrete": ActionCodec("discrete", 6),
+}
+
+# Largest accepted absolute difference from the torch reference on latents (h, z, means, stds) and frames.
+TOLERANCES = {
+    "onnxruntime": (1e-4, 1e-3),
+    "tensorrt-fp32": (1e-3, 2e-3),
+    "tensorrt-fp16": (1e-2, 2e-2),
+    "torch-cuda": (1e-4, 1e-3),
+}
+
+
+# --- data ---------------------------------------------------------------------------------------------------
 
 
 def _record(folder, env_id: str, episodes: int, steps: int):
@@ -29,7 +64,7 @@ def pong_dir(tmp_path_factory):
     return _record(tmp_path_factory.mktemp("pong"), "ALE/Pong-v5", 4, 24)
 
 
-def tiny_config(data_dir, out_dir, action_mode: str = "continuous", action_dim: int = 3, **train) -> Config:
+def _tiny_config(data_dir, out_dir, action_mode: str = "continuous", action_dim: int = 3, **train) -> Config:
     return Config.from_dict(
         {
             "data": {"path": str(data_dir), "action_mode": action_mode, "seq_len": 8, "val_fraction": 0.25},
@@ -39,17 +74,191 @@ def tiny_config(data_dir, out_dir, action_mode: str = "continuous", action_dim: 
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_config():
+    """Factory: tiny_config(data_dir, out_dir, action_mode="continuous", action_dim=3, **train) -> a Config of
+    the tiny model over `data_dir` (8-frame windows, a quarter of the episodes for validation, 2 epochs of
+    batch 4); `train` overrides train keys."""
+    return _tiny_config
+
+
 @pytest.fixture
 def carracing_config(carracing_dir, tmp_path):
-    return tiny_config(carracing_dir, tmp_path / "run")
+    return _tiny_config(carracing_dir, tmp_path / "run")
 
 
 @pytest.fixture
 def random_batch():
     """obs [B=2, T=6, 3, 64, 64] in [0, 1] and encoded actions [2, 6, 3]."""
     rng = np.random.default_rng(0)
-    import torch
-
     obs = torch.from_numpy(rng.random((2, 6, 3, 64, 64), dtype=np.float32))
     actions = torch.from_numpy(rng.standard_normal((2, 6, 3)).astype(np.float32))
     return obs, actions
+
+
+# --- untrained models, checkpoints and artifact folders -----------------------------------------------------
+
+
+def _untrained_model(size: str = "tiny", action_mode: str = "continuous") -> tuple[WorldModel, Config, ActionCodec]:
+    codec = CODECS[action_mode]
+    cfg = Config.from_dict(
+        {"data": {"action_mode": action_mode}, "model": {"size": size, "frame_size": 64, "action_dim": codec.dim}}
+    )
+    with torch.random.fork_rng(devices=[]):  # the same weights for every caller, the caller's RNG untouched
+        torch.manual_seed(0)
+        return WorldModel(cfg.model), cfg, codec
+
+
+@pytest.fixture(scope="session")
+def untrained_model():
+    """Factory: untrained_model(size="tiny", action_mode="continuous") -> (model, cfg, codec): a freshly
+    initialised WorldModel of a size preset (64x64 frames, seed 0, a new object each call), its Config and
+    CODECS[action_mode]."""
+    return _untrained_model
+
+
+@pytest.fixture(scope="session")
+def untrained_checkpoint(tmp_path_factory):
+    """Factory: untrained_checkpoint(size="tiny", action_mode="continuous", path=None) -> the checkpoint of
+    untrained_model(size, action_mode). Without `path`, one shared file per (size, action_mode), written once per
+    session: treat it as read-only. With `path`, a new file there."""
+    folder = tmp_path_factory.mktemp("untrained")
+
+    @functools.cache
+    def shared(size: str, action_mode: str) -> Path:
+        return write(size, action_mode, folder / f"{size}_{action_mode}.pt")
+
+    def write(size: str, action_mode: str, path: Path) -> Path:
+        model, cfg, codec = _untrained_model(size, action_mode)
+        save_checkpoint(path, model, cfg, codec)
+        return Path(path)
+
+    def make(size: str = "tiny", action_mode: str = "continuous", path: str | Path | None = None) -> Path:
+        return shared(size, action_mode) if path is None else write(size, action_mode, Path(path))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(untrained_checkpoint):
+    """Factory: tiny_checkpoint(mode) -> the shared untrained_checkpoint("tiny", mode) (read-only)."""
+    return functools.partial(untrained_checkpoint, "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tiny_checkpoint, tmp_path_factory):
+    """Factory: tiny_artifacts(mode) -> the artifact folder of tiny_checkpoint(mode), exported once per session
+    (treat it as read-only: copy it with artifact_copy before changing anything)."""
+    from wm_export import export_artifacts
+
+    folder = tmp_path_factory.mktemp("artifacts")
+
+    @functools.cache
+    def make(mode: str) -> Path:
+        return export_artifacts(tiny_checkpoint(mode), folder / mode)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def artifact_copy(tiny_artifacts):
+    """Factory: artifact_copy(mode, dest) -> a copy of tiny_artifacts(mode) at `dest`, free to change."""
+
+    def copy(mode: str, dest: Path) -> Path:
+        return Path(shutil.copytree(tiny_artifacts(mode), dest))
+
+    return copy
+
+
+# --- deployment -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def codecs():
+    """CODECS: the action codec of the untrained models, by action mode."""
+    return CODECS
+
+
+@pytest.fixture(scope="session")
+def tolerances():
+    """TOLERANCES: (latents, frames) largest absolute difference from the torch reference, by backend."""
+    return TOLERANCES
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch's intra-op thread pool only slows tiny batches down: the parity gate and the rollouts make hundreds
+    of small torch calls, and on a busy 2-core machine two threads spend most of their time waiting for each
+    other (one thread halves the time of test_export.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cuda_device_or_skip() -> str:
+    if not torch.cuda.is_available():
+        pytest.skip(f"needs a CUDA device; torch {torch.__version__} sees none")
+    return "cuda"
+
+
+@pytest.fixture(scope="session")
+def cuda_device_or_skip():
+    """Factory: cuda_device_or_skip() -> "cuda", or a skip saying torch sees no CUDA device."""
+    return _cuda_device_or_skip
+
+
+@pytest.fixture(scope="session")
+def backend_or_skip():
+    """Factory: backend_or_skip(name, path, device) -> the Rollout of backend `name`, or a skip that says what
+    this machine lacks."""
+
+    def load(name: str, path: Path, device: str):
+        from wm_deploy import Rollout
+        from wm_deploy.loading import open_source, resolve_device, unavailable
+
+        if device == "cuda":
+            _cuda_device_or_skip()
+        reason = unavailable(name, open_source(path), resolve_device(device))
+        if reason is not None:
+            pytest.skip(f"{name} on {device} unavailable: {reason}")
+        return Rollout.load(path, backend=name, device=device)
+
+    return load
+
+
+def _random_frames(batch: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def random_frames():
+    """Factory: random_frames(batch, seed=0) -> uint8 frames [B, 64, 64, 3]."""
+    return _random_frames
+
+
+def _random_actions(mode: str, batch: int, horizon: int | None, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    lead = (batch,) if horizon is None else (batch, horizon)
+    if mode == "discrete":
+        return rng.integers(0, CODECS[mode].dim, lead)
+    return rng.normal(0.2, 1.0, (*lead, CODECS[mode].dim)).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def random_actions():
+    """Factory: random_actions(mode, batch, horizon, seed=0) -> raw actions [B, H, A] (continuous) or int [B, H]
+    (discrete) for the CODECS[mode] models; [B, ...] when horizon is None."""
+    return _random_actions
+
+
+def _max_abs(a, b) -> float:
+    as_numpy = [x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x) for x in (a, b)]
+    return float(np.abs(as_numpy[0].astype(np.float64) - as_numpy[1]).max())
+
+
+@pytest.fixture(scope="session")
+def max_abs():
+    """Factory: max_abs(a, b) -> the largest absolute difference of two numpy arrays or torch tensors, in
+    float64."""
+    return _max_abs

@@ -1,20 +1,20 @@
 import pytest
 import torch
 
-from wm_train import ActionCodec, Config, WorldModel, load_checkpoint, save_checkpoint
+from wm_train import load_checkpoint, save_checkpoint
 
 
-def _saved(tmp_path):
-    cfg = Config.from_dict({"model": {"size": "tiny"}})
-    model = WorldModel(cfg.model)
-    codec = ActionCodec("continuous", 3, (0.1, 0.2, 0.3), (1.0, 2.0, 3.0))
+@pytest.fixture
+def saved(tmp_path, untrained_model):
+    """A checkpoint saved by this test (the one thing under test) and what went into it."""
+    model, cfg, codec = untrained_model()
     path = tmp_path / "ckpt.pt"
     save_checkpoint(path, model, cfg, codec, epoch=4)
     return path, model, cfg, codec
 
 
-def test_round_trip_restores_weights_config_and_codec(tmp_path, random_batch):
-    path, model, cfg, codec = _saved(tmp_path)
+def test_round_trip_restores_weights_config_and_codec(tmp_path, saved):
+    path, model, cfg, codec = saved
     loaded, loaded_cfg, extras = load_checkpoint(path)
     assert loaded_cfg == cfg and extras["action_codec"] == codec and extras["epoch"] == 4
     for name, tensor in model.state_dict().items():
@@ -23,14 +23,14 @@ def test_round_trip_restores_weights_config_and_codec(tmp_path, random_batch):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left
 
 
-def test_checkpoint_is_plain_data(tmp_path):
-    path, *_ = _saved(tmp_path)
+def test_checkpoint_is_plain_data(saved):
+    path, *_ = saved
     payload = torch.load(path, weights_only=True)
     assert payload["format"] == "wm-checkpoint" and isinstance(payload["config"], dict)
 
 
-def test_other_format_version_is_refused(tmp_path):
-    path, *_ = _saved(tmp_path)
+def test_other_format_version_is_refused(saved):
+    path, *_ = saved
     payload = torch.load(path, weights_only=True)
     payload["format_version"] = 99
     torch.save(payload, path)

@@ -66,6 +66,16 @@ def test_deprecated_keys_warn_by_name_and_change_nothing(tmp_path):
     assert cfg == load_config(_write(tmp_path, "train:\n  epochs: 3\n"))
 
 
+def test_seed_keys_in_the_model_section_warn_by_name_and_change_nothing(tmp_path):
+    text = "model:\n  size: tiny\n  rssm_gate_threshold: 0.5\n  grad_detach_schedule_k: 7\n"
+    with pytest.warns(DeprecationWarning) as record:
+        cfg = load_config(_write(tmp_path, text))
+    messages = " ".join(str(w.message) for w in record)
+    assert "'model.rssm_gate_threshold' is deprecated" in messages
+    assert "'model.grad_detach_schedule_k' is deprecated" in messages
+    assert cfg == load_config(_write(tmp_path, "model:\n  size: tiny\n"))
+
+
 def test_preset_then_explicit_keys(tmp_path):
     cfg = load_config(_write(tmp_path, "model:\n  size: tiny\n  deter_dim: 48\n"))
     assert cfg.model.channels == MODEL_PRESETS["tiny"]["channels"] and cfg.model.deter_dim == 48

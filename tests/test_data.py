@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 from wm_core.actions import ActionCodec
 from wm_train.data import episode_paths, load_episode, load_splits, save_episode, split_episodes, to_batch
@@ -82,7 +81,7 @@ def test_split_is_by_episode_deterministic_and_disjoint(tmp_path):
         split_episodes(paths[:1], 0.2, seed=0)
 
 
-def test_windows_and_codec_come_from_the_training_split(carracing_dir, tmp_path):
+def test_windows_and_codec_come_from_the_training_split(carracing_dir, tmp_path, tiny_config):
     cfg = tiny_config(carracing_dir, tmp_path)
     train, val, codec = load_splits(cfg)
     assert len(train.obs) == 3 and len(val.obs) == 1
@@ -95,19 +94,19 @@ def test_windows_and_codec_come_from_the_training_split(carracing_dir, tmp_path)
     assert len(val.fixed_windows()) == 24 // 8
 
 
-def test_discrete_actions_are_one_hot(pong_dir, tmp_path):
+def test_discrete_actions_are_one_hot(pong_dir, tmp_path, tiny_config):
     cfg = tiny_config(pong_dir, tmp_path, action_mode="discrete", action_dim=6)
     train, _, codec = load_splits(cfg)
     _, actions = to_batch(train.sample(np.random.default_rng(0), 3), codec)
     assert actions.shape == (3, 8, 6) and (actions.sum(-1) == 1).all()
 
 
-def test_action_mode_mismatch_names_both(pong_dir, tmp_path):
+def test_action_mode_mismatch_names_both(pong_dir, tmp_path, tiny_config):
     with pytest.raises(ValueError, match="'continuous' but the file holds discrete"):
         load_splits(tiny_config(pong_dir, tmp_path, action_mode="continuous", action_dim=6))
 
 
-def test_constant_actions_warn(tmp_path):
+def test_constant_actions_warn(tmp_path, tiny_config):
     rng = np.random.default_rng(0)
     for i in range(3):
         save_episode(

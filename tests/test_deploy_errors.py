@@ -9,33 +9,25 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_deploy_support import (
-    artifact_copy,
-    one_torch_thread,
-    random_actions,
-    random_frames,
-    tiny_artifacts,
-    tiny_checkpoint,
-)
 
 from wm_deploy import LatentState, Rollout
 from wm_deploy.backends.trt_backend import check_engine_compatible
 
-pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=["onnxruntime", "torch"])
-def rollout(request):
+def rollout(request, tiny_artifacts):
     return Rollout.load(tiny_artifacts("continuous"), backend=request.param, device="cpu", max_batch=8)
 
 
 @pytest.fixture(scope="module")
-def discrete():
+def discrete(tiny_artifacts):
     return Rollout.load(tiny_artifacts("discrete"), backend="onnxruntime", device="cpu")
 
 
 @pytest.fixture
-def state(rollout):
+def state(rollout, random_frames):
     return rollout.observe(rollout.initial(2), random_frames(2))
 
 
@@ -57,7 +49,7 @@ def test_bad_frames_are_refused(rollout, frames, message):
         rollout.encode(frames)
 
 
-def test_wrong_action_width_is_refused(rollout, state):
+def test_wrong_action_width_is_refused(rollout, state, random_frames):
     with pytest.raises(ValueError, match=r"expected continuous actions of shape \[B, H, 3\] with B=2, got \[2, 5, 4\]"):
         rollout.imagine(state, np.zeros((2, 5, 4), np.float32))
     with pytest.raises(ValueError, match=r"prev_action: expected continuous actions of shape \[B, 3\].*got \[2, 2\]"):
@@ -65,7 +57,7 @@ def test_wrong_action_width_is_refused(rollout, state):
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_values_are_refused(rollout, state, bad):
+def test_non_finite_values_are_refused(rollout, state, bad, random_actions):
     actions = random_actions("continuous", 2, 4)
     actions[1, 2, 0] = bad
     with pytest.raises(ValueError, match="actions: actions contain NaN or infinite values"):
@@ -84,7 +76,7 @@ def test_non_finite_values_are_refused(rollout, state, bad):
         rollout.decode(z)
 
 
-def test_discrete_actions_out_of_range_or_not_integers_are_refused(discrete):
+def test_discrete_actions_out_of_range_or_not_integers_are_refused(discrete, random_frames):
     state = discrete.observe(discrete.initial(2), random_frames(2))
     with pytest.raises(ValueError, match=r"discrete actions must lie in \[0, 5\], got \[0, 6\]"):
         discrete.imagine(state, np.array([[0, 6], [1, 2]]))
@@ -96,7 +88,7 @@ def test_discrete_actions_out_of_range_or_not_integers_are_refused(discrete):
         discrete.imagine(state, np.zeros((2, 3, 6), np.int64))
 
 
-def test_a_batch_above_the_maximum_is_refused(rollout):
+def test_a_batch_above_the_maximum_is_refused(rollout, random_frames, random_actions):
     with pytest.raises(ValueError, match=r"batch must be in \[1, 8\].*got 9"):
         rollout.initial(9)
     with pytest.raises(ValueError, match=r"obs: batch must be in \[1, 8\].*got 9"):
@@ -115,7 +107,7 @@ def test_a_horizon_of_zero_is_refused(rollout, state):
         rollout.warmup(2, 0)
 
 
-def test_a_state_from_another_batch_size_is_refused(rollout, state):
+def test_a_state_from_another_batch_size_is_refused(rollout, state, random_frames, random_actions):
     with pytest.raises(ValueError, match="state: batch size 2 does not match the batch size 4"):
         rollout.observe(state, random_frames(4), random_actions("continuous", 4, None))
     with pytest.raises(ValueError, match=r"expected continuous actions of shape \[B, H, 3\] with B=2, got \[3, 5, 3\]"):
@@ -126,7 +118,7 @@ def test_a_state_from_another_batch_size_is_refused(rollout, state):
         rollout.imagine(LatentState(state.h, state.z[:1]), random_actions("continuous", 2, 5))
 
 
-def test_bad_state_shapes_and_missing_previous_action_are_refused(rollout, state):
+def test_bad_state_shapes_and_missing_previous_action_are_refused(rollout, state, random_frames, random_actions):
     with pytest.raises(ValueError, match=r"state.h: expected shape \[B, 32\], got \[2, 31\]"):
         rollout.imagine(LatentState(state.h[:, :31], state.z), random_actions("continuous", 2, 3))
     with pytest.raises(ValueError, match="state.z: expected a float array, got dtype int64"):
@@ -137,7 +129,7 @@ def test_bad_state_shapes_and_missing_previous_action_are_refused(rollout, state
         rollout.imagine(state, random_actions("continuous", 2, 3), seed=1)
 
 
-def test_a_tampered_artifact_file_is_refused(tmp_path):
+def test_a_tampered_artifact_file_is_refused(tmp_path, artifact_copy):
     folder = artifact_copy("continuous", tmp_path / "artifacts")
     with open(folder / "prior_step.onnx", "r+b") as file:
         file.seek(-1, 2)
@@ -148,7 +140,7 @@ def test_a_tampered_artifact_file_is_refused(tmp_path):
         Rollout.load(folder, backend="onnxruntime", device="cpu")
 
 
-def test_missing_artifacts_are_refused(tmp_path):
+def test_missing_artifacts_are_refused(tmp_path, artifact_copy):
     folder = artifact_copy("continuous", tmp_path / "artifacts")
     (folder / "encoder.onnx").unlink()
     with pytest.raises(FileNotFoundError, match="encoder.onnx is listed in the manifest but missing"):
@@ -160,7 +152,7 @@ def test_missing_artifacts_are_refused(tmp_path):
         Rollout.load(folder, device="cpu")
 
 
-def test_the_torch_backend_of_a_folder_needs_its_unchanged_checkpoint(tmp_path):
+def test_the_torch_backend_of_a_folder_needs_its_unchanged_checkpoint(tmp_path, artifact_copy, tiny_checkpoint):
     folder = artifact_copy("continuous", tmp_path / "artifacts")
     manifest = json.loads((folder / "manifest.json").read_text())
     checkpoint = tmp_path / "moved.pt"
@@ -173,7 +165,7 @@ def test_the_torch_backend_of_a_folder_needs_its_unchanged_checkpoint(tmp_path):
         Rollout.load(folder, backend="torch", device="cpu")
 
 
-def test_decode_without_an_exported_decoder_is_refused(tmp_path):
+def test_decode_without_an_exported_decoder_is_refused(tmp_path, artifact_copy):
     folder = artifact_copy("continuous", tmp_path / "artifacts")
     manifest = json.loads((folder / "manifest.json").read_text())
     del manifest["graphs"]["decoder"]
@@ -184,7 +176,7 @@ def test_decode_without_an_exported_decoder_is_refused(tmp_path):
         rollout.decode(np.zeros((1, rollout.dims.latent), np.float32))
 
 
-def test_unknown_backends_devices_and_mismatched_sources_are_refused():
+def test_unknown_backends_devices_and_mismatched_sources_are_refused(tiny_artifacts, tiny_checkpoint):
     with pytest.raises(ValueError, match=r"unknown backend 'openvino'; expected 'auto' or one of"):
         Rollout.load(tiny_artifacts("continuous"), backend="openvino", device="cpu")
     with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):

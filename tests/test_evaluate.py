@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
 
 from wm_core.model import RSSM
 from wm_train import ActionCodec, Config, WorldModel
 from wm_train.data import EpisodeSet, episode_paths, load_episode, save_episode, split_episodes
-from wm_train.evaluate import evaluate_checkpoint, open_loop, run_eval, sequences_of
+from wm_train.eval_metrics import open_loop, sequences_of, teacher_forced_losses
+from wm_train.evaluate import evaluate_checkpoint, run_eval
 from wm_train.trainer import train
 
 BIN = Path(sys.executable).parent
@@ -22,7 +22,7 @@ CONTEXT, HORIZON = 3, 5  # 8-frame sequences: 3 per 24-frame episode
 
 
 @pytest.fixture(scope="module")
-def checkpoint(carracing_dir, tmp_path_factory):
+def checkpoint(carracing_dir, tmp_path_factory, tiny_config):
     """A tiny model trained for one epoch on the 4 CarRacing episodes (3 train, 1 val)."""
     out = tmp_path_factory.mktemp("eval_run")
     train(tiny_config(carracing_dir, out, epochs=1), progress=False)
@@ -59,7 +59,7 @@ def test_report_has_every_metric_for_every_horizon_step_on_both_splits(report):
     assert report.gap["rssm_loss_relative"] == pytest.approx((val_rssm - train_rssm) / train_rssm)
 
 
-def test_val_split_is_the_episode_training_held_out(report, carracing_dir):
+def test_val_split_is_the_episode_training_held_out(report, carracing_dir, tiny_config):
     cfg = tiny_config(carracing_dir, "unused")
     _, val_paths = split_episodes(episode_paths(carracing_dir), cfg.data.val_fraction, cfg.train.seed)
     obs, _ = load_episode(val_paths[0], "continuous", 3, 64)
@@ -126,6 +126,19 @@ def test_a_model_blind_to_actions_has_ratio_one_and_no_spread():
     assert actions.spread == pytest.approx([0.0] * HORIZON, abs=1e-6)
     # Blind persistence is exactly the repeat-last-frame baseline.
     np.testing.assert_allclose(metrics.pixel_mse, metrics.copy_last_mse, rtol=1e-6)
+
+
+def test_teacher_forced_losses_with_a_seed_repeat_and_leave_the_callers_rng_alone():
+    """wm-eval seeds them; the trainer's validation (no seed) draws from the global RNG, as training always has."""
+    cfg = Config.from_dict({"model": {"size": "tiny", "action_dim": 1}})
+    model, windows = WorldModel(cfg.model), _brightness_episodes().fixed_windows()
+    state = torch.get_rng_state()
+    seeded = teacher_forced_losses(model, windows, IDENTITY_CODEC, cfg.train, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert teacher_forced_losses(model, windows, IDENTITY_CODEC, cfg.train, seed=3) == seeded
+    assert set(seeded) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step"}
+    teacher_forced_losses(model, windows, IDENTITY_CODEC, cfg.train)
+    assert not torch.equal(torch.get_rng_state(), state)
 
 
 def test_trained_model_with_its_action_weights_zeroed_ignores_actions(checkpoint, carracing_dir):

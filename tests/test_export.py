@@ -30,39 +30,18 @@ from wm_export.parity import (
     make_inputs,
     run_parity_gate,
 )
-from wm_train import ActionCodec, Config, WorldModel, load_checkpoint, save_checkpoint
+from wm_train import load_checkpoint
 from wm_train.data import save_episode
 
 GRAPH_FILES = {"encoder.onnx", "prior_step.onnx", "decoder.onnx"}
 
 
-def make_checkpoint(path, action_mode="continuous", action_dim=3):
-    cfg = Config.from_dict(
-        {"data": {"action_mode": action_mode}, "model": {"size": "tiny", "frame_size": 64, "action_dim": action_dim}}
-    )
-    torch.manual_seed(0)
-    codec = (
-        ActionCodec("continuous", action_dim, (0.1,) * action_dim, (0.5,) * action_dim)
-        if action_mode == "continuous"
-        else ActionCodec("discrete", action_dim)
-    )
-    save_checkpoint(path, WorldModel(cfg.model), cfg, codec)
-    return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The parity gate makes hundreds of small torch calls; on a busy 2-core machine two threads spend most of
-    their time waiting for each other, one thread halves the time of this file."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("run") / "best.pt")
+def checkpoint(untrained_checkpoint, tmp_path_factory):
+    return untrained_checkpoint(path=tmp_path_factory.mktemp("run") / "best.pt")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +121,7 @@ def test_manifest_holds_dims_codec_hashes_versions_and_parity(checkpoint, export
     assert manifest == load_manifest(exported)
     assert manifest["format"] == "wm-artifacts" and manifest["format_version"] == 1
     assert manifest["dims"] == {"deter": 32, "latent": 8, "action": 3, "frame": [64, 64, 3]}
-    assert manifest["action_codec"] == {"mode": "continuous", "dim": 3, "mean": [0.1] * 3, "std": [0.5] * 3}
+    assert manifest["action_codec"] == {"mode": "continuous", "dim": 3, "mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 0.5]}
     assert manifest["opset"] == 17
     for name, graph in manifest["graphs"].items():
         assert graph["file"] == f"{name}.onnx"
@@ -319,8 +298,8 @@ def test_bad_options_fail_before_writing(checkpoint, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_discrete_model_with_validation_frames_exports(tmp_path):
-    checkpoint = make_checkpoint(tmp_path / "pong.pt", action_mode="discrete", action_dim=6)
+def test_discrete_model_with_validation_frames_exports(tmp_path, untrained_checkpoint):
+    checkpoint = untrained_checkpoint(action_mode="discrete", path=tmp_path / "pong.pt")
     rng = np.random.default_rng(0)
     for i in range(3):
         obs = rng.integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)

@@ -15,7 +15,6 @@ from wm_export import HalfPrecisionGraph, TensorRTUnavailableError, build_graphs
 from wm_export.onnx_export import export_onnx
 from wm_export.parity import OnnxRuntimeRunner, TorchRunner
 from wm_export.tensorrt_build import optimization_profile, profile_shapes, require_tensorrt
-from wm_train import ActionCodec, Config, WorldModel, save_checkpoint
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 needs_gpu_tensorrt = pytest.mark.skipif(
@@ -23,12 +22,6 @@ needs_gpu_tensorrt = pytest.mark.skipif(
     reason=f"needs TensorRT ({'present' if HAS_TENSORRT else 'not installed'}) and a CUDA device "
     f'({"present" if torch.cuda.is_available() else "none"}); install with pip install ".[gpu]"',
 )
-
-
-def tiny_model():
-    cfg = Config.from_dict({"model": {"size": "tiny", "frame_size": 64, "action_dim": 3}})
-    torch.manual_seed(0)
-    return WorldModel(cfg.model).eval(), cfg
 
 
 def test_optimization_profile_spans_one_to_max_batch():
@@ -51,12 +44,12 @@ def test_missing_tensorrt_is_a_one_line_error_naming_the_extra():
     assert "\n" not in message
 
 
-def test_fp16_source_graph_has_float32_io_and_float16_weights(tmp_path):
+def test_fp16_source_graph_has_float32_io_and_float16_weights(tmp_path, untrained_model):
     """The graph FP16 engines are built from (TensorRT 11 has no FP16 flag): float16 inside, float32 at the
     edges, within float16 accuracy of the float32 model."""
-    model, cfg = tiny_model()
+    model, cfg, _ = untrained_model()
     specs = graph_specs(cfg.model)
-    graphs = build_graphs(model)
+    graphs = build_graphs(model.eval())
     files = {}
     for name, spec in specs.items():
         files[name] = tmp_path / f"{name}.onnx"
@@ -88,10 +81,8 @@ def test_fp16_source_graph_has_float32_io_and_float16_weights(tmp_path):
 
 @needs_gpu_tensorrt
 @pytest.mark.parametrize("fp16", [False, True])
-def test_tensorrt_engines_pass_parity_and_are_recorded(tmp_path, fp16):
-    model, cfg = tiny_model()
-    checkpoint = tmp_path / "best.pt"
-    save_checkpoint(checkpoint, model, cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3))
+def test_tensorrt_engines_pass_parity_and_are_recorded(tmp_path, fp16, untrained_checkpoint):
+    checkpoint = untrained_checkpoint(path=tmp_path / "best.pt")
     folder = export_artifacts(checkpoint, trt=True, fp16=fp16, opt_batch=16, max_batch=64)
     manifest = verify_folder(folder)
     section = manifest["tensorrt"]

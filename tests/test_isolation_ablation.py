@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import torch
-from conftest import tiny_config
 
 from wm_train import Config
 
@@ -33,7 +32,7 @@ def test_coupled_baseline_sends_the_pixel_loss_through_the_rssm_into_the_encoder
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
 
 
-def test_both_variants_start_from_the_same_weights_and_rng(carracing_dir, tmp_path):
+def test_both_variants_start_from_the_same_weights_and_rng(carracing_dir, tmp_path, tiny_config):
     ablation = _ablation()
     isolated = ablation.make_trainer(tiny_config(carracing_dir, tmp_path / "a"), "isolated")
     state = torch.get_rng_state()

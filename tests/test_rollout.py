@@ -10,33 +10,24 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from test_deploy_support import (
-    CODECS,
-    max_abs,
-    one_torch_thread,
-    random_actions,
-    random_frames,
-    tiny_artifacts,
-    tiny_checkpoint,
-)
 
 from wm_core.checkpoint import load_checkpoint
 from wm_deploy import LatentState, Rollout
 from wm_deploy.actions import ActionWriter
 from wm_deploy.backends.base import NumpyOps, TorchOps
 
-pytestmark = pytest.mark.usefixtures(one_torch_thread.__name__)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 EXACT = 1e-5  # same backend, same arithmetic: only float32 rounding of reordered ops
 
 
 @pytest.fixture(scope="module", params=["onnxruntime", "torch"])
-def rollout(request):
+def rollout(request, tiny_artifacts):
     return Rollout.load(tiny_artifacts("continuous"), backend=request.param, device="cpu")
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(tiny_checkpoint):
     model, _, _ = load_checkpoint(tiny_checkpoint("continuous"))
     return model
 
@@ -45,10 +36,10 @@ def _frames_as_model_input(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).float().div(255).permute(0, 3, 1, 2)  # [B, H, W, 3] -> [B, 3, H, W]
 
 
-def test_observe_follows_training_teacher_forcing(rollout, model):
+def test_observe_follows_training_teacher_forcing(rollout, model, codecs, random_frames, random_actions, max_abs):
     """observe over a sequence gives training's teacher-forced priors: h_0 = 0 with the first frame,
     h_t+1 = GRU(h_t, [z_t, a_t]) with the posterior mean z_t."""
-    codec = CODECS["continuous"]
+    codec = codecs["continuous"]
     B, T = 3, 5
     frames = [random_frames(B, seed=t) for t in range(T)]
     actions = random_actions("continuous", B, T, seed=1)
@@ -67,15 +58,15 @@ def test_observe_follows_training_teacher_forcing(rollout, model):
     assert max_abs(np.stack(priors, 1), expected_priors) < EXACT
 
 
-def test_first_observe_keeps_h_zero_and_ignores_the_action(rollout):
+def test_first_observe_keeps_h_zero_and_ignores_the_action(rollout, random_frames, random_actions, max_abs):
     frames = random_frames(2)
     state = rollout.observe(rollout.initial(2), frames, random_actions("continuous", 2, None))
     assert np.all(state.h == 0) and not state.is_initial
     assert max_abs(state.z, rollout.encode(frames)[0]) == 0
 
 
-def test_imagine_with_the_mean_matches_training_imagine(rollout, model):
-    codec = CODECS["continuous"]
+def test_imagine_with_the_mean_matches_training_imagine(rollout, model, codecs, random_frames, random_actions, max_abs):
+    codec = codecs["continuous"]
     state = rollout.observe(rollout.initial(4), random_frames(4))
     actions = random_actions("continuous", 4, 15)
     traj = rollout.imagine(state, actions)
@@ -88,7 +79,7 @@ def test_imagine_with_the_mean_matches_training_imagine(rollout, model):
     assert max_abs(traj.z, traj.prior_mean) == 0
 
 
-def test_sampled_z_is_mean_plus_std_times_the_given_noise(rollout):
+def test_sampled_z_is_mean_plus_std_times_the_given_noise(rollout, random_frames, random_actions, max_abs):
     state = rollout.observe(rollout.initial(2), random_frames(2))
     actions = random_actions("continuous", 2, 6)
     noise = np.random.default_rng(3).standard_normal((2, 6, rollout.dims.latent)).astype(np.float32)
@@ -98,7 +89,9 @@ def test_sampled_z_is_mean_plus_std_times_the_given_noise(rollout):
     assert max_abs(traj.prior_mean[:, 1:], rollout.imagine(state, actions).prior_mean[:, 1:]) > 1e-3
 
 
-def test_seeded_sampling_is_reproducible_and_the_default_generator_advances(rollout):
+def test_seeded_sampling_is_reproducible_and_the_default_generator_advances(
+    rollout, random_frames, random_actions, max_abs
+):
     state = rollout.observe(rollout.initial(2), random_frames(2))
     actions = random_actions("continuous", 2, 6)
     a = rollout.imagine(state, actions, sample=True, seed=11)
@@ -108,7 +101,7 @@ def test_seeded_sampling_is_reproducible_and_the_default_generator_advances(roll
     assert max_abs(a.z, b.z) == 0 and max_abs(a.z, c.z) > 1e-3 and max_abs(d.z, e.z) > 1e-3
 
 
-def test_outputs_are_owned_by_the_caller_and_buffers_are_reused(rollout):
+def test_outputs_are_owned_by_the_caller_and_buffers_are_reused(rollout, random_frames, random_actions, max_abs):
     state = rollout.observe(rollout.initial(1), random_frames(1))
     actions = random_actions("continuous", 1, 15)
     first = rollout.imagine(state, actions)
@@ -120,7 +113,7 @@ def test_outputs_are_owned_by_the_caller_and_buffers_are_reused(rollout):
     assert dict(rollout._workspaces) == buckets, "a repeated (batch, horizon) allocated new buffers"
 
 
-def test_torch_inputs_give_torch_outputs_and_numpy_gives_numpy(rollout):
+def test_torch_inputs_give_torch_outputs_and_numpy_gives_numpy(rollout, random_frames, random_actions):
     state = rollout.observe(rollout.initial(2, kind="torch"), torch.from_numpy(random_frames(2)))
     traj = rollout.imagine(state, torch.from_numpy(random_actions("continuous", 2, 3)))
     assert all(isinstance(x, torch.Tensor) for x in (state.h, state.z, traj.z, traj.h))
@@ -128,7 +121,7 @@ def test_torch_inputs_give_torch_outputs_and_numpy_gives_numpy(rollout):
     assert isinstance(frames, np.ndarray) and frames.dtype == np.float32
 
 
-def test_decode_gives_frames_in_unit_range_for_any_leading_shape(rollout):
+def test_decode_gives_frames_in_unit_range_for_any_leading_shape(rollout, random_frames, random_actions, max_abs):
     state = rollout.observe(rollout.initial(2), random_frames(2))
     traj = rollout.imagine(state, random_actions("continuous", 2, 4))
     last = rollout.decode(traj.z[:, -1])
@@ -138,7 +131,7 @@ def test_decode_gives_frames_in_unit_range_for_any_leading_shape(rollout):
     assert max_abs(every[:, -1], last) < EXACT
 
 
-def test_imagine_continues_from_the_last_state(rollout):
+def test_imagine_continues_from_the_last_state(rollout, random_frames, random_actions, max_abs):
     state = rollout.observe(rollout.initial(2), random_frames(2))
     actions = random_actions("continuous", 2, 8)
     whole = rollout.imagine(state, actions)
@@ -147,7 +140,9 @@ def test_imagine_continues_from_the_last_state(rollout):
     assert max_abs(whole.z[:, 5:], rest.z) < EXACT and max_abs(whole.h[:, 5:], rest.h) < EXACT
 
 
-def test_discrete_actions_are_one_hot_encoded_as_in_training():
+def test_discrete_actions_are_one_hot_encoded_as_in_training(
+    tiny_artifacts, tiny_checkpoint, random_frames, random_actions, max_abs
+):
     rollout = Rollout.load(tiny_artifacts("discrete"), backend="onnxruntime", device="cpu")
     model, _, extras = load_checkpoint(tiny_checkpoint("discrete"))
     state = rollout.observe(rollout.initial(3), random_frames(3))
@@ -162,7 +157,7 @@ def test_discrete_actions_are_one_hot_encoded_as_in_training():
     assert max_abs(traj.z, z) < 1e-4
 
 
-def test_warmup_prepares_buckets_that_later_calls_reuse(rollout):
+def test_warmup_prepares_buckets_that_later_calls_reuse(rollout, random_frames, random_actions):
     rollout.warmup(5, 9)
     buckets = set(rollout._workspaces)
     state = rollout.observe(rollout.initial(5), random_frames(5))
@@ -170,7 +165,7 @@ def test_warmup_prepares_buckets_that_later_calls_reuse(rollout):
     assert (5, 9, False) in buckets and set(rollout._workspaces) == buckets
 
 
-def test_auto_picks_onnxruntime_for_artifacts_on_cpu_and_says_so(caplog):
+def test_auto_picks_onnxruntime_for_artifacts_on_cpu_and_says_so(caplog, tiny_artifacts):
     with caplog.at_level(logging.INFO, logger="wm_deploy"):
         rollout = Rollout.load(tiny_artifacts("continuous"), backend="auto", device="cpu")
     assert rollout.backend_name == "onnxruntime"
@@ -178,14 +173,14 @@ def test_auto_picks_onnxruntime_for_artifacts_on_cpu_and_says_so(caplog):
     assert "fastest available on cpu" in rollout.backend_reason
 
 
-def test_a_checkpoint_loads_on_the_torch_backend():
+def test_a_checkpoint_loads_on_the_torch_backend(tiny_checkpoint, random_frames):
     rollout = Rollout.load(tiny_checkpoint("continuous"), device="cpu")
     assert rollout.backend_name == "torch"
     state = rollout.observe(rollout.initial(1), random_frames(1))
     assert isinstance(state, LatentState) and state.z.shape == (1, rollout.dims.latent)
 
 
-def test_importing_and_running_wm_deploy_leaves_the_trainer_unimported():
+def test_importing_and_running_wm_deploy_leaves_the_trainer_unimported(tiny_artifacts):
     script = (
         "import sys, numpy as np\n"
         "from wm_deploy import Rollout\n"
@@ -197,8 +192,10 @@ def test_importing_and_running_wm_deploy_leaves_the_trainer_unimported():
     assert result.stdout.strip() == "[]", f"wm_deploy imported {result.stdout.strip()}"
 
 
-def test_from_model_runs_a_model_in_memory_like_its_checkpoint(model):
-    in_memory = Rollout.from_model(model, CODECS["continuous"], device="cpu")
+def test_from_model_runs_a_model_in_memory_like_its_checkpoint(
+    model, codecs, tiny_checkpoint, random_frames, random_actions, max_abs
+):
+    in_memory = Rollout.from_model(model, codecs["continuous"], device="cpu")
     from_file = Rollout.load(tiny_checkpoint("continuous"), backend="torch", device="cpu")
     frames, actions = random_frames(2), random_actions("continuous", 2, 6)
     a, b = (ro.imagine(ro.observe(ro.initial(2), frames), actions) for ro in (in_memory, from_file))
@@ -208,8 +205,8 @@ def test_from_model_runs_a_model_in_memory_like_its_checkpoint(model):
 @pytest.mark.parametrize("mode", ["continuous", "discrete"])
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
-def test_actions_are_encoded_bit_for_bit_as_the_training_codec_does(mode, kind, dtype):
-    codec = CODECS[mode]
+def test_actions_are_encoded_bit_for_bit_as_the_training_codec_does(mode, kind, dtype, codecs, random_actions):
+    codec = codecs[mode]
     if (mode == "discrete") != (dtype == "int64"):
         pytest.skip("discrete actions are integers, continuous ones real")
     raw = random_actions(mode, 4, 6, seed=2).astype(dtype)  # [B, H, ...]
@@ -220,7 +217,7 @@ def test_actions_are_encoded_bit_for_bit_as_the_training_codec_does(mode, kind, 
     assert np.array_equal(np.asarray(written).swapaxes(0, 1), expected)
 
 
-def test_read_only_inputs_are_accepted_without_warnings(rollout):
+def test_read_only_inputs_are_accepted_without_warnings(rollout, random_frames, random_actions):
     frames, actions = random_frames(2), random_actions("continuous", 2, 4)
     for array in (frames, actions):
         array.setflags(write=False)  # as frames from PIL (np.asarray of an image) are

@@ -3,7 +3,6 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from wm_train import load_checkpoint
 from wm_train.trainer import EpochMetrics, Trainer, train
@@ -22,13 +21,13 @@ def test_training_writes_checkpoints_metrics_and_previews(carracing_config):
     assert (tmp.parent / "best.pt").exists()
 
 
-def test_same_seed_gives_the_same_metrics(carracing_dir, tmp_path):
+def test_same_seed_gives_the_same_metrics(carracing_dir, tmp_path, tiny_config):
     first = train(tiny_config(carracing_dir, tmp_path / "a"), progress=False)
     second = train(tiny_config(carracing_dir, tmp_path / "b"), progress=False)
     assert [(m.train, m.val) for m in first] == [(m.train, m.val) for m in second]
 
 
-def test_resume_continues_exactly(carracing_dir, tmp_path):
+def test_resume_continues_exactly(carracing_dir, tmp_path, tiny_config):
     straight = train(tiny_config(carracing_dir, tmp_path / "straight", epochs=3), progress=False)
     train(tiny_config(carracing_dir, tmp_path / "split", epochs=2), progress=False)
     resumed = train(tiny_config(carracing_dir, tmp_path / "split", epochs=3), resume=True, progress=False)
@@ -45,7 +44,7 @@ def test_existing_run_without_resume_is_an_error(carracing_config):
         train(carracing_config, progress=False)
 
 
-def test_resume_with_another_model_is_an_error(carracing_dir, tmp_path):
+def test_resume_with_another_model_is_an_error(carracing_dir, tmp_path, tiny_config):
     train(tiny_config(carracing_dir, tmp_path, epochs=1), progress=False)
     cfg = tiny_config(carracing_dir, tmp_path, epochs=2)
     cfg.model.deter_dim = 64
@@ -53,7 +52,7 @@ def test_resume_with_another_model_is_an_error(carracing_dir, tmp_path):
         train(cfg, resume=True, progress=False)
 
 
-def test_validation_errors_decrease_on_real_frames(carracing_dir, tmp_path):
+def test_validation_errors_decrease_on_real_frames(carracing_dir, tmp_path, tiny_config):
     # rssm_loss is not asserted here: on a tiny run it first grows as the encoder starts using its latents.
     history = train(tiny_config(carracing_dir, tmp_path, epochs=6, lr=3e-3), progress=False)
     assert history[-1].val["recon_loss"] < 0.9 * history[0].val["recon_loss"]

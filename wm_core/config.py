@@ -23,8 +23,10 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
     "default": dict(channels=16, latent_dim=32, deter_dim=256, hidden_dim=256),
 }
 
-# Keys older configs used. They are accepted so those configs still load, and change nothing.
-DEPRECATED_KEYS = {"train": ("rssm_gate_threshold", "grad_detach_schedule_k")}
+# Parameters of the seed's world model, which its configs set in `train` or in `model`. They are accepted in
+# both so those configs still load; they warn and change nothing (WorldModel takes them the same way).
+SEED_KEYS = ("rssm_gate_threshold", "grad_detach_schedule_k")
+DEPRECATED_KEYS = {"train": SEED_KEYS, "model": SEED_KEYS}
 
 
 @dataclass

@@ -6,10 +6,12 @@ A encoded action, K hidden width.
 The VAE loss never reaches the RSSM (the RSSM is not in its graph) and the RSSM loss never reaches the
 encoder or decoder (its inputs and targets are detached), so each part is trained for one job only. What
 that buys against training the RSSM through pixel reconstruction is measured by
-benchmarks/isolation_ablation.py; see README, "Why gradient isolation".
+benchmarks/isolation_ablation.py; see docs/isolation_study.md.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -114,8 +116,22 @@ class RSSM(nn.Module):
 
 
 class WorldModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        *,
+        rssm_gate_threshold: float | None = None,
+        grad_detach_schedule_k: int | None = None,
+    ):
+        """`rssm_gate_threshold` and `grad_detach_schedule_k` are the seed's parameters, accepted so that its
+        training scripts still run: they warn and change nothing (config.SEED_KEYS)."""
         super().__init__()
+        for name, value in (
+            ("rssm_gate_threshold", rssm_gate_threshold),
+            ("grad_detach_schedule_k", grad_detach_schedule_k),
+        ):
+            if value is not None:
+                warnings.warn(f"WorldModel({name}=...) is deprecated and ignored", DeprecationWarning, stacklevel=2)
         self.cfg = cfg
         self.encoder = Encoder(cfg.frame_size, cfg.channels, cfg.latent_dim)
         self.decoder = Decoder(cfg.frame_size, cfg.channels, cfg.latent_dim)

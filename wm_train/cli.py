@@ -124,7 +124,8 @@ def eval_command(
     progress,
 ):
     """Evaluate the world model in CKPT: open-loop prediction, action identifiability, train/val gap."""
-    from .evaluate import run_eval, summary_lines
+    from .eval_report import summary_lines
+    from .evaluate import run_eval
 
     report = run_eval(
         checkpoint,

@@ -4,13 +4,11 @@ strips (PIL, like the training previews)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-if TYPE_CHECKING:
-    from .evaluate import EvalReport
+from .eval_report import EvalReport
 
 STRIP_ROWS = ("real", "predicted", "|error|")
 STRIP_COLUMNS = 12  # horizon steps shown per strip, evenly spaced, always including the first and the last

@@ -19,6 +19,7 @@ from wm_core.losses import WorldModelOutput
 from wm_core.model import WorldModel
 
 from .data import EpisodeSet, load_splits, to_batch
+from .eval_metrics import teacher_forced_losses
 from .preview import save_preview
 
 LOG_NAMES = {"loss": "loss", "recon_loss": "rec", "kld": "kld", "rssm_loss": "rssm", "one_step": "1step"}
@@ -139,19 +140,9 @@ class Trainer:
         self.optimizer.step()
         return out
 
-    @torch.no_grad()
     def evaluate(self, episodes: EpisodeSet) -> dict[str, float]:
-        self.model.eval()
-        windows = episodes.fixed_windows()
-        t = self.cfg.train
-        sums: dict[str, float] = {}
-        for i in range(0, len(windows), t.batch_size):
-            chunk = windows[i : i + t.batch_size]
-            obs, actions = to_batch(chunk, self.codec, self.device)
-            out = self.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale)
-            for name, value in out.scalars().items():
-                sums[name] = sums.get(name, 0.0) + value * len(chunk)
-        return {k: v / len(windows) for k, v in sums.items()}
+        """The training losses over the fixed windows of `episodes` (what wm-eval reports as well)."""
+        return teacher_forced_losses(self.model, episodes.fixed_windows(), self.codec, self.cfg.train, self.device)
 
     def _report(self, metrics: EpochMetrics) -> None:
         for split in ("train", "val"):

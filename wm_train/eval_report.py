@@ -1,0 +1,141 @@
+"""The `wm-eval` report: what `report.json` holds (one dataclass per part, a one-line doc under every field) and
+the few summary lines printed to the terminal. The metrics are computed in eval_metrics.py; the report is
+written by evaluate.py."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+HEADLINE_STEPS = (1, 5, 10, 30)  # horizon steps quoted in summaries and the ablation table
+
+
+@dataclass
+class OpenLoopMetrics:
+    """Every list has one entry per horizon step, step 1 first; each entry is a mean over the sequences."""
+
+    pixel_mse: list[float]
+    """squared error of the decoded imagined prior mean against the real frame, mean over pixels"""
+    latent_kl: list[float]
+    """KL(q(z|x) || imagined prior), summed over latent dimensions: the rssm_loss, open loop"""
+    latent_mse: list[float]
+    """squared distance of the imagined prior mean to the posterior mean, mean over latent dimensions"""
+    copy_last_mse: list[float]
+    """pixel MSE of repeating the last context frame: a predictor that knows no dynamics"""
+    recon_mse: float
+    """pixel MSE of decoding the posterior means of the predicted frames: the floor the decoder sets"""
+    growth: float
+    """pixel_mse at the last step / at step 1: how much the error grows over the horizon"""
+    vs_copy_last: float
+    """pixel_mse / copy_last_mse at the last step: below 1, the rollout still beats repeating a frame"""
+
+
+@dataclass
+class ActionMetrics:
+    """Imagination from the same filtered state with other actions than the true ones."""
+
+    shuffled_pixel_mse: list[float]
+    """per horizon step: pixel MSE with the actions of a sequence from another episode"""
+    random_pixel_mse: list[float]
+    """per horizon step: pixel MSE with actions drawn per step from the split's actions"""
+    shuffled_latent_mse: list[float]
+    """per horizon step: latent_mse (see OpenLoopMetrics) with shuffled actions"""
+    random_latent_mse: list[float]
+    """per horizon step: latent_mse with random actions"""
+    ratio_shuffled: float
+    """pixel MSE with the true actions / with shuffled actions, summed over the horizon: well below 1 means the
+    model uses the actions; exactly 1 means it ignores them"""
+    ratio_random: float
+    """as ratio_shuffled, against random actions"""
+    latent_ratio_shuffled: float
+    """as ratio_shuffled, on latent_mse"""
+    latent_ratio_random: float
+    """as ratio_random, on latent_mse"""
+    spread: list[float]
+    """per horizon step: std of the imagined latent means across `action_samples` action sequences (the true one
+    and shuffled ones) from the same state, mean over latent dimensions and sequences, divided by latent_scale;
+    0 means the actions change nothing"""
+    spread_mean: float
+    """spread averaged over the horizon"""
+    latent_scale: float
+    """std of the posterior means over the evaluated frames, mean over latent dimensions"""
+
+
+@dataclass
+class SplitMetrics:
+    episodes: int
+    """episodes of the split long enough for context + horizon"""
+    sequences: int
+    """non-overlapping sequences of context + horizon frames evaluated (at most max_sequences)"""
+    losses: dict[str, float]
+    """teacher-forced WorldModelOutput fields (the training losses) over the split's fixed windows"""
+    open_loop: OpenLoopMetrics
+    actions: ActionMetrics
+
+
+@dataclass
+class Examples:
+    """A few sequences of one split for the PNG strips (float32 frames in [0, 1])."""
+
+    real: np.ndarray
+    """[n, L, 3, H, W]: context and horizon frames"""
+    predicted: np.ndarray
+    """[n, F, 3, H, W]: decoded imagined prior means with the true actions"""
+
+
+@dataclass
+class EvalReport:
+    checkpoint: str
+    data: str
+    split: str
+    """the split the summary, the strips and the plot's headline curves show"""
+    context: int
+    horizon: int
+    max_sequences: int
+    action_samples: int
+    seed: int
+    splits: dict[str, SplitMetrics]
+    gap: dict[str, float]
+    """val - train of the teacher-forced losses, and each relative to train (`*_relative`)"""
+    examples: Examples | None = field(default=None, repr=False)
+    files: dict[str, object] = field(default_factory=dict)
+    """report files relative to the report folder"""
+
+    def to_dict(self) -> dict:
+        raw = dataclasses.asdict(dataclasses.replace(self, examples=None))
+        raw.pop("examples")
+        return raw
+
+    def pixel_mse_at(self, split: str, step: int) -> float | None:
+        """Open-loop pixel MSE at horizon step `step` (1-based); None beyond the horizon."""
+        errors = self.splits[split].open_loop.pixel_mse
+        return errors[step - 1] if 1 <= step <= len(errors) else None
+
+
+def summary_lines(report: EvalReport) -> list[str]:
+    """A few lines for the terminal: the headline split's numbers and the train/validation gap."""
+    metrics = report.splits[report.split]
+    steps = [s for s in HEADLINE_STEPS if s < report.horizon] + [report.horizon]
+    ol, act = metrics.open_loop, metrics.actions
+    lines = [
+        f"{report.split}: {metrics.sequences} sequences from {metrics.episodes} episodes, context {report.context}, "
+        f"horizon {report.horizon}",
+        "open-loop pixel MSE: "
+        + ", ".join(f"step {s} {report.pixel_mse_at(report.split, s):.4f}" for s in steps)
+        + f" (repeat-last-frame at {report.horizon}: {ol.copy_last_mse[-1]:.4f}; reconstruction floor "
+        f"{ol.recon_mse:.4f})",
+        f"open-loop latent KL: step 1 {ol.latent_kl[0]:.2f}, step {report.horizon} {ol.latent_kl[-1]:.2f}",
+        f"actions: error ratio true/shuffled {act.ratio_shuffled:.3f} (latent {act.latent_ratio_shuffled:.3f}), "
+        f"true/random {act.ratio_random:.3f}; spread across action sequences {act.spread_mean:.3f} of the latent "
+        "scale (ratio 1 and spread 0: actions ignored)",
+    ]
+    train, val = report.splits["train"].losses, report.splits["val"].losses
+    lines.append(
+        f"rssm_loss train {train['rssm_loss']:.3f}, val {val['rssm_loss']:.3f}: gap "
+        f"{report.gap['rssm_loss']:+.3f} ({100 * report.gap['rssm_loss_relative']:+.1f}%); open-loop pixel "
+        f"MSE over the horizon train {np.mean(report.splits['train'].open_loop.pixel_mse):.4f}, "
+        f"val {np.mean(report.splits['val'].open_loop.pixel_mse):.4f}"
+    )
+    return lines
