@@ -4,6 +4,7 @@ and engine builds that need TensorRT and a CUDA device (skipped without them).""
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import numpy as np
 import onnx
@@ -42,6 +43,19 @@ def test_missing_tensorrt_is_a_one_line_error_naming_the_extra():
     message = str(caught.value)
     assert "TensorRT is not installed" in message and 'pip install ".[gpu]"' in message
     assert "\n" not in message
+
+
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed: it is imported instead of the stubs-only folder")
+def test_a_tensorrt_folder_of_stubs_only_is_not_an_installed_tensorrt(tmp_path, monkeypatch):
+    """tensorrt-stubs installed into site-packages leaves tensorrt/__init__.pyi, which imports as an empty
+    namespace package."""
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.pyi").write_text("__version__: str\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    with pytest.raises(TensorRTUnavailableError, match="TensorRT is not installed") as caught:
+        require_tensorrt()
+    assert str(tmp_path / "tensorrt") in str(caught.value) and 'pip install ".[gpu]"' in str(caught.value)
 
 
 def test_fp16_source_graph_has_float32_io_and_float16_weights(tmp_path, untrained_model):

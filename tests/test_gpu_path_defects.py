@@ -126,7 +126,7 @@ def test_a_tensorrt_driver_mismatch_is_tensorrt_unavailable(tensorrt_without_a_d
     """Defect 8: the TypeError of trt.Builder / trt.Runtime becomes TensorRTUnavailableError."""
     for create in (create_builder, create_runtime):
         with pytest.raises(TensorRTUnavailableError, match="driver"):
-            create(tensorrt_without_a_driver)
+            create()
 
 
 def test_wm_export_trt_keeps_the_onnx_artifacts_when_tensorrt_cannot_start(tiny, tmp_path, tensorrt_without_a_driver):

@@ -1,5 +1,5 @@
-"""The one place TensorRT is imported and engines are loaded, for the export (build, parity gate) and the
-deploy backend alike. Written against the TensorRT 10/11 Python API (type-checked with tensorrt-stubs
+"""The one place TensorRT's presence is checked and engines are loaded, for the export (build, parity gate) and
+the deploy backend alike. Written against the TensorRT 10/11 Python API (type-checked with tensorrt-stubs
 10.13); TensorRT cannot be installed where this project's CI runs, so this path is kept thin.
 
 An engine's tensors are checked against the graph specs (`wm_core.graphs`), the single statement of the
@@ -8,12 +8,19 @@ tensor contract.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 from .graphs import GraphSpec
+
+if TYPE_CHECKING:
+    # For mypy only, which reads the TensorRT API from tensorrt-stubs (tools/tensorrt_stubs.py). At run time each
+    # function imports TensorRT itself, after `require_tensorrt` has checked that it can.
+    import tensorrt as trt
 
 INSTALL_HINT = 'install the GPU extra: pip install ".[gpu]"'
 
@@ -27,12 +34,19 @@ class TensorRTUnavailableError(RuntimeError):
         self.artifacts = artifacts
 
 
-def require_tensorrt() -> Any:
-    """-> the tensorrt module, after checking that a CUDA device is usable; else TensorRTUnavailableError."""
+def require_tensorrt() -> ModuleType:
+    """-> the tensorrt module, after checking that a CUDA device is usable; else TensorRTUnavailableError.
+    Call it before the other functions here, which import TensorRT themselves."""
     try:
         import tensorrt
     except ImportError as error:
         raise TensorRTUnavailableError(f"TensorRT is not installed ({error}); {INSTALL_HINT}") from None
+    if hasattr(tensorrt, "__path__") and getattr(tensorrt, "__file__", None) is None:
+        # A folder `tensorrt` without an __init__.py imports as an empty namespace package: tensorrt-stubs
+        # installed into site-packages leaves one.
+        raise TensorRTUnavailableError(
+            f"TensorRT is not installed (found only {list(tensorrt.__path__)}, no code: type stubs?); {INSTALL_HINT}"
+        )
     if not torch.cuda.is_available():
         raise TensorRTUnavailableError(
             "no CUDA device: TensorRT engines need an NVIDIA GPU and a CUDA build of torch "
@@ -41,9 +55,14 @@ def require_tensorrt() -> Any:
     return tensorrt
 
 
-def _created(factory: Any, what: str, trt: Any) -> Any:
+Made = TypeVar("Made")
+
+
+def _created(factory: Callable[[trt.ILogger], Made], what: str) -> Made:
     """`factory(logger)`. TensorRT reports a CUDA driver it cannot use as a TypeError from the constructor
     (its pybind11 binding got a null object): that is an unavailable TensorRT, not a bug."""
+    import tensorrt as trt
+
     try:
         return factory(trt.Logger(trt.Logger.WARNING))
     except TypeError as error:
@@ -53,18 +72,22 @@ def _created(factory: Any, what: str, trt: Any) -> Any:
         ) from None
 
 
-def create_builder(trt: Any) -> Any:
-    return _created(trt.Builder, "builder", trt)
+def create_builder() -> trt.Builder:
+    import tensorrt as trt
+
+    return _created(trt.Builder, "builder")
 
 
-def create_runtime(trt: Any) -> Any:
-    return _created(trt.Runtime, "runtime", trt)
+def create_runtime() -> trt.Runtime:
+    import tensorrt as trt
+
+    return _created(trt.Runtime, "runtime")
 
 
 TRT_DTYPES = ("float32", "float16", "uint8", "int32")
 
 
-def load_engine(runtime: Any, path: Path) -> Any:
+def load_engine(runtime: trt.Runtime, path: Path) -> trt.ICudaEngine:
     """Deserialise the engine in `path`; ValueError when TensorRT refuses it."""
     engine = runtime.deserialize_cuda_engine(path.read_bytes())
     if engine is None:
@@ -72,19 +95,23 @@ def load_engine(runtime: Any, path: Path) -> Any:
     return engine
 
 
-def engine_tensors(trt: Any, engine: Any) -> dict[str, tuple[str, str, tuple[int, ...]]]:
+def engine_tensors(engine: trt.ICudaEngine) -> dict[str, tuple[str, str, tuple[int, ...]]]:
     """name -> (`input` | `output`, dtype name, shape with -1 for the dynamic batch axis)."""
+    import tensorrt as trt
+
     dtypes = {getattr(trt, name): name for name in TRT_DTYPES}
-    tensors = {}
+    tensors: dict[str, tuple[str, str, tuple[int, ...]]] = {}
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
         mode = "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else "output"
         dtype = engine.get_tensor_dtype(name)
-        tensors[name] = (mode, dtypes.get(dtype, str(dtype)), tuple(engine.get_tensor_shape(name)))
+        # Dims iterate (through __getitem__); the stubs declare no __iter__
+        shape: tuple[int, ...] = tuple(engine.get_tensor_shape(name))  # type: ignore[arg-type]
+        tensors[name] = (mode, dtypes.get(dtype, str(dtype)), shape)
     return tensors
 
 
-def check_engine_tensors(trt: Any, engine: Any, spec: GraphSpec, path: Path) -> None:
+def check_engine_tensors(engine: trt.ICudaEngine, spec: GraphSpec, path: Path) -> None:
     """Raise ValueError unless the engine's inputs and outputs are the graph spec's (names, dtypes, shapes;
     FP16 engines keep float32 inputs and outputs, so this holds for both precisions)."""
     expected = {
@@ -92,6 +119,6 @@ def check_engine_tensors(trt: Any, engine: Any, spec: GraphSpec, path: Path) -> 
         for mode, tensors in (("input", spec.inputs), ("output", spec.outputs))
         for t in tensors
     }
-    actual = engine_tensors(trt, engine)
+    actual = engine_tensors(engine)
     if actual != expected:
         raise ValueError(f"{path}: engine tensors {actual}, expected {expected} (docs/artifacts.md)")

@@ -11,6 +11,7 @@ on torch CUDA tensors, so no other CUDA binding is needed.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from wm_core.tensorrt_engine import (
     load_engine,
     require_tensorrt,
 )
+
+if TYPE_CHECKING:  # the stubs, for mypy; TensorRT itself is imported inside the functions that use it
+    import tensorrt as trt
 
 __all__ = ["EngineBuildError", "TensorRTUnavailableError", "TensorRTRunner", "build_engines", "require_tensorrt"]
 
@@ -60,13 +64,15 @@ def build_engines(
 ) -> dict:
     """Build `<graph>.plan` in `out_folder` from each ONNX file (float16 graphs when `fp16`), reusing and
     updating the timing cache file. -> the manifest's `tensorrt` section, without parity."""
-    trt = require_tensorrt()
+    require_tensorrt()
+    import tensorrt as trt
+
     logger = trt.Logger(trt.Logger.WARNING)
     cache_blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
     engines = {}
     for name, onnx_path in tqdm(onnx_files.items(), desc="tensorrt", disable=not progress, leave=False):
         plan_path = out_folder / f"{name}.plan"
-        cache_blob = _build_engine(trt, logger, onnx_path, plan_path, profile, cache_blob)
+        cache_blob = _build_engine(logger, onnx_path, plan_path, profile, cache_blob)
         engines[name] = {"file": plan_path.name, "sha256": sha256_file(plan_path)}
     atomic_write_bytes(timing_cache, cache_blob)
     major, minor = torch.cuda.get_device_capability()
@@ -81,9 +87,13 @@ def build_engines(
     }
 
 
-def _build_engine(trt, logger, onnx_path: Path, plan_path: Path, profile: dict[str, int], cache_blob: bytes) -> bytes:
+def _build_engine(
+    logger: trt.ILogger, onnx_path: Path, plan_path: Path, profile: dict[str, int], cache_blob: bytes
+) -> bytes:
     """Parse, build and serialise one engine -> the updated timing cache."""
-    builder = create_builder(trt)
+    import tensorrt as trt
+
+    builder = create_builder()
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -96,7 +106,8 @@ def _build_engine(trt, logger, onnx_path: Path, plan_path: Path, profile: dict[s
     shapes = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        shapes.set_shape(tensor.name, *profile_shapes(tuple(tensor.shape), profile))
+        # Dims iterate, and tuples convert to Dims implicitly; the stubs declare neither
+        shapes.set_shape(tensor.name, *profile_shapes(tuple(tensor.shape), profile))  # type: ignore[arg-type]
     config.add_optimization_profile(shapes)
 
     cache = config.create_timing_cache(cache_blob)
@@ -116,16 +127,17 @@ class TensorRTRunner:
     Tensor names and dtypes come from the graph specs."""
 
     def __init__(self, plans: dict[str, Path], specs: dict[str, GraphSpec], max_batch: int):
-        trt = require_tensorrt()
+        require_tensorrt()
         self.specs = specs
         self.max_batch = max_batch
-        self.runtime = create_runtime(trt)
+        self.runtime = create_runtime()
         self.stream = torch.cuda.Stream()
-        self.engines, self.contexts = {}, {}
+        self.engines: dict[str, trt.ICudaEngine] = {}
+        self.contexts: dict[str, trt.IExecutionContext] = {}
         for name, path in plans.items():
             try:
                 engine = load_engine(self.runtime, path)
-                check_engine_tensors(trt, engine, specs[name], path)
+                check_engine_tensors(engine, specs[name], path)
             except ValueError as error:
                 raise EngineBuildError(str(error)) from None
             self.engines[name] = engine

@@ -15,7 +15,7 @@ documentation and type-checked with tensorrt-stubs; it has not been run on a GPU
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,7 +27,10 @@ from wm_core.tensorrt_engine import (
     require_tensorrt,
 )
 
-from .base import Dims, TorchOps, Workspace, capture_cuda_graph, on_stream
+from .base import ArrayOps, Dims, TorchOps, Workspace, capture_cuda_graph, on_stream
+
+if TYPE_CHECKING:  # the stubs, for mypy; TensorRT itself is loaded by require_tensorrt when a backend is built
+    import tensorrt as trt
 
 TENSOR_ALIGNMENT = 256
 """bytes: TensorRT's required alignment of every tensor address"""
@@ -92,34 +95,33 @@ class TrtBackend:
     ):
         """`plans`: graph name -> verified .plan path (`decoder` optional); `section`: the manifest's
         `tensorrt` entry."""
-        trt = require_tensorrt()
-        check_engine_compatible(section, device, trt.__version__)
-        self.trt = trt
+        version = require_tensorrt().__version__
+        check_engine_compatible(section, device, version)
         self.dims = dims
         self.device = device
-        self.ops = TorchOps(device)
+        self.ops: ArrayOps = TorchOps(device)
         self.max_batch = max_batch
         self.has_decoder = "decoder" in plans
         self.capture = cuda_graphs
         self.precision = section["precision"]
         self.detail = (
-            f"TensorRT {trt.__version__} {section['precision']} on {section['gpu']}, "
+            f"TensorRT {version} {section['precision']} on {section['gpu']}, "
             f"name-based tensor API, {'CUDA graphs' if cuda_graphs else 'one enqueue per step'}"
         )
         specs = graph_specs_of(dims.frame[0], dims.latent, dims.deter, dims.action)
         self.stream = torch.cuda.Stream(device)
-        self.runtime = create_runtime(trt)
-        self.engines: dict[str, Any] = {}
-        self.contexts: dict[tuple[str, int], Any] = {}
+        self.runtime = create_runtime()
+        self.engines: dict[str, trt.ICudaEngine] = {}
+        self.contexts: dict[tuple[str, int], trt.IExecutionContext] = {}
         self.input_shapes: dict[str, dict[str, tuple]] = {}  # graph -> input name -> shape without the batch axis
         with torch.cuda.device(device):
             for name, path in plans.items():
                 engine = load_engine(self.runtime, path)
-                check_engine_tensors(trt, engine, specs[name], path)
+                check_engine_tensors(engine, specs[name], path)
                 self.engines[name] = engine
                 self.input_shapes[name] = {t.name: tuple(t.shape[1:]) for t in specs[name].inputs}
 
-    def _context(self, graph: str, batch: int):
+    def _context(self, graph: str, batch: int) -> trt.IExecutionContext:
         """The execution context of `graph` at `batch`, its input shapes set once, when it is made."""
         context = self.contexts.get((graph, batch))
         if context is None:
