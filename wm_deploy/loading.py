@@ -77,7 +77,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def manifest_dims(manifest: dict) -> Dims:
     dims = manifest["dims"]
-    return Dims(int(dims["deter"]), int(dims["latent"]), int(dims["action"]), tuple(int(d) for d in dims["frame"]))
+    height, width, channels = (int(d) for d in dims["frame"])
+    return Dims(int(dims["deter"]), int(dims["latent"]), int(dims["action"]), (height, width, channels))
 
 
 # --- torch ------------------------------------------------------------------------------------------------
@@ -88,7 +89,7 @@ def _torch_unavailable(source: Source, device: torch.device, options: Options) -
 
     if options.precision not in (None, *PRECISIONS):
         return f"precision must be one of {list(PRECISIONS)}, got {options.precision!r}"
-    if source.is_folder and not Path(source.manifest["checkpoint"]["path"]).is_file():
+    if source.manifest is not None and not Path(source.manifest["checkpoint"]["path"]).is_file():
         return (
             f"the torch backend needs the checkpoint this folder was exported from, "
             f"{source.manifest['checkpoint']['path']}, which is not there"
@@ -140,7 +141,7 @@ def _ort_unavailable(source: Source, device: torch.device, options: Options) -> 
 def _build_ort(source: Source, device: torch.device, options: Options) -> tuple[Backend, ActionCodec]:
     from .backends.ort_backend import OrtBackend
 
-    manifest = source.manifest
+    manifest = _manifest(source)
     files = {g: verify_file(source.path, manifest, manifest["graphs"][g]["file"]) for g in _graphs(manifest)}
     max_batch = options.max_batch or _folder_max_batch(manifest) or ExportConfig.max_batch
     backend = OrtBackend(
@@ -155,7 +156,7 @@ def _build_ort(source: Source, device: torch.device, options: Options) -> tuple[
 def _trt_unavailable(source: Source, device: torch.device, options: Options) -> str | None:
     if device.type != "cuda":
         return "TensorRT engines run on CUDA devices only"
-    section = source.manifest.get("tensorrt")
+    section = _manifest(source).get("tensorrt")
     if not section:
         return f"{source.path} holds no TensorRT engines (export with wm-export --trt)"
     if options.precision is not None and options.precision != section["precision"]:
@@ -175,7 +176,7 @@ def _trt_unavailable(source: Source, device: torch.device, options: Options) -> 
 def _build_trt(source: Source, device: torch.device, options: Options) -> tuple[Backend, ActionCodec]:
     from .backends.trt_backend import TrtBackend
 
-    manifest = source.manifest
+    manifest = _manifest(source)
     section = manifest["tensorrt"]
     profile_max = section["profile"]["max"]
     max_batch = options.max_batch or profile_max
@@ -246,7 +247,7 @@ def build_auto(source: Source, device: torch.device, options: Options) -> tuple[
     """The fastest backend that builds here -> (backend, codec, why it was chosen). A backend that looks
     available but fails to start (onnxruntime's CUDA provider falling back to the CPU, a TensorRT the driver
     cannot run) is skipped with its reason. TensorRT fp16 engines are taken only when fp16 is asked for."""
-    fp16_engines = source.is_folder and (source.manifest.get("tensorrt") or {}).get("precision") == "fp16"
+    fp16_engines = ((source.manifest or {}).get("tensorrt") or {}).get("precision") == "fp16"
     skipped = []
     for name in PREFERENCE[device.type]:
         if name == "tensorrt" and fp16_engines and options.precision != "fp16":
@@ -263,6 +264,13 @@ def build_auto(source: Source, device: torch.device, options: Options) -> tuple[
                 return backend, codec, why + (f" (skipped: {'; '.join(skipped)})" if skipped else "")
         skipped.append(f"{name}: {reason}")
     raise ValueError(f"no backend can run {source.path} on {device}: {'; '.join(skipped)}")
+
+
+def _manifest(source: Source) -> dict:
+    """The manifest of a folder: the folder-only backends are checked and built for folders only (`unavailable`
+    refuses a checkpoint first)."""
+    assert source.manifest is not None, f"{source.path} is a checkpoint, not an artifact folder"
+    return source.manifest
 
 
 def _graphs(manifest: dict) -> list[str]:

@@ -66,28 +66,28 @@ class NumpyOps:
     kind = "numpy"
     device = torch.device("cpu")
 
-    def zeros(self, shape, dtype):
+    def zeros(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         return np.zeros(shape, dtype=dtype)
 
-    def copy(self, dst, src):
+    def copy(self, dst, src) -> None:
         dst[...] = src  # same as np.copyto, a third of its call overhead
 
-    def mul(self, a, b, out):
+    def mul(self, a, b, out) -> None:
         np.multiply(a, b, out=out)
 
-    def add(self, a, b, out):
+    def add(self, a, b, out) -> None:
         np.add(a, b, out=out)
 
-    def write(self, dst, src, swap01=False):
+    def write(self, dst, src, swap01: bool = False) -> None:
         if isinstance(src, torch.Tensor):
             src = src.detach().cpu().numpy()
         dst[...] = src.swapaxes(0, 1) if swap01 else src
 
-    def read(self, src, kind):
+    def read(self, src, kind: str) -> Any:
         out = src.copy()  # C-contiguous, whatever the strides of `src`
         return torch.from_numpy(out) if kind == "torch" else out
 
-    def as_torch(self, array):
+    def as_torch(self, array) -> torch.Tensor:
         return torch.from_numpy(array)
 
 
@@ -97,31 +97,31 @@ class TorchOps:
     def __init__(self, device: torch.device):
         self.device = device
 
-    def zeros(self, shape, dtype):
+    def zeros(self, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
         return torch.zeros(shape, dtype=getattr(torch, dtype), device=self.device)
 
-    def copy(self, dst, src):
+    def copy(self, dst, src) -> None:
         dst.copy_(src)
 
-    def mul(self, a, b, out):
+    def mul(self, a, b, out) -> None:
         torch.mul(a, b, out=out)
 
-    def add(self, a, b, out):
+    def add(self, a, b, out) -> None:
         torch.add(a, b, out=out)
 
-    def write(self, dst, src, swap01=False):
+    def write(self, dst, src, swap01: bool = False) -> None:
         if isinstance(src, np.ndarray):
             src = numpy_to_torch(src)
         dst.copy_(src.swapaxes(0, 1) if swap01 else src)
 
-    def read(self, src, kind):
+    def read(self, src, kind: str) -> Any:
         if kind == "torch":
             return src.clone(memory_format=torch.contiguous_format)  # a copy even when `src` is contiguous
         if src.device.type == "cpu":
             return src.numpy().copy()
         return np.ascontiguousarray(src.cpu().numpy())  # .cpu() of a device tensor is already a copy
 
-    def as_torch(self, array):
+    def as_torch(self, array) -> torch.Tensor:
         return array
 
 
@@ -223,7 +223,10 @@ def aligned_zeros(ops: ArrayOps, count: int, shape: tuple[int, ...], dtype: str,
 
 
 class Backend(Protocol):
-    """What every backend provides. Arrays are those of `ops` (numpy on the host or tensors on `device`)."""
+    """What every backend provides. Arrays are those of `ops` (numpy on the host or tensors on `device`).
+
+    mypy checks each backend against this protocol where `wm_deploy.loading` builds it, and NumpyOps and
+    TorchOps against ArrayOps where the backends assign `ops`."""
 
     name: str
     """`torch`, `onnxruntime` or `tensorrt`"""

@@ -22,7 +22,7 @@ import torch
 
 from wm_core.onnxruntime_session import create_session, require_onnxruntime
 
-from .base import Dims, NumpyOps, TorchOps, Workspace, on_stream
+from .base import ArrayOps, Dims, NumpyOps, TorchOps, Workspace, on_stream
 
 STEP_THREADS = 1
 """intra-op threads of the prior step: a chain of small GEMVs gains nothing from a thread pool and pays for
@@ -62,9 +62,9 @@ class OrtBackend:
         frame_threads = frame_threads or FRAME_THREADS
         threads = {name: STEP_THREADS if name == "prior_step" else frame_threads for name in files}
         if device.type == "cuda":
-            self.ops: NumpyOps | TorchOps = TorchOps(device)
+            self.ops: ArrayOps = TorchOps(device)
             # A stream of our own: onnxruntime treats torch's default stream (handle 0) as "no stream".
-            self.stream = torch.cuda.Stream(device)
+            self.stream: torch.cuda.Stream | None = torch.cuda.Stream(device)
             index = device.index if device.index is not None else torch.cuda.current_device()
             self.binding_device = ("cuda", index)
             self.sessions = {

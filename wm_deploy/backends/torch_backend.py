@@ -18,7 +18,7 @@ import torch
 from wm_core.graphs import HalfPrecisionGraph, build_graphs
 from wm_core.model import WorldModel
 
-from .base import Dims, TorchOps, Workspace, capture_cuda_graph
+from .base import ArrayOps, Dims, TorchOps, Workspace, capture_cuda_graph
 from .half_precision import HalfPrecisionPriorStep
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -43,7 +43,7 @@ class TorchBackend:
         self.model = model.to(device).eval().requires_grad_(False)
         cfg = model.cfg
         self.dims = Dims(cfg.deter_dim, cfg.latent_dim, cfg.action_dim, (cfg.frame_size, cfg.frame_size, 3))
-        self.ops = TorchOps(device)
+        self.ops: ArrayOps = TorchOps(device)
         self.max_batch = max_batch
         self.has_decoder = True
         # The wrappers wm_export exports, so that every backend computes the same function (uint8 NHWC in, ...).
@@ -95,8 +95,10 @@ def float32_matmul(mode: str):
     the caller's setting restored after. torch leaves TF32 on for cuDNN convolutions by default, which alone
     puts the encoder ~1e-3 away from the CPU reference."""
     matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    knobs: list[tuple[object, str, str | bool]]
     if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; mixing it with allow_tf32 is refused there
-        knobs = [(matmul, "fp32_precision", mode), (conv.conv, "fp32_precision", mode)]
+        # torch replaces the cudnn module with a CudnnModule object; its module stub does not declare `conv`
+        knobs = [(matmul, "fp32_precision", mode), (conv.conv, "fp32_precision", mode)]  # type: ignore[attr-defined]
     else:
         knobs = [(matmul, "allow_tf32", mode == "tf32"), (conv, "allow_tf32", mode == "tf32")]
     saved = [getattr(owner, name) for owner, name, _ in knobs]
