@@ -175,11 +175,11 @@ def train_and_evaluate(job: tuple[Args, Config, str]) -> dict:
     )
 
 
-def table_metrics(report: EvalReport) -> dict[str, float]:
-    """The numbers the table shows, from one wm-eval report."""
+def table_metrics(report: EvalReport) -> dict[str, float | None]:
+    """The numbers the table shows, from one wm-eval report (None: an MSE step beyond the horizon)."""
     train, val = report.splits["train"], report.splits["val"]
     ol_train, ol_val = float(np.mean(train.open_loop.pixel_mse)), float(np.mean(val.open_loop.pixel_mse))
-    metrics = {
+    metrics: dict[str, float | None] = {
         "loss_train": train.losses["loss"],
         "loss_val": val.losses["loss"],
         "loss_gap_pct": 100 * report.gap["loss_relative"],
@@ -347,10 +347,11 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for f in dataclasses.fields(Args):
         name = f"--{f.name.replace('_', '-')}"
-        if f.type == "bool":
+        annotation = str(f.type)  # a string: this module postpones annotations (from __future__)
+        if annotation == "bool":
             parser.add_argument(name, action="store_true", default=None, help=f.metadata["help"])
         else:
-            kind = {"int": int, "float": float, "str": str}[f.type]
+            kind = {"int": int, "float": float, "str": str}[annotation]
             parser.add_argument(name, type=kind, default=None, help=f"{f.metadata['help']} (default: {f.default})")
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     if given.get("quick"):  # quick replaces the defaults only: a flag given explicitly still wins

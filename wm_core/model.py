@@ -56,7 +56,7 @@ class Decoder(nn.Module):
         self.base_channels = channels * 2 ** (CONV_LAYERS - 1)
         self.base_size = frame_size // 2**CONV_LAYERS
         self.latent_proj = nn.Linear(latent_dim, self.base_channels * self.base_size**2)
-        layers = []
+        layers: list[nn.Module] = []
         for i in reversed(range(CONV_LAYERS)):
             out_ch = channels * 2 ** (i - 1) if i > 0 else 3
             layers.append(nn.ConvTranspose2d(channels * 2**i, out_ch, 4, stride=2, padding=1))

@@ -9,6 +9,8 @@ result is bit for bit the codec's).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -18,6 +20,11 @@ from .backends.base import ArrayOps, numpy_to_torch
 
 
 class ActionWriter:
+    # the codec's statistics (or one-hot table) as arrays of the backend's kind: numpy or torch, as `ops.kind`
+    table: Any
+    mean: Any
+    std: Any
+
     def __init__(self, codec: ActionCodec, ops: ArrayOps):
         self.discrete = codec.mode == "discrete"
         self.ops = ops
@@ -25,10 +32,9 @@ class ActionWriter:
             table = np.eye(codec.dim, dtype=np.float32)  # row a is the one-hot code of action a
             self.table = table if ops.kind == "numpy" else torch.from_numpy(table).to(ops.device)
         else:
-            mean, std = np.asarray(codec.mean, np.float32), np.asarray(codec.std, np.float32)
+            self.mean, self.std = np.asarray(codec.mean, np.float32), np.asarray(codec.std, np.float32)
             if ops.kind == "torch":
-                mean, std = torch.from_numpy(mean).to(ops.device), torch.from_numpy(std).to(ops.device)
-            self.mean, self.std = mean, std
+                self.mean, self.std = (torch.from_numpy(a).to(ops.device) for a in (self.mean, self.std))
 
     def write(self, dst, actions, swap01: bool = False) -> None:
         """dst [..., A] (float32, backend's kind) <- encoded `actions` (numpy or torch; first two axes swapped

@@ -35,7 +35,7 @@ def example_inputs(spec: GraphSpec, batch: int = EXAMPLE_BATCH) -> tuple[torch.T
     generator = torch.Generator().manual_seed(0)
     inputs = []
     for tensor in spec.inputs:
-        shape = tuple(batch if dim == BATCH else dim for dim in tensor.shape)
+        shape = tuple(batch if isinstance(dim, str) else dim for dim in tensor.shape)  # the one str is BATCH
         if tensor.dtype == "uint8":
             inputs.append(torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator))
         else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -155,11 +155,11 @@ def make_inputs(
     encoder, the reference encoder's posterior means as z, GRU-range states as h, plausible actions."""
     batch = max(BATCH_SIZES)
     rng = np.random.default_rng(seed)
-    frame_shape = tuple(d for d in specs["encoder"].inputs[0].shape if d != BATCH)
+    frame_shape = tuple(d for d in specs["encoder"].inputs[0].shape if isinstance(d, int))  # all but BATCH
     if frames is None:
         frames = rng.integers(0, 256, (batch, *frame_shape), dtype=np.uint8)
     z = reference("encoder", {"obs": frames})["z_mean"]
-    deter = specs["prior_step"].inputs[0].shape[1]
+    deter = int(specs["prior_step"].inputs[0].shape[1])  # h [B, D]
     h = np.tanh(rng.standard_normal((batch, deter))).astype(np.float32)  # GRU states lie in (-1, 1)
 
     def actions(*leading: int) -> np.ndarray:
@@ -247,7 +247,7 @@ def parity_report(
     """Largest absolute and scale-relative difference per output over all cases, with its tolerance
     (for the rollout, raised to DRIFT_FACTOR x `drift`, the float32 drift of `float32_drift`)."""
     drift = drift or {}
-    report = {}
+    report: dict[str, dict] = {}
     for key, expected in reference.items():
         actual = candidate[key]
         max_abs, scale = 0.0, 0.0
@@ -263,7 +263,7 @@ def parity_report(
             max_abs = max(max_abs, float(diff.max())) if not np.isnan(diff).any() else float("nan")
             scale = max(scale, float(np.abs(want).max()))
         graph, output = key.split(".")
-        entry = {
+        entry: dict[str, Any] = {
             "max_abs": max_abs,
             "max_rel": max_abs / scale if scale > 0 else max_abs,
             "tolerance": tolerances.of(output),

@@ -5,6 +5,7 @@ Episode i is recorded with seed `seed + i`, so a collection is the same whatever
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def make_env(env_id: str):
 
 
 def _is_pixel_space(space) -> bool:
-    shape = getattr(space, "shape", None) or ()
+    shape: tuple[int, ...] = getattr(space, "shape", None) or ()
     return len(shape) == 3 and shape[-1] == 3 and getattr(space, "dtype", None) == np.uint8
 
 
@@ -55,7 +56,8 @@ class RandomPolicy:
     def __init__(self, space, rng: np.random.Generator):
         self.space, self.rng = space, rng
         self.discrete = hasattr(space, "n")
-        self.action, self.hold = None, 0
+        self.action: int | np.ndarray | None = None
+        self.hold = 0
 
     def __call__(self, frame: np.ndarray):
         if self.discrete:
@@ -143,6 +145,7 @@ def collect(
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(env_id, seed + i, steps, frame_size, out_dir / f"episode_{i:05d}.npz") for i in range(episodes)]
     bar = tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", disable=not progress)
+    results: Iterable[tuple[Path, int]]
     if workers <= 1:
         results = map(_record_to_file, jobs)
     else:

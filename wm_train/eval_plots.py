@@ -65,6 +65,8 @@ def save_strips(report: EvalReport, folder: Path) -> list[str]:
     """One PNG per example sequence: rows real, predicted, absolute error; columns the last context frame
     and up to STRIP_COLUMNS horizon steps. Returns the file names."""
     examples = report.examples
+    if examples is None:
+        return []
     shown = np.unique(np.linspace(1, report.horizon, min(STRIP_COLUMNS, report.horizon)).round().astype(int))
     names = []
     for i, (real, predicted) in enumerate(zip(examples.real, examples.predicted)):

@@ -21,11 +21,24 @@ from wm_core.model import RSSM, gaussian_params
 class HalfPrecisionPriorStep(nn.Module):
     """h [B, D], z [B, S], encoded action [B, A], all float32 -> h_next [B, D], prior mean, std [B, S] float32."""
 
+    # the half-precision weights, registered as buffers
+    input_w: torch.Tensor
+    input_b: torch.Tensor
+    w_ih: torch.Tensor
+    b_ih: torch.Tensor
+    w_hh: torch.Tensor
+    b_hh: torch.Tensor
+    head1_w: torch.Tensor
+    head1_b: torch.Tensor
+    head2_w: torch.Tensor
+    head2_b: torch.Tensor
+
     def __init__(self, rssm: RSSM, dtype: torch.dtype):
         super().__init__()
         self.dtype = dtype
         self.min_std = rssm.min_std
         input_linear, gru, head = rssm.input_layer[0], rssm.gru, rssm.prior_head
+        assert isinstance(input_linear, nn.Linear) and isinstance(head[0], nn.Linear) and isinstance(head[2], nn.Linear)
         weights = {
             "input_w": input_linear.weight,  # [K, S + A]
             "input_b": input_linear.bias,
