@@ -1,6 +1,8 @@
 # `make demo`: set up, record CarRacing episodes, train the default world model, export it, drive a control
 # loop with it and time its rollouts.
 # `make test`: set up and run the test suite. Both create or reuse the virtual environment in .venv.
+# `make lint`: set up, then ruff (lint, format) and mypy, which reads the TensorRT API from the stubs that
+# tools/tensorrt_stubs.py puts into typings/.
 # `make gpu-check`: on a machine with a CUDA device, the GPU tests and benchmarks (no venv).
 
 PYTHON ?= python3
@@ -13,7 +15,7 @@ TORCH_PIP_ARGS ?=
 DEMO_DATA := data/carracing
 DEMO_RUN := runs/carracing
 
-.PHONY: setup demo test gpu-check clean
+.PHONY: setup demo test lint gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -38,10 +40,16 @@ demo: setup $(DEMO_DATA)/.complete
 test: setup
 	$(PY) -m pytest
 
+lint: setup
+	$(PY) tools/tensorrt_stubs.py
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 # On a lent GPU machine, with its own python3 and packages (no venv): the CUDA tests, rollout latency on every
 # backend present, training throughput; files into $$OUT (else ./gpu-check). See benchmarks/gpu_check.py.
 gpu-check:
 	PYTHONPATH=. python3 benchmarks/gpu_check.py --out "$${OUT:-gpu-check}"
 
 clean:
-	rm -rf $(VENV) data runs artifacts
+	rm -rf $(VENV) data runs artifacts typings
