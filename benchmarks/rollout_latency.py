@@ -20,7 +20,8 @@ the inputs into the backend's preallocated buffers, the H prior steps, copying t
 with the device synchronised before the clock is read at both ends. The inputs are already where the backend
 computes (numpy arrays for onnxruntime on CPU, torch tensors on the device otherwise), so on a GPU no
 host<->device copy is timed; `--host-io` passes numpy arrays instead, which adds those copies. The backends
-of a cell take turns in blocks of calls, so that on a shared machine they all see the same load.
+of a cell take turns in blocks of calls, so that on a shared machine they all see the same load (the harness,
+shared with the other benchmarks, is benchmarks/timing.py).
 
 Backends (`--backends`, default all; those that cannot run here are listed as skipped, with the reason). The
 names are wm_deploy.loading.VARIANTS:
@@ -48,10 +49,10 @@ import os
 import platform
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +64,18 @@ from wm_deploy import LatentState, Rollout
 from wm_deploy.loading import VARIANTS
 from wm_export import EngineBuildError, ParityError, TensorRTUnavailableError, export_artifacts, load_manifest
 
+from timing import (
+    ONE_CALL,
+    MatmulPeak,
+    Sampling,
+    cpu_name,
+    format_time,
+    random_checkpoint,
+    summarise,
+    synchronizer,
+    time_calls,
+)
+
 BACKENDS = tuple(VARIANTS)
 HALF_PEAK = {"tensorrt-fp16": "float16", "torch-fp16": "float16", "torch-bf16": "bfloat16"}
 """variants compared with a half-precision matmul peak"""
@@ -71,29 +84,12 @@ BATCHES = (1, 16, 256, 1024, 4096)
 HORIZONS = (15, 50)
 QUICK_BATCHES = (1, 1024)
 QUICK_HORIZONS = (15,)
-MATMUL_SIZE = 2048
-BLOCKS = 10
-"""turns per backend and cell (see `time_calls`)"""
 LOAD_WARNING = 0.5
 """1-minute load average per CPU at start above which the report warns that other processes competed"""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How many calls each backend of a cell is timed over (see `time_calls`)."""
-
-    min_calls: int
-    """timed calls at least"""
-    max_calls: int
-    """timed calls at most"""
-    budget_s: float
-    """seconds per backend and cell: once `min_calls` are done, no call starts after it"""
-    warmup_calls: int
-    """untimed calls at most, after `Rollout.warmup` (at least one)"""
-
-
 FULL = Sampling(min_calls=5, max_calls=1000, budget_s=2.0, warmup_calls=3)
+"""calls per backend and cell (`--budget-s` replaces the budget)"""
 QUICK = Sampling(min_calls=3, max_calls=200, budget_s=0.3, warmup_calls=1)
+"""the same with --quick"""
 
 
 @dataclass
@@ -127,93 +123,9 @@ class Result:
 # --- measuring ----------------------------------------------------------------------------------------------
 
 
-def synchronizer(device: torch.device):
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
-def time_calls(calls: dict[str, Callable[[], object]], sync, sampling: Sampling) -> dict[str, np.ndarray]:
-    """Seconds per call of each of `calls`, each call bracketed by device synchronisations.
-
-    The calls take turns in blocks (a block lasts about 1/BLOCKS of the budget), so that on a shared machine every
-    backend of a cell sees the same load, while within a block each keeps its caches warm as it would running
-    alone (turns of single calls slowed onnxruntime at batch 1 by 10-20% here). One untimed warm-up round first,
-    and more (up to `warmup_calls`) while under half the budget; then blocks while under `budget_s` per
-    callable, or until each has `min_calls`; at most `max_calls` each."""
-    budget = sampling.budget_s * len(calls)
-    start, rounds, last = time.perf_counter(), 0, {}
-    while rounds < sampling.warmup_calls and (rounds == 0 or time.perf_counter() - start < budget / 2):
-        for name, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            sync()
-            last[name] = time.perf_counter() - t0
-        rounds += 1
-    block = {name: max(1, int(sampling.budget_s / BLOCKS / last[name])) if name in last else 1 for name in calls}
-    samples = {name: [] for name in calls}
-    start = time.perf_counter()
-    while True:
-        done = min(len(seconds) for seconds in samples.values())
-        if done >= sampling.max_calls or (done >= sampling.min_calls and time.perf_counter() - start >= budget):
-            break
-        for name, call in calls.items():
-            for _ in range(min(block[name], sampling.max_calls - len(samples[name]))):
-                sync()
-                t0 = time.perf_counter()
-                call()
-                sync()
-                samples[name].append(time.perf_counter() - t0)
-    return {name: np.asarray(seconds) for name, seconds in samples.items()}
-
-
-def summarise(backend: str, call: str, batch: int, horizon: int, seconds: np.ndarray) -> Result:
-    p50, p90, p99 = np.percentile(seconds, (50, 90, 99))
-    return Result(
-        backend,
-        call,
-        batch,
-        horizon,
-        len(seconds),
-        p50 * 1e6,
-        p90 * 1e6,
-        p99 * 1e6,
-        float(seconds.mean()) * 1e6,
-        float(seconds.min()) * 1e6,
-        batch * horizon / p50,
-    )
-
-
-class MatmulPeak:
-    """GFLOP/s of a MATMUL_SIZE^2 `torch.matmul` on a device. It is sampled at the start and once more after
-    every cell, and the peak is the best call of all: a load that comes and goes during the run would otherwise
-    leave a peak taken at a busy moment below what the backends reach at quiet ones."""
-
-    def __init__(self, device: torch.device, dtype: torch.dtype):
-        n = MATMUL_SIZE
-        generator = torch.Generator(device).manual_seed(0)
-        a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=generator) for _ in range(2))
-        out = torch.empty(n, n, device=device, dtype=dtype)
-        self.call = {"matmul": lambda: torch.matmul(a, b, out=out)}
-        self.sync = synchronizer(device)
-        self.dtype = dtype
-        self.seconds: list[float] = []
-
-    def sample(self, sampling: Sampling) -> None:
-        self.seconds += time_calls(self.call, self.sync, sampling)["matmul"].tolist()
-
-    def summary(self) -> dict:
-        flops = 2 * MATMUL_SIZE**3
-        return {
-            "dtype": str(self.dtype).removeprefix("torch."),
-            "size": MATMUL_SIZE,
-            "calls": len(self.seconds),
-            "gflops": flops / min(self.seconds) / 1e9,
-            "median_gflops": flops / np.median(self.seconds) / 1e9,
-        }
-
-
-ONE_CALL = Sampling(min_calls=1, max_calls=1, budget_s=0.0, warmup_calls=0)
+def summarise_cell(backend: str, call: str, batch: int, horizon: int, seconds: np.ndarray) -> Result:
+    stats = summarise(seconds)
+    return Result(backend, call, batch, horizon, **stats, steps_per_s=batch * horizon / (stats["p50_us"] * 1e-6))
 
 
 def step_flops(rssm: nn.Module) -> dict:
@@ -280,17 +192,6 @@ def prepare_artifacts(args, scratch: Path, wanted: list[str], device: torch.devi
     return folders, skipped
 
 
-def random_checkpoint(scratch: Path, size: str) -> Path:
-    torch.manual_seed(0)
-    cfg = wm_core.Config.from_dict({"model": {"size": size}})
-    path = scratch / "random.pt"
-    codec = wm_core.ActionCodec(
-        "continuous", cfg.model.action_dim, (0.0,) * cfg.model.action_dim, (1.0,) * cfg.model.action_dim
-    )
-    wm_core.save_checkpoint(path, wm_core.WorldModel(cfg.model), cfg, codec)
-    return path
-
-
 def load_backend(name: str, folders: dict, device: torch.device, max_batch: int) -> Rollout:
     """Raises ValueError / FileNotFoundError / ImportError when `name` cannot run here."""
     backend, options = VARIANTS[name]
@@ -316,7 +217,7 @@ def prepared_call(
         actions = rng.integers(0, codec.dim, (batch, horizon))
     else:
         actions = rng.uniform(-1, 1, (batch, horizon, codec.dim)).astype(np.float32)
-    arrays = dict(
+    arrays: dict[str, Any] = dict(  # numpy here, torch tensors below where input_kind says so
         h=np.tanh(rng.standard_normal((batch, dims.deter), np.float32)),
         z=rng.standard_normal((batch, dims.latent), np.float32),
         actions=actions,
@@ -346,7 +247,7 @@ def benchmark(
             name: prepared_call(rollout, call, batch, horizon, args.host_io, rng) for name, rollout in rollouts.items()
         }
         for name, seconds in time_calls(calls, synchronizer(device), sampling).items():
-            results.append(summarise(name, call, batch, horizon, seconds))
+            results.append(summarise_cell(name, call, batch, horizon, seconds))
             results[-1].load_1min = round(os.getloadavg()[0], 2)
             print(
                 f"  {call} B={batch:<5d} H={horizon:<3d} {name:16s} p50 {format_time(results[-1].p50_us)}",
@@ -406,24 +307,6 @@ def environment(device: torch.device, rollouts: dict[str, Rollout]) -> dict:
 
             env["tensorrt"] = tensorrt.__version__
     return env
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def format_time(us: float) -> str:
-    if us < 1e3:
-        return f"{us:.0f} µs"
-    if us < 1e6:
-        return f"{us / 1e3:.3g} ms"
-    return f"{us / 1e6:.3g} s"
 
 
 def format_optional(value: float | None, spec: str) -> str:
