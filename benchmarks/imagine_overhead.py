@@ -1,11 +1,12 @@
 """How fast is `Rollout.imagine` at batch 1 on this CPU, and how much of it is the rollout's own overhead?
 
-    python examples/imagine_overhead.py                        # fresh default-size model, exported on the fly
-    python examples/imagine_overhead.py --artifacts runs/carracing/artifacts --profile
+    python benchmarks/imagine_overhead.py                      # random default-size model, exported on the fly
+    python benchmarks/imagine_overhead.py --artifacts runs/carracing/artifacts --profile
 
 Measured in one process as blocks of back-to-back calls (the steady state of a control loop that calls the
 same thing every tick), the variants' blocks taking turns round after round so that a busy machine slows
-every variant alike; each figure is the median over rounds of a block's time per call:
+every variant alike (`time_calls` of benchmarks/timing.py, with a fixed block of `--calls` calls); each figure
+is the median over rounds of a block's mean time per call, every call timed on its own:
 
 - `imagine`: one `Rollout.imagine(state, actions)` call at B=1, H=15 (numpy in and out), per backend: input
   checks, action encoding, copies into the preallocated buffers, the 15 prior steps, copies out.
@@ -26,39 +27,37 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from wm_core.config import MODEL_PRESETS
 from wm_deploy import Rollout
+from wm_deploy.backends.base import Backend, Workspace
+from wm_deploy.backends.torch_backend import TorchBackend
+from wm_export import export_artifacts
+
+from timing import Sampling, block_means, random_checkpoint, time_calls
 
 B, H = 1, 15
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--artifacts", type=Path, help="artifact folder (default: a fresh default-size model)")
+    parser.add_argument("--artifacts", type=Path, help="artifact folder (default: a random model of --size)")
+    parser.add_argument(
+        "--size", default="default", choices=sorted(MODEL_PRESETS), help="model size of the random model"
+    )
     parser.add_argument("--rounds", type=int, default=40, help="rounds of blocks")
     parser.add_argument("--calls", type=int, default=10, help="calls per block")
     parser.add_argument("--profile", action="store_true", help="also profile the prior-step graph in onnxruntime")
-    return parser.parse_args()
-
-
-def fresh_artifacts(folder: Path) -> Path:
-    from wm_export import export_artifacts
-    from wm_train import ActionCodec, Config, WorldModel, save_checkpoint
-
-    torch.manual_seed(0)
-    cfg = Config()  # the default model: D=256, S=32, hidden 256, A=3
-    save_checkpoint(
-        folder / "default.pt", WorldModel(cfg.model), cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3)
-    )
-    return export_artifacts(folder / "default.pt", folder / "artifacts", decoder=False)
+    return parser.parse_args(argv)
 
 
 def steps_of(rollout: Rollout):
@@ -78,30 +77,22 @@ def steps_of(rollout: Rollout):
 class NoStep:
     """A backend whose prior step does nothing: `imagine` on it times the rollout's own work alone."""
 
-    def __init__(self, backend):
+    def __init__(self, backend: Backend):
         self.backend = backend
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str):
         return getattr(self.backend, name)
 
-    def step_into(self, ws, t):
+    def step_into(self, ws: Workspace, t: int) -> None:
         pass
 
 
-def measure(variants: dict, rounds: int, calls: int) -> dict[str, np.ndarray]:
-    """Seconds per call of each variant, one value per round (a block of `calls` back-to-back calls), the
-    variants' blocks taking turns; after a warm-up block each."""
-    for run in variants.values():
-        for _ in range(calls):
-            run()
-    times = {name: np.empty(rounds) for name in variants}
-    for i in range(rounds):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                run()
-            times[name][i] = (time.perf_counter() - start) / calls
-    return times
+def measure(variants: dict[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, np.ndarray]:
+    """Seconds per call of each variant, one value per round (the mean of a block of `calls` back-to-back
+    calls), the variants' blocks taking turns; after `calls` untimed calls each. CPU only: nothing to
+    synchronise."""
+    seconds = time_calls(variants, lambda: None, Sampling.fixed(rounds, calls))
+    return {name: block_means(samples, calls) for name, samples in seconds.items()}
 
 
 def profile_prior_step(folder: Path, calls: int = 3000) -> None:
@@ -121,7 +112,8 @@ def profile_prior_step(folder: Path, calls: int = 3000) -> None:
     path = session.end_profiling()
     events = json.loads(Path(path).read_text())
     os.remove(path)
-    by_op, runs = collections.defaultdict(float), []
+    by_op: dict[str, float] = collections.defaultdict(float)
+    runs: list[float] = []
     for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             by_op[event["args"]["op_name"]] += event["dur"]
@@ -137,16 +129,20 @@ def profile_prior_step(folder: Path, calls: int = 3000) -> None:
         print(f"  {op:12s} {micros / calls:7.1f} us  {100 * micros / calls / total_kernels:5.1f}% of kernel time")
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="wm-overhead-") as scratch:
-        folder = args.artifacts or fresh_artifacts(Path(scratch))
+        # the decoder is left out: nothing here times it
+        folder = args.artifacts or export_artifacts(
+            random_checkpoint(Path(scratch), args.size), Path(scratch) / "artifacts", decoder=False
+        )
         ort_rollout = Rollout.load(folder, backend="onnxruntime", device="cpu")
         torch_rollout = Rollout.load(folder, backend="torch", device="cpu")
         rng = np.random.default_rng(0)
         frame = rng.integers(0, 256, (B, *ort_rollout.dims.frame), dtype=np.uint8)
         actions = rng.normal(0, 1, (B, H, ort_rollout.dims.action)).astype(np.float32)
         state = ort_rollout.observe(ort_rollout.initial(B), frame)
+        assert isinstance(torch_rollout.backend, TorchBackend)
         model = torch_rollout.backend.model
         h, z, encoded = (
             torch.from_numpy(state.h),
@@ -191,12 +187,13 @@ def main() -> None:
         # take turns; the difference of adjacent blocks cancels slow drifts in the machine's load.
         torch.set_num_threads(best)
         for name, rollout in (("onnxruntime", ort_rollout), ("torch", torch_rollout)):
+            # NoStep passes every other Backend member on to the real backend (__getattr__)
             machinery = Rollout(NoStep(rollout.backend), rollout.codec)
             times = measure(
                 {
                     "steps": steps_of(rollout),
-                    "imagine": lambda r=rollout: r.imagine(state, actions),
-                    "machinery": lambda m=machinery: m.imagine(state, actions),
+                    "imagine": functools.partial(rollout.imagine, state, actions),
+                    "machinery": functools.partial(machinery.imagine, state, actions),
                 },
                 args.rounds,
                 args.calls,
