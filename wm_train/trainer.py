@@ -175,10 +175,12 @@ class Trainer:
             history=[asdict(m) for m in self.history],
             rng={"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
         )
-        save_checkpoint(self.out_dir / "last.pt", self.model, self.cfg, self.codec, **extras)
+        # best.pt before last.pt: a run killed between the two redoes this epoch on --resume and rewrites the
+        # same best.pt; the other order would lose it (last.pt already counts this epoch's loss as the best).
         if metrics.val["loss"] < self.best_val_loss:
             self.best_val_loss = metrics.val["loss"]
             save_checkpoint(self.out_dir / "best.pt", self.model, self.cfg, self.codec, **extras)
+        save_checkpoint(self.out_dir / "last.pt", self.model, self.cfg, self.codec, **extras)
 
 
 def _log_tensorboard(out_dir: Path, metrics: EpochMetrics) -> None:
