@@ -1,4 +1,5 @@
-"""One Rollout hammered from several threads with mixed shapes: every result equals a sequential run."""
+"""Concurrency and memory of a long-lived Rollout: one Rollout hammered from several threads with mixed shapes
+(every result equals a sequential run), and workspaces freed as they leave the cache."""
 
 from __future__ import annotations
 
@@ -64,3 +65,22 @@ def test_concurrent_calls_each_see_only_their_own_inputs(tiny_artifacts, backend
             for got, want in zip(thread_results, thread_expected):
                 for a, b in zip(got, want):
                     np.testing.assert_array_equal(a, b)
+
+
+def test_an_evicted_workspace_is_freed_at_once(tiny_artifacts):
+    """Memory stays bounded by max_workspaces: an evicted workspace (and its compiled loops, which refer back to
+    it) is freed when it leaves the cache, not at the garbage collector's next full pass."""
+    import gc
+    import weakref
+
+    rollout = Rollout.load(tiny_artifacts("continuous"), backend="torch", device="cpu", max_workspaces=2)
+    state = LatentState(np.zeros((1, 32), np.float32), np.zeros((1, 8), np.float32))
+    rollout.imagine(state, np.zeros((1, 3, 3), np.float32))
+    first = weakref.ref(next(iter(rollout._workspaces.values())))
+    gc.disable()
+    try:
+        for horizon in (4, 5):
+            rollout.imagine(state, np.zeros((1, horizon, 3), np.float32))
+        assert len(rollout._workspaces) == 2 and first() is None
+    finally:
+        gc.enable()

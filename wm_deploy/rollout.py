@@ -35,8 +35,8 @@ from .backends.base import ArrayOps, Backend, Workspace
 from .loading import Options, build_auto, build_backend, logger, open_source, resolve_device
 from .state import LatentState, Trajectory
 
-WORKSPACE_CACHE = 16
-"""(batch, horizon) buckets kept before the least recently used is freed"""
+MAX_WORKSPACES = 16
+"""default of `max_workspaces`: (batch, horizon) buckets kept before the least recently used is freed"""
 
 
 def imagine_loop(step_into, ops: ArrayOps, ws: Workspace, sample: bool) -> None:
@@ -69,7 +69,15 @@ class Rollout:
     parallel throughput on a CPU, give each thread a Rollout of its own (they share nothing).
     """
 
-    def __init__(self, backend: Backend, codec: ActionCodec, *, seed: int = 0, reason: str = ""):
+    def __init__(
+        self,
+        backend: Backend,
+        codec: ActionCodec,
+        *,
+        seed: int = 0,
+        reason: str = "",
+        max_workspaces: int = MAX_WORKSPACES,
+    ):
         if codec.dim != backend.dims.action:
             raise ValueError(f"action codec width {codec.dim} != the model's action width {backend.dims.action}")
         self.backend = backend
@@ -81,6 +89,9 @@ class Rollout:
         self.backend_reason = reason  # why `auto` chose this backend (empty when it was named)
         self._actions = ActionWriter(codec, self.ops)
         self._generator = torch.Generator(self.ops.device).manual_seed(seed)
+        if max_workspaces < 1:
+            raise ValueError(f"max_workspaces must be >= 1, got {max_workspaces}")
+        self.max_workspaces = max_workspaces
         self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -96,6 +107,7 @@ class Rollout:
         frame_threads: int | None = None,
         cuda_graphs: bool = True,
         precision: str | None = None,
+        max_workspaces: int = MAX_WORKSPACES,
     ) -> Rollout:
         """Load an artifact folder (written by wm-export) or a checkpoint (torch backend only).
 
@@ -108,6 +120,8 @@ class Rollout:
         precision: `fp32` (the default: exact float32, TF32 off on CUDA), `tf32` (torch and onnxruntime on
         CUDA, opt-in), `bf16` or `fp16` (torch: half-precision matmuls, float32 recurrent state; meant for
         CUDA); for TensorRT the engines' precision, which `auto` uses only when it is fp32 or asked for.
+        max_workspaces: (batch, horizon) buckets whose buffers (and, on GPU, captured graphs) are kept; the
+        least recently used is freed beyond it, so memory stays bounded however many shapes a process sees.
         """
         device = resolve_device(device)
         source = open_source(path)
@@ -118,7 +132,7 @@ class Rollout:
         else:
             built, codec = build_backend(backend, source, device, options)
             reason = ""
-        return cls(built, codec, seed=seed, reason=reason)
+        return cls(built, codec, seed=seed, reason=reason, max_workspaces=max_workspaces)
 
     @classmethod
     def from_model(
@@ -131,12 +145,13 @@ class Rollout:
         seed: int = 0,
         cuda_graphs: bool = True,
         precision: str = "fp32",
+        max_workspaces: int = MAX_WORKSPACES,
     ) -> Rollout:
         """The torch backend on a model in memory (e.g. freshly trained), without a checkpoint file."""
         from .backends.torch_backend import TorchBackend
 
         backend = TorchBackend(model, resolve_device(device), max_batch, cuda_graphs, precision)
-        return cls(backend, codec, seed=seed)
+        return cls(backend, codec, seed=seed, max_workspaces=max_workspaces)
 
     @property
     def backend_name(self) -> str:
@@ -314,8 +329,11 @@ class Rollout:
         ws = self._workspaces.get(key)
         if ws is None:
             ws = self._workspaces[key] = self.backend.workspace(batch, steps, frames)
-            if len(self._workspaces) > WORKSPACE_CACHE:
-                self._workspaces.popitem(last=False)
+            if len(self._workspaces) > self.max_workspaces:
+                _, evicted = self._workspaces.popitem(last=False)
+                # Its compiled loops refer back to it: clearing them frees its buffers now rather than at the
+                # garbage collector's next full pass (which let memory grow with every shape seen).
+                evicted.runners.clear()
         else:
             self._workspaces.move_to_end(key)
         return ws
