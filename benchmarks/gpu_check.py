@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = "torch,torch-cudagraphs,torch-bf16,torch-fp16,onnxruntime,tensorrt-fp32,tensorrt-fp16"
+VARIANTS = "torch,torch-cudagraphs,torch-tf32,torch-bf16,torch-fp16,onnxruntime,tensorrt-fp32,tensorrt-fp16"
 TARGETS = [
     # (what, backend, batch, horizon, field, comparison, value)
     ("torch + CUDA graphs, imagine B=1 H=15: p50 <= 150 µs", "torch-cudagraphs", 1, 15, "p50_us", "<=", 150.0),

@@ -27,6 +27,7 @@ Backends (`--backends`, default all; those that cannot run here are listed as sk
 names are wm_deploy.loading.VARIANTS:
   torch             PyTorch eager, the baseline of the speed-up column
   torch-cudagraphs  PyTorch with the imagine loop captured in a CUDA graph (CUDA graphs on CUDA only)
+  torch-tf32        PyTorch with CUDA graphs, TF32 matmuls and convolutions (opt-in precision)
   torch-bf16        PyTorch, bfloat16 matmuls with a float32 recurrent state (CUDA graphs on CUDA)
   torch-fp16        the same in float16
   onnxruntime       the exported ONNX graphs; CPUExecutionProvider on cpu, CUDAExecutionProvider on cuda

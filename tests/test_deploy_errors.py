@@ -1,5 +1,6 @@
 """Bad input is refused with ValueError / FileNotFoundError naming the expected and the actual value, before
-it reaches a runtime: never a silent wrong answer or a crash inside onnxruntime or TensorRT."""
+it reaches a runtime: never a silent wrong answer or a crash inside onnxruntime or TensorRT. A tampered
+artifact file: test_faults.py."""
 
 from __future__ import annotations
 
@@ -127,17 +128,6 @@ def test_bad_state_shapes_and_missing_previous_action_are_refused(rollout, state
         rollout.observe(state, random_frames(2))
     with pytest.raises(ValueError, match="noise and seed only apply with sample=True"):
         rollout.imagine(state, random_actions("continuous", 2, 3), seed=1)
-
-
-def test_a_tampered_artifact_file_is_refused(tmp_path, artifact_copy):
-    folder = artifact_copy("continuous", tmp_path / "artifacts")
-    with open(folder / "prior_step.onnx", "r+b") as file:
-        file.seek(-1, 2)
-        last = file.read(1)
-        file.seek(-1, 2)
-        file.write(bytes([last[0] ^ 1]))
-    with pytest.raises(ValueError, match=r"prior_step.onnx: sha256 [0-9a-f]{64} does not match the manifest's"):
-        Rollout.load(folder, backend="onnxruntime", device="cpu")
 
 
 def test_missing_artifacts_are_refused(tmp_path, artifact_copy):

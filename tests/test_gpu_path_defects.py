@@ -3,6 +3,7 @@ flags and error mapping. The rest is in tests/test_gpu.py, which `make gpu-check
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
 
@@ -137,3 +138,61 @@ def test_wm_export_trt_keeps_the_onnx_artifacts_when_tensorrt_cannot_start(tiny,
         main([str(tiny), "-o", str(out), "--trt", "--no-progress"], standalone_mode=False)
     assert exit_info.value.code == EXIT_NO_TENSORRT
     assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "encoder.onnx", "manifest.json", "prior_step.onnx"]
+
+
+class RecordingContext:
+    """Stands in for a TensorRT execution context (TensorRT cannot be installed here): records the input shapes
+    set on it and refuses what TensorRT refuses (a batch beyond the profile, an unaligned address)."""
+
+    def __init__(self, max_batch: int):
+        self.max_batch = max_batch
+        self.shapes: list[tuple] = []
+
+    def set_input_shape(self, name, shape):
+        self.shapes.append(shape)
+        return shape[0] <= self.max_batch
+
+    def set_tensor_address(self, name, address):
+        return address % TENSOR_ALIGNMENT == 0
+
+    def execute_async_v3(self, stream):
+        return True
+
+
+@pytest.fixture
+def recording_backend(monkeypatch):
+    """A TrtBackend around stand-in engines, on the CPU (no stream, no device to make current)."""
+    from wm_deploy.backends.trt_backend import TrtBackend
+
+    class Engine:
+        def create_execution_context(self):
+            return RecordingContext(max_batch=64)
+
+    backend = TrtBackend.__new__(TrtBackend)
+    backend.engines = {"prior_step": Engine()}
+    backend.contexts = {}
+    backend.input_shapes = {"prior_step": {"h": (32,), "z": (8,), "action": (3,)}}
+    backend.max_batch, backend.device = 64, torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: types.SimpleNamespace(cuda_stream=0))
+    return backend
+
+
+def test_each_tensorrt_batch_size_has_its_own_context_with_its_shapes_set_once(recording_backend):
+    """Defect 2: one context was shared by every bucket, so a batch-4 call re-shaped the context a batch-8 CUDA
+    graph had been captured on."""
+    aligned = [("h", 0), ("z", 256), ("action", 512)]
+    for batch in (8, 4, 8, 4, 8):
+        recording_backend._run("prior_step", batch, aligned)
+    contexts = recording_backend.contexts
+    assert set(contexts) == {("prior_step", 8), ("prior_step", 4)}
+    assert {b: {s[0] for s in c.shapes} for (_, b), c in contexts.items()} == {8: {8}, 4: {4}}
+    assert all(len(c.shapes) == 3 for c in contexts.values())  # h, z, action: set once, when it was made
+
+
+def test_a_refused_tensorrt_address_or_shape_raises(recording_backend):
+    """Defect 3: a False from set_tensor_address / set_input_shape left the previous buffer bound, silently."""
+    with pytest.raises(RuntimeError, match="address of z"):
+        recording_backend._run("prior_step", 2, [("h", 0), ("z", 4), ("action", 512)])
+    with pytest.raises(ValueError, match="outside the engine's profile"):
+        recording_backend._run("prior_step", 65, [("h", 0)])

@@ -215,6 +215,7 @@ PREFERENCE = {"cpu": ("onnxruntime", "torch"), "cuda": ("tensorrt", "torch", "on
 VARIANTS: dict[str, tuple[str, dict]] = {
     "torch": ("torch", {"cuda_graphs": False}),
     "torch-cudagraphs": ("torch", {}),
+    "torch-tf32": ("torch", {"precision": "tf32"}),
     "torch-bf16": ("torch", {"precision": "bf16"}),
     "torch-fp16": ("torch", {"precision": "fp16"}),
     "onnxruntime": ("onnxruntime", {}),

@@ -15,8 +15,10 @@ after the next call.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -33,8 +35,8 @@ from .backends.base import ArrayOps, Backend, Workspace
 from .loading import Options, build_auto, build_backend, logger, open_source, resolve_device
 from .state import LatentState, Trajectory
 
-WORKSPACE_CACHE = 16
-"""(batch, horizon) buckets kept before the least recently used is freed"""
+MAX_WORKSPACES = 16
+"""default of `max_workspaces`: (batch, horizon) buckets kept before the least recently used is freed"""
 
 
 def imagine_loop(step_into, ops: ArrayOps, ws: Workspace, sample: bool) -> None:
@@ -59,9 +61,23 @@ class Rollout:
     Inputs may be numpy arrays or torch tensors; each call returns the kind of its main input (frames for
     `observe` and `encode`, actions for `imagine`, z for `decode`, h for `prior_step`), tensors on
     `self.device`.
+
+    Thread safety: one Rollout may be shared by any number of threads. Its calls run one at a time (a lock
+    per Rollout: calls share preallocated buffers, the noise generator and, on TensorRT, execution contexts),
+    so each call sees only its own inputs, whatever the other threads do. Inputs are checked before the
+    lock is taken. Threads sharing one Rollout therefore get one call's throughput between them; for
+    parallel throughput on a CPU, give each thread a Rollout of its own (they share nothing).
     """
 
-    def __init__(self, backend: Backend, codec: ActionCodec, *, seed: int = 0, reason: str = ""):
+    def __init__(
+        self,
+        backend: Backend,
+        codec: ActionCodec,
+        *,
+        seed: int = 0,
+        reason: str = "",
+        max_workspaces: int = MAX_WORKSPACES,
+    ):
         if codec.dim != backend.dims.action:
             raise ValueError(f"action codec width {codec.dim} != the model's action width {backend.dims.action}")
         self.backend = backend
@@ -73,7 +89,11 @@ class Rollout:
         self.backend_reason = reason  # why `auto` chose this backend (empty when it was named)
         self._actions = ActionWriter(codec, self.ops)
         self._generator = torch.Generator(self.ops.device).manual_seed(seed)
+        if max_workspaces < 1:
+            raise ValueError(f"max_workspaces must be >= 1, got {max_workspaces}")
+        self.max_workspaces = max_workspaces
         self._workspaces: OrderedDict[tuple, Workspace] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def load(
@@ -87,6 +107,7 @@ class Rollout:
         frame_threads: int | None = None,
         cuda_graphs: bool = True,
         precision: str | None = None,
+        max_workspaces: int = MAX_WORKSPACES,
     ) -> Rollout:
         """Load an artifact folder (written by wm-export) or a checkpoint (torch backend only).
 
@@ -99,6 +120,8 @@ class Rollout:
         precision: `fp32` (the default: exact float32, TF32 off on CUDA), `tf32` (torch and onnxruntime on
         CUDA, opt-in), `bf16` or `fp16` (torch: half-precision matmuls, float32 recurrent state; meant for
         CUDA); for TensorRT the engines' precision, which `auto` uses only when it is fp32 or asked for.
+        max_workspaces: (batch, horizon) buckets whose buffers (and, on GPU, captured graphs) are kept; the
+        least recently used is freed beyond it, so memory stays bounded however many shapes a process sees.
         """
         device = resolve_device(device)
         source = open_source(path)
@@ -109,7 +132,7 @@ class Rollout:
         else:
             built, codec = build_backend(backend, source, device, options)
             reason = ""
-        return cls(built, codec, seed=seed, reason=reason)
+        return cls(built, codec, seed=seed, reason=reason, max_workspaces=max_workspaces)
 
     @classmethod
     def from_model(
@@ -122,12 +145,13 @@ class Rollout:
         seed: int = 0,
         cuda_graphs: bool = True,
         precision: str = "fp32",
+        max_workspaces: int = MAX_WORKSPACES,
     ) -> Rollout:
         """The torch backend on a model in memory (e.g. freshly trained), without a checkpoint file."""
         from .backends.torch_backend import TorchBackend
 
         backend = TorchBackend(model, resolve_device(device), max_batch, cuda_graphs, precision)
-        return cls(backend, codec, seed=seed)
+        return cls(backend, codec, seed=seed, max_workspaces=max_workspaces)
 
     @property
     def backend_name(self) -> str:
@@ -173,9 +197,9 @@ class Rollout:
             )
         if prev_action is not None:
             validation.check_actions(prev_action, self.codec, batch, "prev_action", sequence=False)
-        ws = self._workspace(batch, 1, frames=True)
         ops = self.ops
-        with self.backend.scope():
+        with self._exclusive():
+            ws = self._workspace(batch, 1, frames=True)
             ops.write(ws.obs, obs)
             self.backend.encode_into(ws)
             if state.is_initial:
@@ -197,16 +221,20 @@ class Rollout:
         [B, H, S] when given (to compare backends on identical noise), else standard normal draws from the
         rollout's generator (or from a fresh one seeded with `seed`), drawn on the backend's device.
         -> Trajectory(z, prior_mean, prior_std [B, H, S], h [B, H, D])."""
-        batch = validation.check_state(state, self.dims, self.max_batch)
-        horizon = validation.check_actions(actions, self.codec, batch, "actions", sequence=True)
+        batch = validation.check_state(state, self.dims, self.max_batch, finite=False)
+        horizon = validation.check_actions(actions, self.codec, batch, "actions", sequence=True, finite=False)
         kind = "torch" if isinstance(actions, torch.Tensor) else "numpy"
         if not sample and (noise is not None or seed is not None):
             raise ValueError("noise and seed only apply with sample=True")
         if noise is not None:
-            validation.check_noise(noise, batch, horizon, self.dims)
-        ws = self._workspace(batch, horizon, frames=False)
+            validation.check_noise(noise, batch, horizon, self.dims, finite=False)
+        finite = {"state.h": state.h, "state.z": state.z, "noise": noise}
+        if self.codec.mode == "continuous":  # discrete actions are integers, range-checked above
+            finite["actions"] = actions
+        validation.check_finite({name: x for name, x in finite.items() if x is not None})
         ops = self.ops
-        with self.backend.scope():
+        with self._exclusive():
+            ws = self._workspace(batch, horizon, frames=False)
             # Compiled first: a GPU backend's warm-up and capture run the loop on the buffers, which must not
             # hold this call's inputs yet (a sampling loop scales the noise in place).
             runner = self._runner(ws, sample)
@@ -238,8 +266,8 @@ class Rollout:
         lead = tuple(z.shape[:-1])
         flat = z.reshape(math.prod(lead), z.shape[-1])
         batch = validation.check_latents(flat, self.dims, self.max_batch)
-        ws = self._workspace(batch, 1, frames=True)
-        with self.backend.scope():
+        with self._exclusive():
+            ws = self._workspace(batch, 1, frames=True)
             self.ops.write(ws.post_mean, flat)
             self.backend.decode_into(ws)
             frames = self.ops.read(ws.recon, kind)
@@ -249,8 +277,8 @@ class Rollout:
         """One encoder call: uint8 [B, H, W, 3] -> posterior mean, std [B, S]."""
         kind = validation.array_kind(obs, "obs")
         batch = validation.check_frames(obs, self.dims, self.max_batch)
-        ws = self._workspace(batch, 1, frames=True)
-        with self.backend.scope():
+        with self._exclusive():
+            ws = self._workspace(batch, 1, frames=True)
             self.ops.write(ws.obs, obs)
             self.backend.encode_into(ws)
             return self.ops.read(ws.post_mean, kind), self.ops.read(ws.post_std, kind)
@@ -261,9 +289,9 @@ class Rollout:
         kind = validation.array_kind(h, "h")
         batch = validation.check_state(LatentState(h, z), self.dims, self.max_batch)
         validation.check_actions(action, self.codec, batch, "action", sequence=False)
-        ws = self._workspace(batch, 1, frames=False)
         ops = self.ops
-        with self.backend.scope():
+        with self._exclusive():
+            ws = self._workspace(batch, 1, frames=False)
             ops.write(ws.hs[0], h)
             ops.write(ws.zs[0], z)
             self._actions.write(ws.actions[0], action)
@@ -276,8 +304,8 @@ class Rollout:
         validation.check_batch(batch, self.max_batch, "warmup")
         if horizon < 1:
             raise ValueError(f"warmup: horizon must be >= 1, got {horizon}")
-        ws = self._workspace(batch, horizon, frames=False)
-        with self.backend.scope():
+        with self._exclusive():
+            ws = self._workspace(batch, horizon, frames=False)
             for sample in (False, True):
                 self._runner(ws, sample)()
             self._workspace(batch, 1, frames=False)
@@ -290,13 +318,22 @@ class Rollout:
 
     # --- internals ----------------------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """One call at a time (workspaces, generator, TensorRT contexts are shared), in the backend's scope."""
+        with self._lock, self.backend.scope():
+            yield
+
     def _workspace(self, batch: int, steps: int, frames: bool) -> Workspace:
         key = (batch, steps, frames)
         ws = self._workspaces.get(key)
         if ws is None:
             ws = self._workspaces[key] = self.backend.workspace(batch, steps, frames)
-            if len(self._workspaces) > WORKSPACE_CACHE:
-                self._workspaces.popitem(last=False)
+            if len(self._workspaces) > self.max_workspaces:
+                _, evicted = self._workspaces.popitem(last=False)
+                # Its compiled loops refer back to it: clearing them frees its buffers now rather than at the
+                # garbage collector's next full pass (which let memory grow with every shape seen).
+                evicted.runners.clear()
         else:
             self._workspaces.move_to_end(key)
         return ws

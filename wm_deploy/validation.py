@@ -73,23 +73,39 @@ def check_frames(obs, dims: Dims, max_batch: int, where: str = "obs") -> int:
     return int(obs.shape[0])
 
 
-def _check_float(x, shape: tuple, where: str) -> None:
-    """x is float of `shape` (a tuple of ints and names), finite."""
+def _check_float(x, shape: tuple, where: str, finite: bool = True) -> None:
+    """x is float of `shape` (a tuple of ints and names), finite (unless `finite` is False: the caller checks
+    that with `check_finite`)."""
     array_kind(x, where)
     if x.ndim != len(shape) or any(isinstance(s, int) and n != s for n, s in zip(x.shape, shape)):
         raise ValueError(f"{where}: expected shape [{', '.join(map(str, shape))}], got {list(x.shape)}")
     if not _is_float(x):
         raise ValueError(f"{where}: expected a float array, got dtype {_dtype_name(x)}")
-    if not _all_finite(x):
+    if finite and not _all_finite(x):
         raise ValueError(f"{where}: contains NaN or infinite values")
 
 
-def check_state(state: LatentState, dims: Dims, max_batch: int, batch: int | None = None) -> int:
+def check_finite(arrays: dict[str, Any]) -> None:
+    """Raise ValueError naming the first of `arrays` (name -> array) that holds NaN or infinite values. Device
+    tensors are reduced on the device and read back together: one host synchronisation, not one each."""
+    on_device = {name: x for name, x in arrays.items() if isinstance(x, torch.Tensor) and x.device.type != "cpu"}
+    if on_device:
+        flags = torch.stack([torch.isfinite(x).all() for x in on_device.values()]).tolist()
+        finite = dict(zip(on_device, flags))
+    else:
+        finite = {}
+    for name, x in arrays.items():
+        if not (finite[name] if name in finite else _all_finite(x)):
+            what = "actions contain" if name.endswith("action") or name.endswith("actions") else "contains"
+            raise ValueError(f"{name}: {what} NaN or infinite values")
+
+
+def check_state(state: LatentState, dims: Dims, max_batch: int, batch: int | None = None, finite: bool = True) -> int:
     """h [B, D], z [B, S] -> B; `batch` is the batch of the other inputs of the call."""
     if not isinstance(state, LatentState):
         raise ValueError(f"state: expected a LatentState (from Rollout.initial or observe), got {type(state).__name__}")
-    _check_float(state.h, ("B", dims.deter), "state.h")
-    _check_float(state.z, ("B", dims.latent), "state.z")
+    _check_float(state.h, ("B", dims.deter), "state.h", finite)
+    _check_float(state.z, ("B", dims.latent), "state.z", finite)
     if state.h.shape[0] != state.z.shape[0]:
         raise ValueError(f"state: h and z disagree on the batch size: {state.h.shape[0]} vs {state.z.shape[0]}")
     if batch is not None and state.h.shape[0] != batch:
@@ -101,7 +117,7 @@ def check_state(state: LatentState, dims: Dims, max_batch: int, batch: int | Non
     return int(state.h.shape[0])
 
 
-def check_actions(actions, codec: ActionCodec, batch: int, where: str, sequence: bool) -> int:
+def check_actions(actions, codec: ActionCodec, batch: int, where: str, sequence: bool, finite: bool = True) -> int:
     """Raw actions of `codec`: continuous [B, H, A] (or [B, A] when not `sequence`), discrete int [B, H] (or [B]).
     Returns H (1 when not `sequence`)."""
     array_kind(actions, where)
@@ -120,13 +136,13 @@ def check_actions(actions, codec: ActionCodec, batch: int, where: str, sequence:
         codec.validate(actions, where)  # integer dtype, range
     elif not _is_real(actions):
         raise ValueError(f"{where}: expected real-valued continuous actions, got dtype {_dtype_name(actions)}")
-    elif not _all_finite(actions):  # what ActionCodec.validate checks beyond the shape, in one reduction
+    elif finite and not _all_finite(actions):  # what ActionCodec.validate checks beyond the shape
         raise ValueError(f"{where}: actions contain NaN or infinite values")
     return horizon
 
 
-def check_noise(noise, batch: int, horizon: int, dims: Dims) -> None:
-    _check_float(noise, (batch, horizon, dims.latent), "noise")
+def check_noise(noise, batch: int, horizon: int, dims: Dims, finite: bool = True) -> None:
+    _check_float(noise, (batch, horizon, dims.latent), "noise", finite)
 
 
 def check_latents(z, dims: Dims, max_batch: int, where: str = "z") -> int:

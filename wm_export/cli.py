@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from wm_core.errors import error_line
 from wm_core.manifest import load_manifest
 
 from .export import DEFAULT_FOLDER, export_artifacts
@@ -14,7 +15,8 @@ from .parity import ParityError, format_table
 from .tensorrt_build import EngineBuildError, TensorRTUnavailableError
 
 EXIT_ERROR = 1
-"""bad input (checkpoint, options, output folder, data) or a failed TensorRT build; nothing written"""
+"""bad input (checkpoint, options, output folder, data), a failed write (full disk, no permission) or a failed
+TensorRT build; nothing written"""
 EXIT_NO_TENSORRT = 3
 """--trt without TensorRT or a CUDA device; the ONNX artifacts were written"""
 EXIT_PARITY = 4
@@ -23,7 +25,7 @@ EXIT_PARITY = 4
 
 @click.command(
     epilog=f"""\b
-Exit codes: 0 success; {EXIT_ERROR} bad input or TensorRT build failure (nothing written);
+Exit codes: 0 success; {EXIT_ERROR} bad input, failed write or TensorRT build failure (nothing written);
 2 bad command line; {EXIT_NO_TENSORRT} --trt without TensorRT or a CUDA device (ONNX artifacts written;
 install with pip install ".[gpu]"); {EXIT_PARITY} parity check failed (nothing written)."""
 )
@@ -106,7 +108,7 @@ def main(
         if error.artifacts is not None:
             _report(error.artifacts)
         _fail(error, EXIT_NO_TENSORRT)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError, EngineBuildError) as error:
+    except (OSError, ValueError, ImportError, EngineBuildError) as error:
         _fail(error, EXIT_ERROR)
     _report(folder)
 
@@ -122,7 +124,5 @@ def _report(folder: Path) -> None:
 
 
 def _fail(error: Exception, code: int) -> None:
-    # One line: some causes (torch.load's unpickling errors) carry a multi-line explanation after the first.
-    lines = str(error).strip().splitlines() or [type(error).__name__]
-    click.echo(f"Error: {lines[0]}", err=True)
+    click.echo(f"Error: {error_line(error)}", err=True)
     sys.exit(code)

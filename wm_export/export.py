@@ -19,7 +19,7 @@ from tqdm import tqdm
 from wm_core.checkpoint import load_checkpoint
 from wm_core.graphs import BATCH, HalfPrecisionGraph, build_graphs, graph_specs
 from wm_core.manifest import FORMAT, FORMAT_VERSION, MANIFEST, build_manifest, manifest_files, write_manifest
-from wm_core.publish import replace_dir
+from wm_core.publish import replace_dir, write_failure
 
 from . import parity, tensorrt_build
 from .onnx_export import check_opset, export_onnx
@@ -62,8 +62,9 @@ def export_artifacts(
     files whose validation split's frames feed the parity gate (else random frames).
 
     Raises FileNotFoundError / ValueError / FileExistsError for bad input, ParityError when a graph disagrees
-    with the model, EngineBuildError when TensorRT fails, and TensorRTUnavailableError (after publishing the
-    ONNX artifacts) when `trt` is asked for without TensorRT or a CUDA device."""
+    with the model, EngineBuildError when TensorRT fails, WriteError (naming the artifact folder) when the disk
+    is full or the folder cannot be written, and TensorRTUnavailableError (after publishing the ONNX artifacts)
+    when `trt` is asked for without TensorRT or a CUDA device. On any error nothing is left behind."""
     checkpoint = Path(checkpoint)
     model, cfg, extras = load_checkpoint(checkpoint)
     codec = extras["action_codec"]
@@ -77,11 +78,12 @@ def export_artifacts(
     frames, source = parity.load_frames(data, cfg) if data is not None else (None, "random frames")
 
     created = _missing_parents(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the published folder is meant to be read
+    staging = None
     unavailable = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+        staging.chmod(0o755)  # mkdtemp makes it private; the published folder is meant to be read
         specs = graph_specs(cfg.model, decoder=settings.decoder)
         graphs = build_graphs(model, decoder=settings.decoder)
         metadata = _metadata(cfg.model, codec)
@@ -134,11 +136,15 @@ def export_artifacts(
         write_manifest(staging, manifest)
         _check_contents(staging, manifest)
         _publish(staging, dest, force)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as error:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         for folder in created:
             _remove_if_empty(folder)
-        raise
+        failure = write_failure(error, dest, inside=staging)  # a full disk, a missing permission
+        if failure is None:
+            raise
+        raise failure from error
     if unavailable is not None:
         raise tensorrt_build.TensorRTUnavailableError(
             f"{unavailable}; the ONNX artifacts are complete in {dest}", artifacts=dest

@@ -7,12 +7,16 @@ import warnings
 
 import click
 
-# Errors a user can fix (a config key, a missing file, a bad argument): one line, exit code 1.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+from wm_core.errors import error_line
+
+# Errors a user can fix (a config key, a missing file, a bad argument, a full disk, a folder they may not write
+# to): one line, exit code 1. OSError covers FileNotFoundError, FileExistsError and wm_core's WriteError.
+USER_ERRORS = (ValueError, OSError, ImportError)
 
 
 def user_errors_to_exit(command):
-    """Turn user errors into a one-line message and exit 1; show warnings as one line each."""
+    """Turn user errors into a one-line message naming the path and the cause, and exit 1; show warnings as
+    one line each."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -23,7 +27,7 @@ def user_errors_to_exit(command):
         try:
             return command(*args, **kwargs)
         except USER_ERRORS as error:
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(error_line(error)) from None
 
     return wrapper
 

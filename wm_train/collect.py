@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from wm_core.publish import naming_failed_writes
+
 from .data import save_episode
 
 # CarRacing zooms in on the car for its first 50 frames; those frames show no driving.
@@ -142,7 +144,8 @@ def collect(
         raise ValueError(f"frame_size must be a multiple of 16, got {frame_size}")
     make_env(env_id).close()  # fail fast, in this process, on an unknown environment or a missing extra
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with naming_failed_writes(out_dir):  # before minutes of recording, not after
+        out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(env_id, seed + i, steps, frame_size, out_dir / f"episode_{i:05d}.npz") for i in range(episodes)]
     bar = tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", disable=not progress)
     results: Iterable[tuple[Path, int]]

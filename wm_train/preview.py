@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from wm_core.actions import ActionCodec
 from wm_core.model import WorldModel
+from wm_core.publish import atomic_write
 
 from .data import EpisodeSet, to_batch
 
@@ -42,5 +43,4 @@ def save_preview(
     draw = ImageDraw.Draw(canvas)
     for i, label in enumerate(ROWS):
         draw.text((4, i * size + size // 2 - 5), label, fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    atomic_write(path, lambda file: canvas.save(file, format="PNG"), mode=0o644)

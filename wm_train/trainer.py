@@ -17,6 +17,7 @@ from wm_core.checkpoint import read_checkpoint, save_checkpoint
 from wm_core.config import Config
 from wm_core.losses import WorldModelOutput
 from wm_core.model import WorldModel
+from wm_core.publish import atomic_write_bytes
 
 from .data import EpisodeSet, load_splits, to_batch
 from .eval_metrics import teacher_forced_losses
@@ -98,7 +99,6 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]["numpy"]
 
     def fit(self) -> list[EpochMetrics]:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         while self.epoch < self.cfg.train.epochs:
             self.epoch += 1
             train_values, frames_per_s = self._train_epoch()
@@ -149,8 +149,10 @@ class Trainer:
             tqdm.write(metrics.log_line(split))
         if metrics.train["rssm_loss"] == 0.0:
             warnings.warn(RSSM_ZERO_CHECKLIST, UserWarning, stacklevel=2)
-        with open(self.out_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(asdict(metrics)) + "\n")
+        # Rewritten whole rather than appended: a full disk cannot leave half a line, and after a kill and
+        # --resume the file holds last.pt's history, without the lines of the epoch that was cut short.
+        lines = "".join(json.dumps(asdict(m)) + "\n" for m in self.history)
+        atomic_write_bytes(self.out_dir / "metrics.jsonl", lines.encode(), mode=0o644)
         _log_tensorboard(self.out_dir, metrics)
         save_preview(
             self.model, self.val_set, self.codec, self.out_dir / f"preview_epoch{self.epoch:03d}.png", self.device
@@ -164,10 +166,12 @@ class Trainer:
             history=[asdict(m) for m in self.history],
             rng={"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
         )
-        save_checkpoint(self.out_dir / "last.pt", self.model, self.cfg, self.codec, **extras)
+        # best.pt before last.pt: a run killed between the two redoes this epoch on --resume and rewrites the
+        # same best.pt; the other order would lose it (last.pt already counts this epoch's loss as the best).
         if metrics.val["loss"] < self.best_val_loss:
             self.best_val_loss = metrics.val["loss"]
             save_checkpoint(self.out_dir / "best.pt", self.model, self.cfg, self.codec, **extras)
+        save_checkpoint(self.out_dir / "last.pt", self.model, self.cfg, self.codec, **extras)
 
 
 def _log_tensorboard(out_dir: Path, metrics: EpochMetrics) -> None:
