@@ -34,6 +34,7 @@ def write_failure(error: BaseException, path: str | Path, inside: Path | None = 
         return WriteError(error.errno, error.strerror, str(path))
     cause = _os_error_behind(error) if isinstance(error, (OSError, RuntimeError)) else None
     if cause is not None:
+        assert cause.errno is not None  # _os_error_behind returns only errors that carry one
         return WriteError(cause.errno, cause.strerror or os.strerror(cause.errno), str(path))
     if isinstance(error, RuntimeError) and TORCH_WRITE_FAILED in str(error):
         return WriteError(None, str(error).strip().splitlines()[0], str(path))
@@ -41,10 +42,11 @@ def write_failure(error: BaseException, path: str | Path, inside: Path | None = 
 
 
 def _os_error_behind(error: BaseException) -> OSError | None:
+    link: BaseException | None = error
     for _ in range(8):  # exception chains are short; the bound only guards against a cycle
-        if error is None or (isinstance(error, OSError) and error.errno is not None):
-            return error
-        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if link is None or (isinstance(link, OSError) and link.errno is not None):
+            return link
+        link = link.__cause__ or (None if link.__suppress_context__ else link.__context__)
     return None
 
 
