@@ -39,17 +39,13 @@ def proc_status_mib(field: str) -> float:
 
 def run_loop(args) -> dict:
     """One loop in this process -> its RSS curve, peak and fixed-shape latency."""
-    import torch
-
-    from wm_core import ActionCodec, Config, WorldModel, save_checkpoint
     from wm_deploy import LatentState, Rollout
     from wm_export import export_artifacts
 
-    torch.manual_seed(0)
+    from timing import random_checkpoint
+
     with tempfile.TemporaryDirectory(prefix="wm-soak-") as scratch:
-        cfg = Config()
-        checkpoint = Path(scratch) / "model.pt"
-        save_checkpoint(checkpoint, WorldModel(cfg.model), cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3))
+        checkpoint = random_checkpoint(Path(scratch))
         folder = export_artifacts(checkpoint, Path(scratch) / "artifacts", decoder=False)
         rollout = Rollout.load(folder, backend=args.backend, device="cpu")
         rng = np.random.default_rng(0)

@@ -2,8 +2,9 @@
 
     python benchmarks/threads.py [--backend onnxruntime] [--threads 1,2,4] [--seconds 3]
 
-- single-thread latency (p50 of calls in alternating blocks) with the Rollout's lock as shipped, and with the
-  lock swapped for a no-op (what the call cost before it was thread-safe);
+- single-thread latency (p50 of calls in alternating blocks, benchmarks/timing.py's `time_calls`) with the
+  Rollout's lock as shipped, and with the lock swapped for a no-op (what the call cost before it was
+  thread-safe);
 - calls per second from N threads sharing one Rollout (calls serialised by its lock), and from N threads with
   a Rollout each (nothing shared).
 The model is a random default-size one, exported on the fly.
@@ -13,17 +14,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from wm_core import ActionCodec, Config, WorldModel, save_checkpoint
 from wm_deploy import LatentState, Rollout
 from wm_export import export_artifacts
+
+from timing import Sampling, random_checkpoint, time_calls
 
 B, H = 1, 15
 
@@ -35,15 +37,11 @@ def inputs(seed: int = 0) -> tuple[LatentState, np.ndarray]:
 
 
 def latency(rollouts: dict[str, Rollout], rounds: int = 40, block: int = 50) -> dict[str, float]:
-    """p50 microseconds per call, the variants' blocks taking turns so that both see the same load."""
+    """p50 microseconds per call, the variants' blocks taking turns so that both see the same load (after a
+    block of untimed calls each)."""
     state, actions = inputs()
-    times: dict[str, list[float]] = {name: [] for name in rollouts}
-    for _ in range(rounds):
-        for name, rollout in rollouts.items():
-            for _ in range(block):
-                t0 = time.perf_counter()
-                rollout.imagine(state, actions)
-                times[name].append(time.perf_counter() - t0)
+    calls = {name: functools.partial(rollout.imagine, state, actions) for name, rollout in rollouts.items()}
+    times = time_calls(calls, lambda: None, Sampling.fixed(rounds, block))  # CPU only: nothing to synchronise
     return {name: float(np.median(seconds)) * 1e6 for name, seconds in times.items()}
 
 
@@ -76,11 +74,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.threads.split(",")]
 
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="wm-threads-") as scratch:
-        cfg = Config()
-        checkpoint = Path(scratch) / "model.pt"
-        save_checkpoint(checkpoint, WorldModel(cfg.model), cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3))
+        checkpoint = random_checkpoint(Path(scratch))
         folder = export_artifacts(checkpoint, Path(scratch) / "artifacts", decoder=False)
 
         def load() -> Rollout:
