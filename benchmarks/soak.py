@@ -68,6 +68,10 @@ def run_loop(args) -> dict:
             "rss_mib": curve, "peak_rss_mib": round(peak, 1), "fixed_p50_us": fixed_p50}  # fmt: skip
 
 
+def format_p50(us: float | None) -> str:
+    return "no call at that shape" if us is None else f"{us:.0f} us"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch"))
@@ -94,7 +98,8 @@ def main(argv=None) -> None:
         print("  RSS MiB by call: " + ", ".join(f"{call}: {mib:.0f}" for call, mib in figures["rss_mib"]))
     ratio = loops["mixed"]["peak_rss_mib"] / loops["fixed"]["peak_rss_mib"]
     print(f"peak RSS mixed / fixed: {ratio:.2f} (target <= 1.5)")
-    print("fixed-shape (B=8, H=15) p50: " + ", ".join(f"{k} loop {v['fixed_p50_us']:.0f} us" for k, v in loops.items()))
+    p50 = {name: figures["fixed_p50_us"] for name, figures in loops.items()}
+    print("fixed-shape (B=8, H=15) p50: " + ", ".join(f"{k} loop {format_p50(v)}" for k, v in p50.items()))
     if args.json:
         args.json.write_text(json.dumps({"loops": loops, "peak_ratio": ratio}, indent=2) + "\n")
     if args.plot:

@@ -172,14 +172,13 @@ class Rollout:
     def initial(self, batch: int, kind: str = "numpy") -> LatentState:
         """The state before the first frame: h = 0, z = 0 (unused: the first `observe` replaces it)."""
         validation.check_batch(batch, self.max_batch, "initial")
-        shapes = (batch, self.dims.deter), (batch, self.dims.latent)
+        D, S = self.dims.deter, self.dims.latent
         if kind == "numpy":
-            h, z = (np.zeros(shape, np.float32) for shape in shapes)
-        elif kind == "torch":
-            h, z = (torch.zeros(shape, device=self.device) for shape in shapes)
-        else:
-            raise ValueError(f"kind must be 'numpy' or 'torch', got {kind!r}")
-        return LatentState(h, z, is_initial=True)
+            return LatentState(np.zeros((batch, D), np.float32), np.zeros((batch, S), np.float32), is_initial=True)
+        if kind == "torch":
+            h, z = torch.zeros(batch, D, device=self.device), torch.zeros(batch, S, device=self.device)
+            return LatentState(h, z, is_initial=True)
+        raise ValueError(f"kind must be 'numpy' or 'torch', got {kind!r}")
 
     def observe(self, state: LatentState, obs, prev_action=None) -> LatentState:
         """Advance `state` with the action taken since its frame, then encode the new frame.
