@@ -14,6 +14,8 @@ is damaged. Where an older test already keeps part of a promise it is named here
   checkpoint or of another format version: test_checkpoint.py, test_export.py.
 - A tampered artifact file: `Rollout.load` and `verify_folder` refuse it naming the file. Missing or unlisted
   files and damaged manifests: test_export.py, test_deploy_errors.py.
+- Concurrent calls on one Rollout from several threads with mixed shapes, and a long-running process seeing
+  many shapes (memory bounded by max_workspaces): test_rollout_threads.py.
 """
 
 from __future__ import annotations

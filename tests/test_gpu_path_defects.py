@@ -196,3 +196,33 @@ def test_a_refused_tensorrt_address_or_shape_raises(recording_backend):
         recording_backend._run("prior_step", 2, [("h", 0), ("z", 4), ("action", 512)])
     with pytest.raises(ValueError, match="outside the engine's profile"):
         recording_backend._run("prior_step", 65, [("h", 0)])
+
+
+def test_auto_does_not_pick_fp16_engines_unless_fp16_is_asked_for(tiny_artifacts, tmp_path):
+    """Defect 8: `auto` on CUDA took whatever engines a folder held; fp16 engines are now skipped, with the
+    reason, unless precision="fp16" is asked for. (Nothing else can run this folder here: its checkpoint is
+    gone and onnxruntime has no CUDA provider, so the error lists every reason.)"""
+    import json
+    import shutil
+
+    from wm_deploy.loading import Options, build_auto, open_source
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(tiny_artifacts("continuous"), folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["checkpoint"]["path"] = str(tmp_path / "gone.pt")
+    manifest["tensorrt"] = {
+        "precision": "fp16",
+        "version": "10.13.0",
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "compute_capability": "9.0",
+        "profile": {"min": 1, "opt": 8, "max": 64},
+        "engines": {},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    source = open_source(folder)
+    with pytest.raises(ValueError, match="tensorrt: the engines are fp16; pass precision='fp16'"):
+        build_auto(source, torch.device("cuda"), Options())
+    with pytest.raises(ValueError) as asked:
+        build_auto(source, torch.device("cuda"), Options(precision="fp16"))
+    assert "engines are fp16" not in str(asked.value) and "tensorrt:" in str(asked.value)
