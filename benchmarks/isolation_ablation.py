@@ -93,7 +93,16 @@ class CoupledWorldModel(WorldModel):
     WorldModel: its checkpoints load as a WorldModel and are evaluated as one.
     """
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, beta: float = 1.0, rssm_scale: float = 1.0):
+    def forward(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        beta: float = 1.0,
+        rssm_scale: float = 1.0,
+        overshooting: int = 1,
+    ):
+        if overshooting != 1:
+            raise ValueError("the coupled variant trains through its own one-step predictions; overshooting must be 1")
         mean, std = self.encode(obs)
         z = mean + std * torch.randn_like(std)
         recon_loss = reconstruction_loss(self.decode(z), obs)

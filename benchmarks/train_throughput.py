@@ -36,10 +36,14 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (default: the config's train.device)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="section.key=value (e.g. train.overshooting=3)"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as scratch:
         overrides = [f"train.out_dir={scratch}/run"] + ([f"train.device={args.device}"] if args.device else [])
+        overrides += args.overrides
         cfg = load_config(args.config, overrides)
         if not any(Path(cfg.data.path).glob("*.npz")):
             cfg.data.path = _random_episodes(Path(scratch) / "data", cfg)
@@ -59,7 +63,7 @@ def main(argv=None) -> None:
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
     gpu = torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else None
     print(
-        f"config {args.config}: batch {t.batch_size} x seq_len {cfg.data.seq_len}, "
+        f"config {args.config} {' '.join(args.overrides)}: batch {t.batch_size} x seq_len {cfg.data.seq_len}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {trainer.device}"
     )
     print(

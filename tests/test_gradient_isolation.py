@@ -41,3 +41,16 @@ def test_total_loss_reaches_every_module(random_batch):
 def test_one_step_metric_trains_nothing(random_batch):
     model = _model()
     assert not model(*random_batch).one_step.requires_grad
+
+
+def test_overshooting_trains_the_rssm_alone_and_the_vae_loss_still_leaves_it_alone(random_batch):
+    model = _model()
+    out = model(*random_batch, overshooting=3)
+    assert out.overshooting > 0
+    out.overshooting.backward(retain_graph=True)
+    assert all(g is None for g in _grads(model.encoder))
+    assert all(g is None for g in _grads(model.decoder))
+    assert all(g is not None and g.abs().sum() > 0 for g in _grads(model.rssm))
+    model.zero_grad(set_to_none=True)
+    (out.recon_loss + out.kld).backward()
+    assert all(g is None for g in _grads(model.rssm))

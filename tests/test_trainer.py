@@ -14,7 +14,8 @@ def test_training_writes_checkpoints_metrics_and_previews(carracing_config):
     assert [m.epoch for m in history] == [1, 2]
     lines = (tmp := __import__("pathlib").Path(out) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-    assert set(json.loads(lines[0])["val"]) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step"}
+    assert set(json.loads(lines[0])["val"]) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step", "overshooting",
+                                                "open_loop_mse@1", "open_loop_mse@5"}  # fmt: skip
     assert (tmp.parent / "preview_epoch002.png").stat().st_size > 0
     model, cfg, extras = load_checkpoint(tmp.parent / "last.pt")
     assert cfg == carracing_config and extras["epoch"] == 2

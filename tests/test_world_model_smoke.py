@@ -11,7 +11,7 @@ def test_forward_returns_finite_scalar_losses(random_batch):
     out = WorldModel(Config.from_dict({"model": {"size": "tiny"}}).model)(*random_batch)
     assert isinstance(out, WorldModelOutput)
     values = out.scalars()
-    assert set(values) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step"}
+    assert set(values) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step", "overshooting"}
     assert all(math.isfinite(v) for v in values.values())
 
 

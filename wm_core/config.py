@@ -78,6 +78,9 @@ class TrainConfig:
     beta: float = 1.0
     """weight of the VAE's KL to N(0, I)"""
     rssm_scale: float = 1.0
+    overshooting: int = 1
+    """K: the RSSM is also trained on its open-loop predictions 2..K steps ahead (latent overshooting, still on
+    detached posteriors); 1 trains one-step predictions only, the seed's loss"""
     """weight of the RSSM loss in the total"""
     seed: int = 0
     """seeds model init, window sampling and the reparameterisation noise"""
@@ -180,6 +183,11 @@ def _check_values(cfg: Config, source: str) -> None:
         (cfg.model.min_std > 0, "model.min_std must be > 0"),
         (cfg.train.epochs >= 1 and cfg.train.batch_size >= 1, "train.epochs and train.batch_size must be >= 1"),
         (cfg.train.device in ("cpu", "cuda", "auto"), "train.device must be cpu, cuda or auto"),
+        (
+            1 <= cfg.train.overshooting < cfg.data.seq_len,
+            f"train.overshooting must be in [1, data.seq_len - 1 = {cfg.data.seq_len - 1}], "
+            f"got {cfg.train.overshooting}",
+        ),
         (1 <= cfg.export.opt_batch <= cfg.export.max_batch, "export needs 1 <= opt_batch <= max_batch"),
     ]
     for ok, message in checks:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 
@@ -12,7 +12,8 @@ class WorldModelOutput:
     """Every field is a scalar tensor and is logged under its own name."""
 
     loss: torch.Tensor
-    """total: recon_loss + beta * kld + rssm_scale * rssm_loss"""
+    """total: recon_loss + beta * kld + rssm_scale * (rssm_loss + (K - 1) * overshooting) / K, K the
+    overshooting distance (K = 1: recon_loss + beta * kld + rssm_scale * rssm_loss)"""
     recon_loss: torch.Tensor
     """squared error of each reconstructed frame, summed over pixels, averaged over batch and time"""
     kld: torch.Tensor
@@ -21,6 +22,8 @@ class WorldModelOutput:
     """KL(q(z_t+1|x_t+1) detached || p(z_t+1|z_t, a_t)), summed over latent dimensions"""
     one_step: torch.Tensor
     """pixel MSE of the decoded prior mean at t+1 against x_t+1 (a metric: trains nothing)"""
+    overshooting: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    """mean over k = 2..K of KL(q(z_t+k|x_t+k) detached || the prior k steps open loop from t); 0 when K = 1"""
 
     def scalars(self) -> dict[str, float]:
         """Python floats for logging (each one synchronises with the device)."""

@@ -92,16 +92,38 @@ class RSSM(nn.Module):
         prior_mean, prior_std = gaussian_params(self.prior_head(h_next), self.min_std)
         return h_next, prior_mean, prior_std
 
-    def observe(self, z: torch.Tensor, actions: torch.Tensor):
+    def observe(self, z: torch.Tensor, actions: torch.Tensor, states: bool = False):
         """Teacher-forced priors: z [B, T, S] (posterior), actions [B, T, A] -> prior mean, std [B, T-1, S]
-        for steps 1..T-1, each predicted from the posterior z and the action of the step before."""
+        for steps 1..T-1, each predicted from the posterior z and the action of the step before; with
+        `states`, also the GRU states h [B, T-1, D] they were predicted from."""
         h = self.initial_state(z.shape[0], z.device)
-        means, stds = [], []
+        means, stds, hs = [], [], []
         for t in range(z.shape[1] - 1):
             h, mean, std = self.step(h, z[:, t], actions[:, t])
             means.append(mean)
             stds.append(std)
+            hs.append(h)
+        if states:
+            return torch.stack(means, 1), torch.stack(stds, 1), torch.stack(hs, 1)
         return torch.stack(means, 1), torch.stack(stds, 1)
+
+    def overshoot(self, h: torch.Tensor, z: torch.Tensor, actions: torch.Tensor, distance: int):
+        """Latent overshooting (Hafner et al. 2019, PlaNet, section 4): open-loop priors k = 2..distance steps
+        ahead of every step t of a window, all starts at once.
+
+        h [B, T-1, D] and z [B, T-1, S] are the teacher-forced state and prior mean one step after each start t
+        (what `observe` returns); actions [B, T, A]. -> for k = 2..distance, prior mean, std [B, T-k, S] of
+        steps k..T-1, each predicted k steps open loop (prior means fed back, true actions) from step k - 1
+        before it."""
+        B, T = actions.shape[:2]
+        priors = []
+        for k in range(2, distance + 1):
+            n = T - k  # starts t = 0..n-1 still have a target t + k inside the window
+            h, z = h[:, :n], z[:, :n]
+            h_next, mean, std = self.step(h.flatten(0, 1), z.flatten(0, 1), actions[:, k - 1 : k - 1 + n].flatten(0, 1))
+            h, z, std = (x.view(B, n, -1) for x in (h_next, mean, std))  # [B*n, ...] -> [B, n, ...]
+            priors.append((z, std))
+        return priors
 
     def imagine(self, h: torch.Tensor, z: torch.Tensor, actions: torch.Tensor):
         """Open loop from (h [B, D], z [B, S]) feeding the prior mean back: actions [B, H, A] ->
@@ -148,8 +170,16 @@ class WorldModel(nn.Module):
         frames = self.decoder(z.reshape(-1, z.shape[-1]))  # [..., S] -> [N, S]
         return frames.view(*z.shape[:-1], *frames.shape[1:])  # [N, C, H, W] -> [..., C, H, W]
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, beta: float = 1.0, rssm_scale: float = 1.0):
-        """obs float32 [B, T, C, H, W] in [0, 1], encoded actions [B, T, A] -> WorldModelOutput."""
+    def forward(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        beta: float = 1.0,
+        rssm_scale: float = 1.0,
+        overshooting: int = 1,
+    ):
+        """obs float32 [B, T, C, H, W] in [0, 1], encoded actions [B, T, A] -> WorldModelOutput. `overshooting`:
+        K, the open-loop distance the RSSM is also trained at (1: one-step predictions only)."""
         mean, std = self.encode(obs)
         z = mean + std * torch.randn_like(std)
         recon = self.decode(z)
@@ -158,11 +188,19 @@ class WorldModel(nn.Module):
 
         # Detached: keeps the RSSM loss out of the encoder (inputs z_t and targets q(z_t+1|x_t+1) alike).
         mu_detached, std_detached = mean.detach(), std.detach()
-        prior_mean, prior_std = self.rssm.observe(mu_detached, actions)
+        prior_mean, prior_std, hs = self.rssm.observe(mu_detached, actions, states=True)
         rssm_loss = gaussian_kl(mu_detached[:, 1:], std_detached[:, 1:], prior_mean, prior_std).mean()
+        # Overshooting reads the same detached posteriors: it trains the RSSM alone, like rssm_loss. PlaNet
+        # weights every distance alike (its beta_d = 1/D): the RSSM term is the mean over k = 1..K.
+        overshoot_kls = [
+            gaussian_kl(mu_detached[:, k:], std_detached[:, k:], mean_k, std_k).mean()
+            for k, (mean_k, std_k) in enumerate(self.rssm.overshoot(hs, prior_mean, actions, overshooting), start=2)
+        ]
+        overshoot = torch.stack(overshoot_kls).mean() if overshoot_kls else torch.zeros((), device=obs.device)
 
         with torch.no_grad():
             one_step = (self.decode(prior_mean) - obs[:, 1:]).pow(2).mean()
 
-        loss = recon_loss + beta * kld + rssm_scale * rssm_loss
-        return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step)
+        dynamics = (rssm_loss + len(overshoot_kls) * overshoot) / (1 + len(overshoot_kls))
+        loss = recon_loss + beta * kld + rssm_scale * dynamics
+        return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step, overshoot)

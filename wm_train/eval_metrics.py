@@ -258,10 +258,33 @@ def teacher_forced_losses(
     for first in range(0, len(windows), train.batch_size):
         chunk = windows[first : first + train.batch_size]
         obs, actions = to_batch(chunk, codec, device)
-        out = model(obs, actions, beta=train.beta, rssm_scale=train.rssm_scale)
+        out = model(obs, actions, beta=train.beta, rssm_scale=train.rssm_scale, overshooting=train.overshooting)
         for name, value in out.scalars().items():
             sums[name] = sums.get(name, 0.0) + value * len(chunk)
     return {name: total / len(windows) for name, total in sums.items()}
+
+
+OPEN_LOOP_HORIZONS = (1, 5, 10)
+"""the horizons of the per-epoch open-loop MSE (those shorter than a window)"""
+OPEN_LOOP_WINDOWS = 8
+"""validation windows it is measured on: a fixed handful, so that it costs a few batched rollouts an epoch"""
+
+
+@torch.no_grad()
+def open_loop_mse(
+    model: WorldModel, windows: Sequence[tuple[np.ndarray, np.ndarray]], codec: ActionCodec, device="cpu"
+) -> dict[str, float]:
+    """Pixel MSE of the decoded prior mean k steps open loop from each window's first frame (true actions), at
+    the OPEN_LOOP_HORIZONS that fit: "open_loop_mse@k" -> value, over the first OPEN_LOOP_WINDOWS windows. What
+    the one-step loss does not show: whether rollouts improve."""
+    model.eval()
+    obs, actions = to_batch(list(windows[:OPEN_LOOP_WINDOWS]), codec, device)  # [B, T, C, H, W], [B, T, A]
+    horizon = obs.shape[1] - 1
+    post_mean, _ = model.encode(obs[:, :1])  # [B, 1, S]
+    h = model.rssm.initial_state(obs.shape[0], obs.device)
+    prior_mean, _, _ = model.rssm.imagine(h, post_mean[:, 0], actions[:, :horizon])  # [B, T-1, S]
+    error = (model.decode(prior_mean) - obs[:, 1:]).pow(2).flatten(2).mean(-1).mean(0)  # [T-1]
+    return {f"open_loop_mse@{k}": float(error[k - 1]) for k in OPEN_LOOP_HORIZONS if k <= horizon}
 
 
 def loss_gap(train: dict[str, float], val: dict[str, float]) -> dict[str, float]:

@@ -20,7 +20,7 @@ from wm_core.model import WorldModel
 from wm_core.publish import atomic_write_bytes
 
 from .data import EpisodeSet, load_splits, to_batch
-from .eval_metrics import teacher_forced_losses
+from .eval_metrics import open_loop_mse, teacher_forced_losses
 from .preview import save_preview
 
 LOG_NAMES = {"loss": "loss", "recon_loss": "rec", "kld": "kld", "rssm_loss": "rssm", "one_step": "1step"}
@@ -38,7 +38,8 @@ class EpochMetrics:
     train: dict[str, float]
     """mean over the epoch's steps of every WorldModelOutput field"""
     val: dict[str, float]
-    """mean over the fixed validation windows of every WorldModelOutput field"""
+    """mean over the fixed validation windows of every WorldModelOutput field, and the open-loop pixel MSE at a
+    few horizons (`open_loop_mse@k`, eval_metrics.open_loop_mse)"""
     frames_per_s: float
     """training frames (batch x seq_len per step) per second of the epoch's training steps"""
 
@@ -48,6 +49,9 @@ class EpochMetrics:
             f"{short}={values[name]:.4f}" if name == "one_step" else f"{short}={values[name]:.2f}"
             for name, short in LOG_NAMES.items()
         ]
+        if values.get("overshooting"):
+            parts.append(f"os={values['overshooting']:.2f}")
+        parts += [f"ol@{key.split('@')[1]}={value:.4f}" for key, value in values.items() if "@" in key]
         return f"epoch {self.epoch} {split} " + " ".join(parts)
 
 
@@ -133,7 +137,7 @@ class Trainer:
         """One optimiser step on a batch of windows sampled at random offsets."""
         t = self.cfg.train
         obs, actions = to_batch(self.train_set.sample(self.rng, t.batch_size), self.codec, self.device)
-        out = self.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale)
+        out = self.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale, overshooting=t.overshooting)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -141,8 +145,11 @@ class Trainer:
         return out
 
     def evaluate(self, episodes: EpisodeSet) -> dict[str, float]:
-        """The training losses over the fixed windows of `episodes` (what wm-eval reports as well)."""
-        return teacher_forced_losses(self.model, episodes.fixed_windows(), self.codec, self.cfg.train, self.device)
+        """The training losses over the fixed windows of `episodes` (what wm-eval reports as well), and the
+        open-loop MSE at a few horizons on a handful of them."""
+        windows = episodes.fixed_windows()
+        losses = teacher_forced_losses(self.model, windows, self.codec, self.cfg.train, self.device)
+        return losses | open_loop_mse(self.model, windows, self.codec, self.device)
 
     def _report(self, metrics: EpochMetrics) -> None:
         for split in ("train", "val"):
