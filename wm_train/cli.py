@@ -1,8 +1,15 @@
-"""Command-line entry points: thin click wrappers over the library functions."""
+"""Command-line entry points: thin click wrappers over the library functions.
+
+The console scripts `wm-train`, `wm-collect` and `wm-eval` are the commands below; `python -m wm_train.cli
+train|collect|eval ...` runs the same commands, which is how torchrun starts one training process per GPU:
+
+    torchrun --nproc-per-node 4 -m wm_train.cli train configs/carracing.yaml
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import click
@@ -52,6 +59,8 @@ def train_command(config_path, overrides, resume, progress):
 
     cfg = load_config(config_path, overrides)
     history = train(cfg, resume=resume, progress=progress)
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 speaks for the run
+        return
     last = history[-1]
     click.echo(
         f"done: {last.epoch} epochs, val loss {last.val['loss']:.2f}, "
@@ -149,3 +158,16 @@ def eval_command(
     for line in summary_lines(report):
         click.echo(line)
     click.echo(f"report in {out_dir}")
+
+
+@click.group()
+def main():
+    """wm_train's commands, for `python -m wm_train.cli` (torchrun runs modules, not console scripts)."""
+
+
+main.add_command(train_command, "train")
+main.add_command(collect_command, "collect")
+main.add_command(eval_command, "eval")
+
+if __name__ == "__main__":
+    main()
