@@ -37,6 +37,7 @@ import torch.multiprocessing as mp
 from wm_train import load_config
 from wm_train.data import save_episode
 from wm_train.distributed import setup
+from wm_train.store import is_store
 from wm_train.trainer import Trainer
 
 
@@ -55,7 +56,7 @@ def main(argv=None) -> None:
         overrides = [f"train.out_dir={scratch}/run"] + ([f"train.device={args.device}"] if args.device else [])
         overrides += [f"data.path={args.data}"] if args.data else []
         cfg = load_config(args.config, overrides)
-        if not any(Path(cfg.data.path).glob("*.npz")):
+        if not is_store(cfg.data.path) and not any(Path(cfg.data.path).glob("*.npz")):
             cfg.data.path = _random_episodes(Path(scratch) / "data", cfg)
         single = time_steps(cfg, args.steps, args.warmup)
         runs = [single]

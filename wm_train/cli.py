@@ -1,7 +1,8 @@
 """Command-line entry points: thin click wrappers over the library functions.
 
-The console scripts `wm-train`, `wm-collect` and `wm-eval` are the commands below; `python -m wm_train.cli
-train|collect|eval ...` runs the same commands, which is how torchrun starts one training process per GPU:
+The console scripts `wm-train`, `wm-collect`, `wm-eval` and `wm-store` are the commands below; `python -m
+wm_train.cli train|collect|eval|store ...` runs the same commands, which is how torchrun starts one training
+process per GPU:
 
     torchrun --nproc-per-node 4 -m wm_train.cli train configs/carracing.yaml
 """
@@ -89,6 +90,21 @@ def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers,
 
 
 @click.command(context_settings={"show_default": True})
+@click.argument("source", metavar="NPZ_DIR", type=click.Path(file_okay=False))
+@click.option(
+    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder of the episode store."
+)
+@user_errors_to_exit
+def store_command(source, out_dir):
+    """Convert the *.npz episodes in NPZ_DIR into an episode store (frames read from disk on demand; point
+    data.path at it to train on datasets larger than memory)."""
+    from .data import npz_to_store
+
+    count = npz_to_store(source, out_dir)
+    click.echo(f"wrote {count} episodes to the store {out_dir}")
+
+
+@click.command(context_settings={"show_default": True})
 @click.argument("checkpoint", metavar="CKPT", type=click.Path(dir_okay=False))
 @click.option(
     "--data",
@@ -168,6 +184,7 @@ def main():
 main.add_command(train_command, "train")
 main.add_command(collect_command, "collect")
 main.add_command(eval_command, "eval")
+main.add_command(store_command, "store")
 
 if __name__ == "__main__":
     main()
