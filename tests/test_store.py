@@ -75,3 +75,13 @@ def test_store_command_converts_a_folder(carracing_dir, tmp_path):
     assert "wrote 4 episodes" in result.stdout
     index = json.loads((tmp_path / "store" / "store.json").read_text())
     assert [e["frames"] for e in index["episodes"]] == [24] * 4
+
+
+def test_collect_writes_a_store_directly(tmp_path):
+    command = [sys.executable, "-m", "wm_train.cli", "collect", "CarRacing-v3", "-o", str(tmp_path / "store")]
+    command += ["--episodes", "2", "--steps", "6", "--store", "--workers", "1", "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    index = json.loads((tmp_path / "store" / "store.json").read_text())
+    assert [e["name"] for e in index["episodes"]] == ["episode_00000", "episode_00001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # the temporary .npz folder is gone
