@@ -109,9 +109,9 @@ class Trainer:
         if self.dist.enabled:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
-            self.rng = np.random.default_rng([t.seed, self.dist.rank]) if self.dist.rank else self.rng
-            if self.dist.rank:
-                torch.manual_seed(rank_seed(t.seed, self.dist.rank))
+        if self.dist.rank:  # its own windows and noise; rank 0 keeps the streams of a single-process run
+            self.rng = np.random.default_rng([t.seed, self.dist.rank])
+            torch.manual_seed(rank_seed(t.seed, self.dist.rank))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.steps_per_epoch = max(1, math.ceil(self.train_set.frames / (t.batch_size * cfg.data.seq_len)))
         self.epoch = 0
