@@ -66,7 +66,13 @@ install with pip install ".[gpu]"); {EXIT_PARITY} parity check failed (nothing w
     help="Episode folder (*.npz, as written by wm-collect); frames of its validation split feed the "
     "parity check. Default: random frames.",
 )
-@click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
+@click.option(
+    "--triton",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write a Triton Inference Server model repository here (encoder/, prior_step/, decoder/).",
+)
+@click.option("--force", is_flag=True, help="Replace an existing artifact folder (and Triton repository).")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def main(
     checkpoint: Path,
@@ -78,6 +84,7 @@ def main(
     opset: int | None,
     decoder: bool | None,
     data: Path | None,
+    triton: Path | None,
     force: bool,
     progress: bool,
 ) -> None:
@@ -100,20 +107,21 @@ def main(
             force=force,
             data=data,
             progress=progress,
+            triton=triton,
         )
     except ParityError as error:
         click.echo(format_table({error.backend: error.report}), err=True)
         _fail(error, EXIT_PARITY)
     except TensorRTUnavailableError as error:
         if error.artifacts is not None:
-            _report(error.artifacts)
+            _report(error.artifacts, triton)
         _fail(error, EXIT_NO_TENSORRT)
     except (OSError, ValueError, ImportError, EngineBuildError) as error:
         _fail(error, EXIT_ERROR)
-    _report(folder)
+    _report(folder, triton)
 
 
-def _report(folder: Path) -> None:
+def _report(folder: Path, triton: Path | None = None) -> None:
     manifest = load_manifest(folder)
     reports = dict(manifest["parity"])
     if manifest["tensorrt"]:
@@ -121,6 +129,8 @@ def _report(folder: Path) -> None:
     click.echo(format_table(reports))
     click.echo(f"parity inputs: {manifest['parity_inputs']}")
     click.echo(f"wrote {folder}")
+    if triton is not None:
+        click.echo(f"wrote the Triton model repository {triton}")
 
 
 def _fail(error: Exception, code: int) -> None:

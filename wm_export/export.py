@@ -23,6 +23,7 @@ from wm_core.publish import replace_dir, write_failure
 
 from . import parity, tensorrt_build
 from .onnx_export import check_opset, export_onnx
+from .triton import check_repository_destination, write_triton_repository
 
 DEFAULT_FOLDER = "artifacts"
 """default destination: this folder beside the checkpoint"""
@@ -55,11 +56,13 @@ def export_artifacts(
     force: bool = False,
     data: str | Path | None = None,
     progress: bool = False,
+    triton: str | Path | None = None,
 ) -> Path:
     """Export `checkpoint` to an artifact folder (default `<checkpoint dir>/artifacts`) -> its path.
 
     Options left as None come from the checkpoint config's `export` section. `data` is a folder of episode
-    files whose validation split's frames feed the parity gate (else random frames).
+    files whose validation split's frames feed the parity gate (else random frames). `triton`: also write a
+    Triton Inference Server model repository there (wm_export.triton), from the published artifact folder.
 
     Raises FileNotFoundError / ValueError / FileExistsError for bad input, ParityError when a graph disagrees
     with the model, EngineBuildError when TensorRT fails, WriteError (naming the artifact folder) when the disk
@@ -75,6 +78,8 @@ def export_artifacts(
     )
     dest = Path(out_dir) if out_dir is not None else checkpoint.parent / DEFAULT_FOLDER
     check_destination(dest, force)
+    if triton is not None:
+        check_repository_destination(triton, force)
     frames, source = parity.load_frames(data, cfg) if data is not None else (None, "random frames")
 
     created = _missing_parents(dest)
@@ -145,6 +150,8 @@ def export_artifacts(
         if failure is None:
             raise
         raise failure from error
+    if triton is not None:  # from the ONNX graphs alone when the engines could not be built
+        write_triton_repository(dest, triton, settings.max_batch)
     if unavailable is not None:
         raise tensorrt_build.TensorRTUnavailableError(
             f"{unavailable}; the ONNX artifacts are complete in {dest}", artifacts=dest

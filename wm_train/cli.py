@@ -1,8 +1,16 @@
-"""Command-line entry points: thin click wrappers over the library functions."""
+"""Command-line entry points: thin click wrappers over the library functions.
+
+The console scripts `wm-train`, `wm-collect`, `wm-eval` and `wm-store` are the commands below; `python -m
+wm_train.cli train|collect|eval|store ...` runs the same commands, which is how torchrun starts one training
+process per GPU:
+
+    torchrun --nproc-per-node 4 -m wm_train.cli train configs/carracing.yaml
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import click
@@ -52,6 +60,8 @@ def train_command(config_path, overrides, resume, progress):
 
     cfg = load_config(config_path, overrides)
     history = train(cfg, resume=resume, progress=progress)
+    if int(os.environ.get("RANK", 0)) != 0:  # under torchrun, rank 0 speaks for the run
+        return
     last = history[-1]
     click.echo(
         f"done: {last.epoch} epochs, val loss {last.val['loss']:.2f}, "
@@ -69,14 +79,34 @@ def train_command(config_path, overrides, resume, progress):
 @click.option("--seed", default=0, help="Episode i uses seed SEED + i.")
 @click.option("--frame-size", default=64, help="Frames are resized to FRAME_SIZE x FRAME_SIZE.")
 @click.option("--workers", default=2, help="Processes recording episodes in parallel.")
+@click.option("--store", is_flag=True, help="Write an episode store (see wm-store) at OUT instead of .npz files.")
 @click.option("--progress/--no-progress", default=True)
 @user_errors_to_exit
-def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress):
+def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers, store, progress):
     """Record episodes from the gymnasium environment ENV_ID (e.g. CarRacing-v3, ALE/Pong-v5)."""
-    from .collect import collect
+    from .collect import collect, collect_to_store
 
+    if store:
+        count = collect_to_store(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress)
+        click.echo(f"wrote {count} episodes to the store {out_dir}")
+        return
     paths = collect(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress)
     click.echo(f"wrote {len(paths)} episodes to {out_dir}")
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("source", metavar="NPZ_DIR", type=click.Path(file_okay=False))
+@click.option(
+    "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder of the episode store."
+)
+@user_errors_to_exit
+def store_command(source, out_dir):
+    """Convert the *.npz episodes in NPZ_DIR into an episode store (frames read from disk on demand; point
+    data.path at it to train on datasets larger than memory)."""
+    from .data import npz_to_store
+
+    count = npz_to_store(source, out_dir)
+    click.echo(f"wrote {count} episodes to the store {out_dir}")
 
 
 @click.command(context_settings={"show_default": True})
@@ -149,3 +179,17 @@ def eval_command(
     for line in summary_lines(report):
         click.echo(line)
     click.echo(f"report in {out_dir}")
+
+
+@click.group()
+def main():
+    """wm_train's commands, for `python -m wm_train.cli` (torchrun runs modules, not console scripts)."""
+
+
+main.add_command(train_command, "train")
+main.add_command(collect_command, "collect")
+main.add_command(eval_command, "eval")
+main.add_command(store_command, "store")
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ Episode i is recorded with seed `seed + i`, so a collection is the same whatever
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -14,7 +15,7 @@ from tqdm import tqdm
 
 from wm_core.publish import naming_failed_writes
 
-from .data import save_episode
+from .data import npz_to_store, save_episode
 
 # CarRacing zooms in on the car for its first 50 frames; those frames show no driving.
 SKIP_START = {"CarRacing": 50}
@@ -164,3 +165,23 @@ def collect(
     if workers > 1:
         pool.shutdown()
     return paths
+
+
+def collect_to_store(
+    env_id: str,
+    store_dir: str | Path,
+    episodes: int,
+    steps: int,
+    seed: int = 0,
+    frame_size: int = 64,
+    workers: int = 2,
+    progress: bool = True,
+) -> int:
+    """Record episodes as `collect` does into an episode store at `store_dir` (through a temporary .npz folder
+    beside it, deleted afterwards) -> the number of episodes."""
+    store_dir = Path(store_dir)
+    with naming_failed_writes(store_dir):
+        store_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{store_dir.name}.", suffix=".npz", dir=store_dir.parent) as scratch:
+        collect(env_id, scratch, episodes, steps, seed, frame_size, workers, progress)
+        return npz_to_store(scratch, store_dir)

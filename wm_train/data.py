@@ -1,7 +1,10 @@
 """Episode files on disk, the train/validation split, and windows for training.
 
 An episode is one `*.npz` file holding `obs` uint8 [T, H, W, 3] and `action`, float32 [T, A] (continuous) or
-int64 [T] (discrete), where action[t] is taken after seeing obs[t].
+int64 [T] (discrete), where action[t] is taken after seeing obs[t]. A folder of them is read into memory whole;
+an episode store (wm_train.store, converted from such a folder by `npz_to_store`) holds the same episodes with
+their frames left on disk, for datasets larger than memory. `data.path` may name either: a folder holding
+`store.json` is a store.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 from wm_core.actions import ActionCodec
 from wm_core.config import Config
 from wm_core.publish import atomic_write
+
+from . import store
 
 
 def save_episode(path: str | Path, obs: np.ndarray, action: np.ndarray) -> None:
@@ -42,36 +47,43 @@ def load_episode(path: Path, action_mode: str, action_dim: int, frame_size: int)
         raise ValueError(f"{path}: episode files need arrays 'obs' and 'action', missing {missing}") from None
     except Exception as error:
         raise ValueError(f"{path}: not a readable episode file ({type(error).__name__}: {error})") from None
+    check_episode(path, obs, action, action_mode, action_dim, frame_size)
+    return obs, action
+
+
+def check_episode(source, obs, action: np.ndarray, action_mode: str, action_dim: int, frame_size: int) -> None:
+    """ValueError naming `source`, the expected and the actual value when an episode does not fit the config;
+    `obs` needs only `dtype` and `shape` (an array, or frames on disk)."""
     expected_frame = (frame_size, frame_size, 3)
-    if obs.dtype != np.uint8 or obs.ndim != 4 or obs.shape[1:] != expected_frame:
+    if obs.dtype != np.uint8 or len(obs.shape) != 4 or tuple(obs.shape[1:]) != expected_frame:
         raise ValueError(
-            f"{path}: obs must be uint8 [T, {frame_size}, {frame_size}, 3], got {obs.dtype} {list(obs.shape)}"
+            f"{source}: obs must be uint8 [T, {frame_size}, {frame_size}, 3], got {obs.dtype} {list(obs.shape)}"
         )
     data_mode = "discrete" if action.dtype.kind in "iu" else "continuous"
     if data_mode != action_mode:
         raise ValueError(
-            f"{path}: config data.action_mode is '{action_mode}' but the file holds {data_mode} "
+            f"{source}: config data.action_mode is '{action_mode}' but the file holds {data_mode} "
             f"actions ({action.dtype}); set data.action_mode: {data_mode}"
         )
     if data_mode == "discrete":
         if action.ndim != 1:
-            raise ValueError(f"{path}: discrete actions must be [T], got {list(action.shape)}")
+            raise ValueError(f"{source}: discrete actions must be [T], got {list(action.shape)}")
         if action.size and (action.min() < 0 or action.max() >= action_dim):
             raise ValueError(
-                f"{path}: discrete actions must lie in [0, {action_dim - 1}] (model.action_dim="
+                f"{source}: discrete actions must lie in [0, {action_dim - 1}] (model.action_dim="
                 f"{action_dim}), got [{action.min()}, {action.max()}]"
             )
     elif action.ndim != 2 or action.shape[1] != action_dim:
         raise ValueError(
-            f"{path}: continuous actions must be [T, {action_dim}] (model.action_dim), got {list(action.shape)}"
+            f"{source}: continuous actions must be [T, {action_dim}] (model.action_dim), got {list(action.shape)}"
         )
     if len(action) != len(obs):
-        raise ValueError(f"{path}: {len(obs)} frames but {len(action)} actions")
-    return obs, action
+        raise ValueError(f"{source}: {len(obs)} frames but {len(action)} actions")
 
 
-def split_episodes(paths: list[Path], val_fraction: float, seed: int) -> tuple[list[Path], list[Path]]:
-    """Deterministic split by episode: at least one episode on each side."""
+def split_episodes(paths: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    """Deterministic split by episode (file paths, or a store's episode names: only their order counts): at least
+    one episode on each side."""
     if len(paths) < 2:
         raise ValueError(f"need at least 2 episodes to split train/validation, found {len(paths)}")
     order = np.random.default_rng(seed).permutation(len(paths))
@@ -81,9 +93,10 @@ def split_episodes(paths: list[Path], val_fraction: float, seed: int) -> tuple[l
 
 @dataclass
 class EpisodeSet:
-    """Episodes of one split, held once in memory as uint8; windows are converted per batch."""
+    """Episodes of one split, held once as uint8 (in memory, or on disk for a store); windows are converted per
+    batch."""
 
-    obs: list[np.ndarray]
+    obs: list[np.ndarray | store.DiskFrames]
     actions: list[np.ndarray]
     seq_len: int
 
@@ -122,20 +135,33 @@ def to_batch(windows, codec: ActionCodec, device: torch.device | str = "cpu"):
 def load_splits(cfg: Config) -> tuple[EpisodeSet, EpisodeSet, ActionCodec]:
     """Train and validation episodes and the action codec fitted on the training split."""
     d, m = cfg.data, cfg.model
-    train_paths, val_paths = split_episodes(episode_paths(d.path), d.val_fraction, cfg.train.seed)
+    if store.is_store(d.path):
+        names = [episode["name"] for episode in store.read_index(d.path)["episodes"]]
+
+        def load(name: str):
+            obs, action = store.open_episode(d.path, name)
+            check_episode(Path(d.path) / name, obs, action, d.action_mode, m.action_dim, m.frame_size)
+            return obs, action
+
+    else:
+        names = episode_paths(d.path)
+
+        def load(path: Path):
+            return load_episode(path, d.action_mode, m.action_dim, m.frame_size)
+
+    train_names, val_names = split_episodes(names, d.val_fraction, cfg.train.seed)
     splits = []
-    for paths in (train_paths, val_paths):
-        episodes = [load_episode(p, d.action_mode, m.action_dim, m.frame_size) for p in paths]
-        short = [p.name for p, (o, _) in zip(paths, episodes) if len(o) < d.seq_len]
+    for names in (train_names, val_names):
+        episodes = [load(name) for name in names]
+        labels = [Path(name).name for name in names]
+        short = [label for label, (o, _) in zip(labels, episodes) if len(o) < d.seq_len]
         if short:
             warnings.warn(
                 f"skipping {len(short)} episode(s) shorter than data.seq_len={d.seq_len}: {short[:5]}", stacklevel=2
             )
         kept = [e for e in episodes if len(e[0]) >= d.seq_len]
         if not kept:
-            raise ValueError(
-                f"{d.path}: no episode of {[p.name for p in paths][:5]} has data.seq_len={d.seq_len} frames"
-            )
+            raise ValueError(f"{d.path}: no episode of {labels[:5]} has data.seq_len={d.seq_len} frames")
         splits.append(EpisodeSet([o for o, _ in kept], [a for _, a in kept], d.seq_len))
     train, val = splits
     codec = ActionCodec.fit(d.action_mode, m.action_dim, train.actions)
@@ -152,3 +178,24 @@ def _warn_if_actions_constant(actions: list[np.ndarray]) -> None:
             UserWarning,
             stacklevel=2,
         )
+
+
+def npz_to_store(source: str | Path, target: str | Path) -> int:
+    """Convert the folder of `*.npz` episodes at `source` into an episode store at `target`, one episode in
+    memory at a time, keeping the folder's episode order (so both split alike). -> the number of episodes."""
+
+    def episodes():
+        first = None
+        for path in episode_paths(source):
+            with np.load(path) as episode:
+                if "obs" not in episode or "action" not in episode:
+                    raise ValueError(f"{path}: episode files need arrays 'obs' and 'action'")
+                obs, action = episode["obs"], episode["action"]
+            mode = "discrete" if action.dtype.kind in "iu" else "continuous"
+            if first is None:  # the first episode sets what the others must match
+                dim = action.shape[1] if mode == "continuous" and action.ndim == 2 else int(np.iinfo(np.int64).max)
+                first = (mode, dim, obs.shape[1] if obs.ndim == 4 else 0)
+            check_episode(path, obs, action, *first)
+            yield path.stem, obs, action
+
+    return store.write_store(target, episodes())

@@ -253,6 +253,20 @@ def teacher_forced_losses(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return teacher_forced_losses(model, windows, codec, train, device)
+    sums = teacher_forced_sums(model, windows, codec, train, device)
+    return {name: total / len(windows) for name, total in sums.items()}
+
+
+@torch.no_grad()
+def teacher_forced_sums(
+    model: WorldModel,
+    windows: Sequence[tuple[np.ndarray, np.ndarray]],
+    codec: ActionCodec,
+    train: TrainConfig,
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """Every WorldModelOutput field summed over `windows` (each batch's mean times its size): what ranks of a
+    distributed run add up before dividing by the number of windows of all ranks."""
     model.eval()
     sums: dict[str, float] = {}
     for first in range(0, len(windows), train.batch_size):
@@ -261,7 +275,7 @@ def teacher_forced_losses(
         out = model(obs, actions, beta=train.beta, rssm_scale=train.rssm_scale, overshooting=train.overshooting)
         for name, value in out.scalars().items():
             sums[name] = sums.get(name, 0.0) + value * len(chunk)
-    return {name: total / len(windows) for name, total in sums.items()}
+    return sums
 
 
 OPEN_LOOP_HORIZONS = (1, 5, 10)

@@ -1,4 +1,10 @@
-"""Training loop: AdamW, gradient clipping, validation every epoch, atomic checkpoints, exact resume."""
+"""Training loop: AdamW, gradient clipping, validation every epoch, atomic checkpoints, exact resume.
+
+Under torchrun the same loop runs data-parallel (wm_train.distributed): train.batch_size is the global batch,
+each rank samples batch_size / world_size windows from its own random stream (seeded by train.seed and its
+rank), DistributedDataParallel averages the gradients, validation windows are shared out and their loss sums
+all-reduced, and only rank 0 writes checkpoints, metrics, previews and log lines.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,12 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from wm_core.checkpoint import read_checkpoint, save_checkpoint
@@ -20,7 +27,8 @@ from wm_core.model import WorldModel
 from wm_core.publish import atomic_write_bytes
 
 from .data import EpisodeSet, load_splits, to_batch
-from .eval_metrics import open_loop_mse, teacher_forced_losses
+from .distributed import Distributed, setup
+from .eval_metrics import open_loop_mse, teacher_forced_sums
 from .preview import save_preview
 
 LOG_NAMES = {"loss": "loss", "recon_loss": "rec", "kld": "kld", "rssm_loss": "rssm", "one_step": "1step"}
@@ -68,18 +76,46 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """The torch seed of rank > 0: its own noise, the same every run (rank 0 keeps `seed`)."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
 class Trainer:
-    def __init__(self, cfg: Config, progress: bool = True):
+    def __init__(self, cfg: Config, progress: bool = True, dist: Distributed | None = None):
         self.cfg = cfg
-        self.progress = progress
+        self.dist = dist or Distributed()
+        self.progress = progress and self.dist.is_main
         self.out_dir = Path(cfg.train.out_dir)
         self.device = resolve_device(cfg.train.device)
-        if cfg.train.threads > 0:
-            torch.set_num_threads(cfg.train.threads)
-        self.rng = seed_everything(cfg.train.seed)
-        self.train_set, self.val_set, self.codec = load_splits(cfg)
-        self.model = WorldModel(cfg.model).to(self.device)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
         t = cfg.train
+        if t.batch_size % self.dist.world_size:
+            raise ValueError(
+                f"train.batch_size={t.batch_size} is the global batch and must split evenly over "
+                f"{self.dist.world_size} processes"
+            )
+        self.rank_batch = t.batch_size // self.dist.world_size
+        if t.threads > 0:
+            torch.set_num_threads(t.threads)
+        self.rng = seed_everything(t.seed)
+        with warnings.catch_warnings():
+            if not self.dist.is_main:  # the data warnings are the same on every rank: rank 0 shows them
+                warnings.simplefilter("ignore")
+            self.train_set, self.val_set, self.codec = load_splits(cfg)
+        self.model = WorldModel(cfg.model).to(self.device)
+        # What runs forward and backward: the model itself, or DDP around it, which broadcasts rank 0's weights
+        # now and averages gradients in backward. Every parameter gets a gradient from `loss` (encoder and
+        # decoder from the VAE terms, the RSSM from its own), so find_unused_parameters stays off;
+        # tests/test_distributed.py checks that the isolation of the loss terms holds through the wrapper.
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+        if self.dist.rank:  # its own windows and noise; rank 0 keeps the streams of a single-process run
+            self.rng = np.random.default_rng([t.seed, self.dist.rank])
+            torch.manual_seed(rank_seed(t.seed, self.dist.rank))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.steps_per_epoch = max(1, math.ceil(self.train_set.frames / (t.batch_size * cfg.data.seq_len)))
         self.epoch = 0
@@ -99,8 +135,14 @@ class Trainer:
         self.epoch = state["epoch"]
         self.best_val_loss = state["best_val_loss"]
         self.history = [EpochMetrics(**m) for m in state["history"]]
-        torch.set_rng_state(state["rng"]["torch"])
-        self.rng.bit_generator.state = state["rng"]["numpy"]
+        rng_states = state.get("rank_rng", [state["rng"]])
+        if len(rng_states) != self.dist.world_size:
+            raise ValueError(
+                f"{path} was trained with {len(rng_states)} process(es), not {self.dist.world_size}: resume it "
+                f"with torchrun --nproc-per-node {len(rng_states)} to continue it exactly"
+            )
+        torch.set_rng_state(rng_states[self.dist.rank]["torch"])
+        self.rng.bit_generator.state = rng_states[self.dist.rank]["numpy"]
 
     def fit(self) -> list[EpochMetrics]:
         while self.epoch < self.cfg.train.epochs:
@@ -109,8 +151,11 @@ class Trainer:
             val_values = self.evaluate(self.val_set)
             metrics = EpochMetrics(self.epoch, train_values, val_values, frames_per_s)
             self.history.append(metrics)
-            self._report(metrics)
-            self._save(metrics)
+            rng_states = self.dist.all_gather_object(self._rng_state())
+            if self.dist.is_main:
+                self._report(metrics)
+                self._save(metrics, rng_states)
+            self.best_val_loss = min(self.best_val_loss, metrics.val["loss"])
         return self.history
 
     def _train_epoch(self) -> tuple[dict[str, float], float]:
@@ -130,14 +175,17 @@ class Trainer:
             for name, value in vars(out).items():
                 sums[name] = sums.get(name, 0.0) + value.detach()
         seconds = time.perf_counter() - start
-        frames = self.steps_per_epoch * t.batch_size * self.cfg.data.seq_len
-        return {k: float(v) / self.steps_per_epoch for k, v in sums.items()}, frames / seconds
+        frames = self.steps_per_epoch * t.batch_size * self.cfg.data.seq_len  # all ranks': the global batch
+        names = list(sums)
+        totals = self.dist.all_reduce_sum(torch.stack([sums[n] for n in names]).double())
+        totals = totals.cpu().tolist()
+        return {n: v / (self.steps_per_epoch * self.dist.world_size) for n, v in zip(names, totals)}, frames / seconds
 
     def train_step(self) -> WorldModelOutput:
         """One optimiser step on a batch of windows sampled at random offsets."""
         t = self.cfg.train
-        obs, actions = to_batch(self.train_set.sample(self.rng, t.batch_size), self.codec, self.device)
-        out = self.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale, overshooting=t.overshooting)
+        obs, actions = to_batch(self.train_set.sample(self.rng, self.rank_batch), self.codec, self.device)
+        out = self.train_model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale, overshooting=t.overshooting)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -145,10 +193,17 @@ class Trainer:
         return out
 
     def evaluate(self, episodes: EpisodeSet) -> dict[str, float]:
-        """The training losses over the fixed windows of `episodes` (what wm-eval reports as well), and the
-        open-loop MSE at a few horizons on a handful of them."""
+        """The training losses over the fixed windows of `episodes` (what wm-eval reports as well) and the
+        open-loop MSE at a few horizons on a handful of them. Under DDP
+        each rank takes every world_size-th window and the sums are added up across ranks."""
         windows = episodes.fixed_windows()
-        losses = teacher_forced_losses(self.model, windows, self.codec, self.cfg.train, self.device)
+        mine = windows[self.dist.rank :: self.dist.world_size]
+        sums = teacher_forced_sums(self.model, mine, self.codec, self.cfg.train, self.device)
+        names = [f.name for f in fields(WorldModelOutput)]
+        totals = torch.tensor([sums.get(n, 0.0) for n in names], dtype=torch.float64, device=self.device)
+        totals = self.dist.all_reduce_sum(totals).cpu().tolist()
+        losses = {n: v / len(windows) for n, v in zip(names, totals)}
+        # the open-loop MSE: a fixed handful of windows, the same on every rank (no reduction needed)
         return losses | open_loop_mse(self.model, windows, self.codec, self.device)
 
     def _report(self, metrics: EpochMetrics) -> None:
@@ -165,18 +220,23 @@ class Trainer:
             self.model, self.val_set, self.codec, self.out_dir / f"preview_epoch{self.epoch:03d}.png", self.device
         )
 
-    def _save(self, metrics: EpochMetrics) -> None:
+    def _rng_state(self) -> dict:
+        return {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state}
+
+    def _save(self, metrics: EpochMetrics, rng_states: list[dict]) -> None:
+        """`rng_states`: every rank's, in rank order (one in a single process)."""
         extras = dict(
             optimizer=self.optimizer.state_dict(),
             epoch=self.epoch,
             best_val_loss=min(self.best_val_loss, metrics.val["loss"]),
             history=[asdict(m) for m in self.history],
-            rng={"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state},
+            rng=rng_states[0],
         )
+        if self.dist.enabled:  # each rank continues its own sampling and noise on --resume
+            extras["rank_rng"] = rng_states
         # best.pt before last.pt: a run killed between the two redoes this epoch on --resume and rewrites the
         # same best.pt; the other order would lose it (last.pt already counts this epoch's loss as the best).
         if metrics.val["loss"] < self.best_val_loss:
-            self.best_val_loss = metrics.val["loss"]
             save_checkpoint(self.out_dir / "best.pt", self.model, self.cfg, self.codec, **extras)
         save_checkpoint(self.out_dir / "last.pt", self.model, self.cfg, self.codec, **extras)
 
@@ -193,13 +253,20 @@ def _log_tensorboard(out_dir: Path, metrics: EpochMetrics) -> None:
 
 
 def train(cfg: Config, resume: bool = False, progress: bool = True) -> list[EpochMetrics]:
-    """Train `cfg`, writing last.pt, best.pt, metrics.jsonl and preview PNGs to cfg.train.out_dir."""
-    trainer = Trainer(cfg, progress=progress)
-    if resume:
-        trainer.resume()
-    elif (trainer.out_dir / "last.pt").exists():
-        raise FileExistsError(
-            f"{trainer.out_dir} already holds a run (last.pt); pass --resume to continue it "
-            "or choose another train.out_dir"
-        )
-    return trainer.fit()
+    """Train `cfg`, writing last.pt, best.pt, metrics.jsonl and preview PNGs to cfg.train.out_dir.
+
+    Under torchrun (WORLD_SIZE > 1 in the environment) or inside an initialised process group, every rank calls
+    this and trains one DistributedDataParallel model; rank 0 writes the files."""
+    dist = setup(resolve_device(cfg.train.device).type)
+    try:
+        trainer = Trainer(cfg, progress=progress, dist=dist)
+        if resume:
+            trainer.resume()
+        elif (trainer.out_dir / "last.pt").exists():
+            raise FileExistsError(
+                f"{trainer.out_dir} already holds a run (last.pt); pass --resume to continue it "
+                "or choose another train.out_dir"
+            )
+        return trainer.fit()
+    finally:
+        dist.close()

@@ -1,0 +1,87 @@
+"""The episode store: frames on disk read a window at a time, the same episodes and split as the .npz folder."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from wm_train.data import episode_paths, load_episode, load_splits, npz_to_store, save_episode
+from wm_train.store import DiskFrames, is_store
+from wm_train.trainer import train
+
+
+@pytest.fixture(scope="module")
+def carracing_store(carracing_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("stores") / "carracing"
+    npz_to_store(carracing_dir, folder)
+    return folder
+
+
+def test_store_holds_the_episodes_of_its_folder_in_the_same_split(carracing_dir, carracing_store, tiny_config):
+    assert is_store(carracing_store) and not is_store(carracing_dir)
+    from_folder = load_splits(tiny_config(carracing_dir, "unused"))
+    from_store = load_splits(tiny_config(carracing_store, "unused"))
+    for folder_split, store_split in zip(from_folder[:2], from_store[:2]):
+        assert all(isinstance(obs, DiskFrames) for obs in store_split.obs)
+        assert len(folder_split.obs) == len(store_split.obs)
+        for a, b in zip(folder_split.obs, store_split.obs):
+            np.testing.assert_array_equal(np.asarray(b), a)
+        for a, b in zip(folder_split.actions, store_split.actions):
+            np.testing.assert_array_equal(b, a)
+    assert from_folder[2] == from_store[2]  # the action codec
+
+
+def test_training_on_the_store_equals_training_in_memory(carracing_dir, carracing_store, tmp_path, tiny_config):
+    in_memory = train(tiny_config(carracing_dir, tmp_path / "memory"), progress=False)
+    on_disk = train(tiny_config(carracing_store, tmp_path / "store"), progress=False)
+    assert [(m.train, m.val) for m in on_disk] == [(m.train, m.val) for m in in_memory]
+
+
+def test_disk_frames_slice_like_the_array(carracing_dir, carracing_store):
+    obs, _ = load_episode(episode_paths(carracing_dir)[0], "continuous", 3, 64)
+    frames = DiskFrames(carracing_store / f"{episode_paths(carracing_dir)[0].stem}.obs.npy")
+    assert len(frames) == len(obs) and frames.shape == obs.shape
+    for window in (slice(0, 8), slice(5, 13), slice(16, 24), slice(20, 40), slice(None)):
+        np.testing.assert_array_equal(frames[window], obs[window])
+    with pytest.raises(TypeError, match="contiguous slice"):
+        frames[::2]
+
+
+def test_store_that_does_not_fit_the_config_is_an_error_naming_it(carracing_store, tmp_path, tiny_config):
+    with pytest.raises(ValueError, match=r"episode_00000.*action_mode is 'discrete'.*continuous"):
+        load_splits(tiny_config(carracing_store, tmp_path, action_mode="discrete", action_dim=6))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "store.json").write_text(json.dumps({"format": "wm-episode-store", "format_version": 99}))
+    with pytest.raises(ValueError, match="format version 99, expected 1"):
+        load_splits(tiny_config(broken, tmp_path))
+
+
+def test_converter_refuses_episodes_that_differ_and_leaves_nothing(tmp_path):
+    source = tmp_path / "mixed"
+    save_episode(source / "a.npz", np.zeros((4, 64, 64, 3), np.uint8), np.zeros((4, 3), np.float32))
+    save_episode(source / "b.npz", np.zeros((4, 32, 32, 3), np.uint8), np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"b.npz: obs must be uint8 \[T, 64, 64, 3\], got uint8 \[4, 32, 32, 3\]"):
+        npz_to_store(source, tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+
+
+def test_store_command_converts_a_folder(carracing_dir, tmp_path):
+    command = [sys.executable, "-m", "wm_train.cli", "store", str(carracing_dir), "-o", str(tmp_path / "store")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "wrote 4 episodes" in result.stdout
+    index = json.loads((tmp_path / "store" / "store.json").read_text())
+    assert [e["frames"] for e in index["episodes"]] == [24] * 4
+
+
+def test_collect_writes_a_store_directly(tmp_path):
+    command = [sys.executable, "-m", "wm_train.cli", "collect", "CarRacing-v3", "-o", str(tmp_path / "store")]
+    command += ["--episodes", "2", "--steps", "6", "--store", "--workers", "1", "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    index = json.loads((tmp_path / "store" / "store.json").read_text())
+    assert [e["name"] for e in index["episodes"]] == ["episode_00000", "episode_00001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # the temporary .npz folder is gone

@@ -1,0 +1,100 @@
+"""A Triton Inference Server model repository from an artifact folder.
+
+    REPO/
+      encoder/     config.pbtxt  1/model.onnx (platform onnxruntime_onnx) or 1/model.plan (tensorrt_plan)
+      prior_step/  config.pbtxt  1/model.onnx or 1/model.plan
+      decoder/     config.pbtxt  1/model.onnx or 1/model.plan   (unless exported with --no-decoder)
+
+Tensor names, data types and dims come from wm_core.graphs (the one statement of the artifact contract), for
+the dimensions in the manifest; Triton's dims leave out the batch axis, which `max_batch_size` stands for. The
+TensorRT engines are used when the artifact folder has them (their profile's max batch is then
+`max_batch_size`, since an engine accepts no larger batch); otherwise the ONNX graphs, whose batch axis is
+dynamic, with the export's max batch. Dynamic batching is on for every model: the server merges concurrent
+requests into one batch. The prior step stays stateless (h, z and the encoded action in; h_next and the
+prior out): a planner forks one state into many futures and keeps the states itself. The prior step's config
+carries the action codec and the manifest's dims as parameters, so a client can encode raw actions exactly
+as `wm_deploy.Rollout` does without the artifact folder (examples/triton_client.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from wm_core.graphs import GraphSpec, TensorSpec, graph_specs_of
+from wm_core.manifest import verify_folder
+from wm_core.publish import staged_dir
+
+TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
+PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "plan": ("tensorrt_plan", "model.plan")}
+MAX_QUEUE_DELAY_US = 100
+"""how long the dynamic batcher may hold a request to merge it with others"""
+
+
+def check_repository_destination(target: str | Path, force: bool) -> None:
+    """Refuse an existing `target` unless `force`, and even then anything that is not a model repository this
+    module wrote (or an empty folder)."""
+    target = Path(target)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"Triton repository path {target} exists and is not a folder")
+    if not force:
+        raise FileExistsError(f"Triton repository {target} already exists; use --force (force=True) to replace it")
+    if any(target.iterdir()) and not (target / "encoder" / "config.pbtxt").is_file():
+        raise ValueError(f"refusing to replace {target}: it is not a Triton model repository (no encoder/config.pbtxt)")
+
+
+def write_triton_repository(artifacts: str | Path, target: str | Path, max_batch: int) -> Path:
+    """Write the model repository of the artifact folder `artifacts` at `target` (built beside it, renamed into
+    place when complete) -> `target`. `max_batch`: max_batch_size of the ONNX models."""
+    artifacts, target = Path(artifacts), Path(target)
+    manifest = verify_folder(artifacts)
+    dims = manifest["dims"]
+    specs = graph_specs_of(
+        dims["frame"][0], dims["latent"], dims["deter"], dims["action"], "decoder" in manifest["graphs"]
+    )
+    if set(specs) != set(manifest["graphs"]):
+        raise ValueError(f"{artifacts}: graphs {sorted(manifest['graphs'])}, expected {sorted(specs)}")
+    engines = (manifest["tensorrt"] or {}).get("engines") or {}
+    if engines:
+        max_batch = manifest["tensorrt"]["profile"]["max"]
+    parameters = {"action_codec": json.dumps(manifest["action_codec"]), "dims": json.dumps(dims)}
+    with staged_dir(target) as folder:
+        for name, spec in specs.items():
+            kind, source = (
+                ("plan", engines[name]["file"]) if name in engines else ("onnx", manifest["graphs"][name]["file"])
+            )
+            platform, model_file = PLATFORMS[kind]
+            (folder / name / "1").mkdir(parents=True)
+            shutil.copyfile(artifacts / source, folder / name / "1" / model_file)
+            config = model_config(spec, platform, max_batch, parameters if name == "prior_step" else {})
+            (folder / name / "config.pbtxt").write_text(config)
+    return target
+
+
+def model_config(spec: GraphSpec, platform: str, max_batch: int, parameters: dict[str, str]) -> str:
+    """config.pbtxt (protobuf text format of Triton's ModelConfig) of one graph."""
+    lines = [
+        f'name: "{spec.name}"',
+        f'platform: "{platform}"',
+        f"max_batch_size: {max_batch}",
+        *_tensors("input", spec.inputs),
+        *_tensors("output", spec.outputs),
+        f"dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}",
+    ]
+    for key, value in parameters.items():
+        lines.append(f"parameters {{ key: {json.dumps(key)} value: {{ string_value: {json.dumps(value)} }} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _tensors(kind: str, tensors: tuple[TensorSpec, ...]) -> list[str]:
+    lines = [f"{kind} ["]
+    for i, tensor in enumerate(tensors):
+        assert tensor.shape[0] == "batch", "every graph's first axis is the batch"
+        dims = ", ".join(str(d) for d in tensor.shape[1:])  # without the batch axis: max_batch_size stands for it
+        comma = "," if i < len(tensors) - 1 else ""
+        lines.append(f'  {{ name: "{tensor.name}" data_type: {TRITON_TYPES[tensor.dtype]} dims: [ {dims} ] }}{comma}')
+    lines.append("]")
+    return lines
