@@ -93,7 +93,17 @@ class CoupledWorldModel(WorldModel):
     WorldModel: its checkpoints load as a WorldModel and are evaluated as one.
     """
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, beta: float = 1.0, rssm_scale: float = 1.0):
+    def forward(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        beta: float = 1.0,
+        rssm_scale: float = 1.0,
+        free_nats: float = 0.0,
+        recon_change_weight: float = 0.0,
+    ):
+        if free_nats or recon_change_weight:
+            raise ValueError("the coupled baseline trains the seed's loss: free_nats and recon_change_weight must be 0")
         mean, std = self.encode(obs)
         z = mean + std * torch.randn_like(std)
         recon_loss = reconstruction_loss(self.decode(z), obs)

@@ -1,11 +1,13 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from wm_core.config import Config
 from wm_train import load_checkpoint
-from wm_train.trainer import EpochMetrics, Trainer, train
+from wm_train.trainer import EpochMetrics, Trainer, kl_weight, train
 
 
 def test_training_writes_checkpoints_metrics_and_previews(carracing_config):
@@ -72,3 +74,18 @@ def test_log_line_has_the_documented_format():
     line = EpochMetrics(3, values, values, 1.0).log_line("train")
     assert line == "epoch 3 train loss=12.35 rec=11.00 kld=0.50 rssm=0.84 1step=0.0123"
     assert dataclasses.asdict(EpochMetrics(3, values, values, 1.0))["epoch"] == 3
+
+
+def test_kl_weight_ramps_from_zero_to_beta_over_the_warmup():
+    t = Config.from_dict({"train": {"beta": 0.5, "kl_warmup_steps": 100}}).train
+    assert [kl_weight(t, s) for s in (0, 50, 100, 1000)] == [0.0, 0.25, 0.5, 0.5]
+    assert kl_weight(Config().train, 0) == 1.0  # no warm-up: beta from the first step
+
+
+def test_every_loss_option_trains_and_resumes_exactly(carracing_dir, tmp_path, tiny_config):
+    options = dict(free_nats=0.5, kl_warmup_steps=7, recon_change_weight=20.0)
+    straight = train(tiny_config(carracing_dir, tmp_path / "straight", epochs=3, **options), progress=False)
+    train(tiny_config(carracing_dir, tmp_path / "split", epochs=2, **options), progress=False)
+    resumed = train(tiny_config(carracing_dir, tmp_path / "split", epochs=3, **options), resume=True, progress=False)
+    assert [(m.train, m.val) for m in resumed] == [(m.train, m.val) for m in straight]
+    assert all(np.isfinite(list(m.train.values())).all() for m in straight)

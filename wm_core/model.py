@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .losses import WorldModelOutput, gaussian_kl, reconstruction_loss
+from .losses import (
+    WorldModelOutput,
+    change_weights,
+    free_nats_kl,
+    gaussian_kl,
+    gaussian_kl_per_dim,
+    reconstruction_loss,
+)
 
 CONV_LAYERS = 4  # each halves the frame: 64 -> 4
 POSTERIOR_MIN_STD = 1e-3  # keeps log(std) finite in the KLs
@@ -148,13 +155,27 @@ class WorldModel(nn.Module):
         frames = self.decoder(z.reshape(-1, z.shape[-1]))  # [..., S] -> [N, S]
         return frames.view(*z.shape[:-1], *frames.shape[1:])  # [N, C, H, W] -> [..., C, H, W]
 
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor, beta: float = 1.0, rssm_scale: float = 1.0):
-        """obs float32 [B, T, C, H, W] in [0, 1], encoded actions [B, T, A] -> WorldModelOutput."""
+    def forward(
+        self,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        beta: float = 1.0,
+        rssm_scale: float = 1.0,
+        free_nats: float = 0.0,
+        recon_change_weight: float = 0.0,
+    ):
+        """obs float32 [B, T, C, H, W] in [0, 1], encoded actions [B, T, A] -> WorldModelOutput.
+        `free_nats` and `recon_change_weight` shape the VAE loss only (see TrainConfig); 0 leaves it plain."""
         mean, std = self.encode(obs)
         z = mean + std * torch.randn_like(std)
         recon = self.decode(z)
-        recon_loss = reconstruction_loss(recon, obs)
-        kld = gaussian_kl(mean[:, 0], std[:, 0], torch.zeros_like(mean[:, 0]), torch.ones_like(std[:, 0])).mean()
+        weight = change_weights(obs, recon_change_weight) if recon_change_weight > 0 else None
+        recon_loss = reconstruction_loss(recon, obs, weight)
+        kl_per_dim = gaussian_kl_per_dim(  # [B, S]
+            mean[:, 0], std[:, 0], torch.zeros_like(mean[:, 0]), torch.ones_like(std[:, 0])
+        )
+        kld = kl_per_dim.sum(-1).mean()
+        kl_loss = free_nats_kl(kl_per_dim, free_nats) if free_nats > 0 else kld
 
         # Detached: keeps the RSSM loss out of the encoder (inputs z_t and targets q(z_t+1|x_t+1) alike).
         mu_detached, std_detached = mean.detach(), std.detach()
@@ -164,5 +185,5 @@ class WorldModel(nn.Module):
         with torch.no_grad():
             one_step = (self.decode(prior_mean) - obs[:, 1:]).pow(2).mean()
 
-        loss = recon_loss + beta * kld + rssm_scale * rssm_loss
+        loss = recon_loss + beta * kl_loss + rssm_scale * rssm_loss
         return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step)

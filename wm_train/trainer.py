@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from wm_core.checkpoint import read_checkpoint, save_checkpoint
-from wm_core.config import Config
+from wm_core.config import Config, TrainConfig
 from wm_core.losses import WorldModelOutput
 from wm_core.model import WorldModel
 from wm_core.publish import atomic_write_bytes
@@ -59,6 +59,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def kl_weight(train: TrainConfig, step: int) -> float:
+    """The KL's weight at optimiser step `step` (0-based): train.beta, ramped in over train.kl_warmup_steps."""
+    if train.kl_warmup_steps <= 0:
+        return train.beta
+    return train.beta * min(1.0, step / train.kl_warmup_steps)
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     return np.random.default_rng(seed)
@@ -81,6 +88,8 @@ class Trainer:
         self.epoch = 0
         self.best_val_loss = math.inf
         self.history: list[EpochMetrics] = []
+        self.steps_done = 0
+        """optimiser steps taken: what the KL warm-up counts"""
 
     def resume(self) -> None:
         """Continue exactly where `last.pt` stopped: weights, optimiser, epoch, history and RNG states."""
@@ -93,6 +102,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
+        self.steps_done = self.epoch * self.steps_per_epoch
         self.best_val_loss = state["best_val_loss"]
         self.history = [EpochMetrics(**m) for m in state["history"]]
         torch.set_rng_state(state["rng"]["torch"])
@@ -133,11 +143,19 @@ class Trainer:
         """One optimiser step on a batch of windows sampled at random offsets."""
         t = self.cfg.train
         obs, actions = to_batch(self.train_set.sample(self.rng, t.batch_size), self.codec, self.device)
-        out = self.model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale)
+        out = self.model(
+            obs,
+            actions,
+            beta=kl_weight(t, self.steps_done),
+            rssm_scale=t.rssm_scale,
+            free_nats=t.free_nats,
+            recon_change_weight=t.recon_change_weight,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
+        self.steps_done += 1
         return out
 
     def evaluate(self, episodes: EpisodeSet) -> dict[str, float]:
