@@ -1,13 +1,14 @@
 """Episode files on disk, the train/validation split, and windows for training.
 
 An episode is one `*.npz` file holding `obs` uint8 [T, H, W, 3] and `action`, float32 [T, A] (continuous) or
-int64 [T] (discrete), where action[t] is taken after seeing obs[t].
+int64 [T] (discrete), where action[t] is taken after seeing obs[t]. It may hold other per-step arrays [T, ...]
+(a reward, an object's position): `wm-eval --probe KEY` measures how well the latents predict them.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +19,23 @@ from wm_core.config import Config
 from wm_core.publish import atomic_write
 
 
-def save_episode(path: str | Path, obs: np.ndarray, action: np.ndarray) -> None:
-    """Write one episode atomically (temporary file + rename), so a crash never leaves half a file."""
-    atomic_write(path, lambda file: np.savez_compressed(file, obs=obs, action=action))
+def save_episode(path: str | Path, obs: np.ndarray, action: np.ndarray, **per_step: np.ndarray) -> None:
+    """Write one episode atomically (temporary file + rename), so a crash never leaves half a file. `per_step`
+    are further arrays [T, ...] stored under their names (e.g. reward=...)."""
+    atomic_write(path, lambda file: np.savez_compressed(file, obs=obs, action=action, **per_step))
+
+
+def load_per_step(path: Path, key: str, frames: int) -> np.ndarray:
+    """The per-step array `key` of one episode as float64 [T, K] (a [T] array becomes [T, 1])."""
+    with np.load(path) as episode:
+        if key not in episode.files:
+            raise ValueError(f"{path}: no array {key!r} in the episode file; it holds {sorted(episode.files)}")
+        values = episode[key]
+    if values.ndim == 0 or len(values) != frames or values.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{path}: {key!r} must be a numeric per-step array [{frames}, ...], got {values.dtype} {list(values.shape)}"
+        )
+    return values.reshape(frames, -1).astype(np.float64)
 
 
 def episode_paths(folder: str | Path) -> list[Path]:
@@ -86,6 +101,8 @@ class EpisodeSet:
     obs: list[np.ndarray]
     actions: list[np.ndarray]
     seq_len: int
+    per_step: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    """arrays named by load_splits(per_step=...), one float64 [T, K] per episode"""
 
     @property
     def frames(self) -> int:
@@ -119,8 +136,9 @@ def to_batch(windows, codec: ActionCodec, device: torch.device | str = "cpu"):
     return obs, codec.encode(actions)
 
 
-def load_splits(cfg: Config) -> tuple[EpisodeSet, EpisodeSet, ActionCodec]:
-    """Train and validation episodes and the action codec fitted on the training split."""
+def load_splits(cfg: Config, per_step: tuple[str, ...] = ()) -> tuple[EpisodeSet, EpisodeSet, ActionCodec]:
+    """Train and validation episodes and the action codec fitted on the training split; `per_step` names
+    further arrays of the episode files to load (EpisodeSet.per_step)."""
     d, m = cfg.data, cfg.model
     train_paths, val_paths = split_episodes(episode_paths(d.path), d.val_fraction, cfg.train.seed)
     splits = []
@@ -131,12 +149,13 @@ def load_splits(cfg: Config) -> tuple[EpisodeSet, EpisodeSet, ActionCodec]:
             warnings.warn(
                 f"skipping {len(short)} episode(s) shorter than data.seq_len={d.seq_len}: {short[:5]}", stacklevel=2
             )
-        kept = [e for e in episodes if len(e[0]) >= d.seq_len]
+        kept = [(p, e) for p, e in zip(paths, episodes) if len(e[0]) >= d.seq_len]
         if not kept:
             raise ValueError(
                 f"{d.path}: no episode of {[p.name for p in paths][:5]} has data.seq_len={d.seq_len} frames"
             )
-        splits.append(EpisodeSet([o for o, _ in kept], [a for _, a in kept], d.seq_len))
+        arrays = {key: [load_per_step(p, key, len(o)) for p, (o, _) in kept] for key in per_step}
+        splits.append(EpisodeSet([o for _, (o, _) in kept], [a for _, (_, a) in kept], d.seq_len, arrays))
     train, val = splits
     codec = ActionCodec.fit(d.action_mode, m.action_dim, train.actions)
     _warn_if_actions_constant(train.actions)

@@ -19,6 +19,7 @@ from wm_core.losses import WorldModelOutput
 from wm_core.model import WorldModel
 from wm_core.publish import atomic_write_bytes
 
+from .collapse import COLLAPSE_CHECKLIST, STALL_EPOCHS, LatentActivity, collapse_reason, latent_activity
 from .data import EpisodeSet, load_splits, to_batch
 from .eval_metrics import teacher_forced_losses
 from .preview import save_preview
@@ -38,7 +39,8 @@ class EpochMetrics:
     train: dict[str, float]
     """mean over the epoch's steps of every WorldModelOutput field"""
     val: dict[str, float]
-    """mean over the fixed validation windows of every WorldModelOutput field"""
+    """mean over the fixed validation windows of every WorldModelOutput field, plus `latent_std`,
+    `posterior_std` and `active_dims` of the posteriors over those windows (wm_train.collapse.LatentActivity)"""
     frames_per_s: float
     """training frames (batch x seq_len per step) per second of the epoch's training steps"""
 
@@ -90,6 +92,7 @@ class Trainer:
         self.history: list[EpochMetrics] = []
         self.steps_done = 0
         """optimiser steps taken: what the KL warm-up counts"""
+        self.collapse_warned = False
 
     def resume(self) -> None:
         """Continue exactly where `last.pt` stopped: weights, optimiser, epoch, history and RNG states."""
@@ -159,14 +162,24 @@ class Trainer:
         return out
 
     def evaluate(self, episodes: EpisodeSet) -> dict[str, float]:
-        """The training losses over the fixed windows of `episodes` (what wm-eval reports as well)."""
-        return teacher_forced_losses(self.model, episodes.fixed_windows(), self.codec, self.cfg.train, self.device)
+        """The training losses over the fixed windows of `episodes` (what wm-eval reports as well), and how much
+        the posterior means vary over them (latent_std, active_dims)."""
+        windows = episodes.fixed_windows()
+        values = teacher_forced_losses(self.model, windows, self.codec, self.cfg.train, self.device)
+        activity = latent_activity(self.model, windows, self.codec, self.cfg.train.batch_size, self.device)
+        return {
+            **values,
+            "latent_std": activity.latent_std,
+            "posterior_std": activity.posterior_std,
+            "active_dims": float(activity.active_dims),
+        }
 
     def _report(self, metrics: EpochMetrics) -> None:
         for split in ("train", "val"):
             tqdm.write(metrics.log_line(split))
         if metrics.train["rssm_loss"] == 0.0:
             warnings.warn(RSSM_ZERO_CHECKLIST, UserWarning, stacklevel=2)
+        self._warn_if_collapsed()
         # Rewritten whole rather than appended: a full disk cannot leave half a line, and after a kill and
         # --resume the file holds last.pt's history, without the lines of the epoch that was cut short.
         lines = "".join(json.dumps(asdict(m)) + "\n" for m in self.history)
@@ -175,6 +188,20 @@ class Trainer:
         save_preview(
             self.model, self.val_set, self.codec, self.out_dir / f"preview_epoch{self.epoch:03d}.png", self.device
         )
+
+    def _warn_if_collapsed(self) -> None:
+        """Once per run, from the third epoch on: the first epochs cannot tell collapse from a slow start."""
+        vals = [m.val for m in self.history if "active_dims" in m.val]  # runs resumed from before may lack it
+        if self.collapse_warned or len(vals) <= STALL_EPOCHS:
+            return
+        last = vals[-1]
+        activity = LatentActivity(
+            last["latent_std"], last["posterior_std"], int(last["active_dims"]), self.cfg.model.latent_dim
+        )
+        reason = collapse_reason(activity, last["kld"], [v["recon_loss"] for v in vals])
+        if reason is not None:
+            self.collapse_warned = True
+            warnings.warn(COLLAPSE_CHECKLIST.format(reason=reason), UserWarning, stacklevel=3)
 
     def _save(self, metrics: EpochMetrics) -> None:
         extras = dict(
