@@ -32,9 +32,10 @@ STALL_EPOCHS = 2
 
 COLLAPSE_CHECKLIST = (
     "posterior collapse: {reason}. The latents carry almost nothing about the frames; the decoder draws the "
-    "mean image. Try train.free_nats=0.5 (a KL floor per latent dimension), train.kl_warmup_steps=2000 (ramp "
-    "the KL in), a lower train.beta (e.g. 0.1), and for small objects on a plain background "
-    'train.recon_change_weight=20; check that the frames differ from each other (README, "Small objects").'
+    "mean image. Check that the frames differ from each other, then try train.free_nats=0.5 (a KL floor per "
+    "latent dimension), train.kl_warmup_steps=2000 (ramp the KL in), a lower train.beta (e.g. 0.1), longer "
+    "training, and for small objects on a plain background train.recon_change_weight=20; none of them is a sure "
+    'fix (README, "Small objects", has what each did on a small-object scene).'
 )
 
 
