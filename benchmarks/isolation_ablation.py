@@ -100,9 +100,14 @@ class CoupledWorldModel(WorldModel):
         beta: float = 1.0,
         rssm_scale: float = 1.0,
         overshooting: int = 1,
+        free_nats: float = 0.0,
+        recon_change_weight: float = 0.0,
     ):
-        if overshooting != 1:
-            raise ValueError("the coupled variant trains through its own one-step predictions; overshooting must be 1")
+        if overshooting != 1 or free_nats or recon_change_weight:
+            raise ValueError(
+                "the coupled baseline trains the seed's loss: overshooting must be 1, free_nats and "
+                "recon_change_weight 0"
+            )
         mean, std = self.encode(obs)
         z = mean + std * torch.randn_like(std)
         recon_loss = reconstruction_loss(self.decode(z), obs)

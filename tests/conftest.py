@@ -87,6 +87,39 @@ def carracing_config(carracing_dir, tmp_path):
     return _tiny_config(carracing_dir, tmp_path / "run")
 
 
+@pytest.fixture(scope="session")
+def brightness_dir(tmp_path_factory):
+    """8 episodes of 48 grey frames (with pixel noise) whose brightness is drawn per frame, continuous 3-d
+    actions, and per-step arrays `level` (the brightness in [0.1, 0.9]: a known function of the frames) and
+    `shuffled` (the same values in another order: no function of them)."""
+    folder = tmp_path_factory.mktemp("brightness")
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        level = rng.uniform(0.1, 0.9, 48)
+        noise = rng.normal(0, 20, (48, 64, 64, 3))
+        obs = np.clip(level[:, None, None, None] * 255 + noise, 0, 255).astype(np.uint8)
+        action = rng.normal(size=(48, 3)).astype(np.float32)
+        save_episode(folder / f"episode_{i:05d}.npz", obs, action, level=level, shuffled=rng.permutation(level))
+    return folder
+
+
+def _collapse(model: WorldModel) -> WorldModel:
+    with torch.no_grad():
+        head = model.encoder.posterior_head
+        head.weight.zero_()
+        head.bias.zero_()
+        # softplus(raw) + POSTERIOR_MIN_STD = 1: the posterior is N(0, I), the prior, whatever the frame.
+        head.bias[model.cfg.latent_dim :] = float(torch.tensor(1.0 - 1e-3).expm1().log())
+    return model
+
+
+@pytest.fixture(scope="session")
+def collapse_encoder():
+    """Factory: collapse_encoder(model) -> the same model with its encoder's posterior fixed at N(0, I) whatever
+    the frame (posterior collapse, constructed: KL 0, posterior means identical)."""
+    return _collapse
+
+
 @pytest.fixture
 def random_batch():
     """obs [B=2, T=6, 3, 64, 64] in [0, 1] and encoded actions [2, 6, 3]."""

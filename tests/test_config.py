@@ -38,6 +38,9 @@ def test_unknown_section_is_an_error(tmp_path):
         ("data:\n  action_mode: 3\n", "data.action_mode must be str"),
         ("data:\n  action_mode: mixed\n", "data.action_mode must be one of"),
         ("model:\n  size: huge\n", "model.size must be one of"),
+        ("train:\n  free_nats: -1\n", "train.free_nats must be >= 0, got -1.0"),
+        ("train:\n  kl_warmup_steps: -5\n", "train.kl_warmup_steps must be >= 0, got -5"),
+        ("train:\n  recon_change_weight: -2\n", "train.recon_change_weight must be >= 0, got -2.0"),
         ("model:\n  frame_size: 50\n", "multiple of 16"),
     ],
 )
@@ -99,3 +102,12 @@ def test_config_round_trips_through_a_dict():
         warnings.simplefilter("error")
         cfg = Config.from_dict({"model": {"size": "tiny"}})
     assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_anti_collapse_options_default_to_the_plain_loss_and_old_configs_load_without_them():
+    train = Config().train
+    assert (train.free_nats, train.kl_warmup_steps, train.recon_change_weight) == (0.0, 0, 0.0)
+    old = Config().to_dict()
+    for key in ("free_nats", "kl_warmup_steps", "recon_change_weight"):
+        del old["train"][key]  # what a checkpoint saved before these keys holds
+    assert Config.from_dict(old) == Config()

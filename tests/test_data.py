@@ -129,3 +129,18 @@ def test_codec_validates_and_encodes():
     with pytest.raises(ValueError, match=r"\[0, 3\]"):
         discrete.validate(np.array([0, 4]))
     assert ActionCodec.from_dict(codec.to_dict()) == codec
+
+
+def test_per_step_arrays_load_beside_the_frames_and_bad_ones_name_the_file(tmp_path, tiny_config):
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        obs = rng.integers(0, 256, (10, 64, 64, 3), dtype=np.uint8)
+        action = rng.normal(size=(10, 3)).astype(np.float32)
+        save_episode(tmp_path / f"episode_{i:05d}.npz", obs, action, reward=np.arange(10.0) + i, short=np.zeros(9))
+    cfg = tiny_config(tmp_path, tmp_path / "run")
+    train, val, _ = load_splits(cfg, per_step=("reward",))
+    assert [r.shape for r in train.per_step["reward"]] == [(10, 1)] * 3 and len(val.per_step["reward"]) == 1
+    with pytest.raises(ValueError, match=r"no array 'speed' in the episode file; it holds \['action', 'obs'"):
+        load_splits(cfg, per_step=("speed",))
+    with pytest.raises(ValueError, match=r"'short' must be a numeric per-step array \[10, \.\.\.\], got float64 \[9\]"):
+        load_splits(cfg, per_step=("short",))

@@ -54,6 +54,10 @@ def test_report_has_every_metric_for_every_horizon_step_on_both_splits(report):
         assert all(v > 0 for v in metrics.open_loop.pixel_mse + metrics.open_loop.latent_kl)
         assert set(metrics.losses) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step", "overshooting"}
         assert 0 < metrics.actions.ratio_shuffled < 10 and metrics.actions.latent_scale > 0
+        latents = metrics.latents
+        assert latents.latent_dim == 8 and 0 <= latents.active_dims <= 8 and latents.posterior_std > 0
+        assert latents.collapsed == (latents.active_dims == 0) and bool(latents.collapse_reason) == latents.collapsed
+    assert report.probes == []
     train_rssm, val_rssm = report.splits["train"].losses["rssm_loss"], report.splits["val"].losses["rssm_loss"]
     assert report.gap["rssm_loss"] == pytest.approx(val_rssm - train_rssm)
     assert report.gap["rssm_loss_relative"] == pytest.approx((val_rssm - train_rssm) / train_rssm)

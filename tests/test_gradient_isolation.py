@@ -1,8 +1,21 @@
-"""The VAE loss must never train the RSSM, and the RSSM loss must never train the encoder or decoder."""
+"""The VAE loss must never train the RSSM, and the RSSM loss must never train the encoder or decoder: with the
+plain loss and with every anti-collapse option (free nats, KL warm-up, change-weighted reconstruction)."""
 
+import pytest
 import torch
 
 from wm_train import Config, WorldModel
+
+# WorldModel.forward's loss options, as the trainer passes them: the plain loss, each option, all at once.
+# beta=0 is the first step of a KL warm-up.
+LOSS_OPTIONS = {
+    "plain": {},
+    "free_nats": {"free_nats": 0.5},
+    "free_nats_above_every_kl": {"free_nats": 1e6},
+    "kl_warmup_first_step": {"beta": 0.0},
+    "recon_change_weight": {"recon_change_weight": 20.0},
+    "all": {"free_nats": 0.5, "beta": 0.3, "recon_change_weight": 20.0},
+}
 
 
 def _model():
@@ -14,28 +27,50 @@ def _grads(module):
     return [p.grad for p in module.parameters()]
 
 
-def test_vae_loss_leaves_every_rssm_parameter_without_grad(random_batch):
+@pytest.mark.parametrize("options", LOSS_OPTIONS.values(), ids=LOSS_OPTIONS.keys())
+def test_vae_loss_leaves_every_rssm_parameter_without_grad(random_batch, options):
     model = _model()
-    out = model(*random_batch)
-    (out.recon_loss + out.kld).backward()
+    out = model(*random_batch, **options)
+    (out.recon_loss + out.kld).backward()  # recon_loss is the weighted one when recon_change_weight is set
     assert all(g is None for g in _grads(model.rssm))
     assert all(g is not None and g.abs().sum() > 0 for g in _grads(model.encoder))
     assert all(g is not None for g in _grads(model.decoder))
 
 
-def test_rssm_loss_leaves_encoder_and_decoder_without_grad(random_batch):
+@pytest.mark.parametrize("options", LOSS_OPTIONS.values(), ids=LOSS_OPTIONS.keys())
+def test_the_total_reaches_the_rssm_only_through_the_rssm_loss(random_batch, options):
+    # The floored and warmed-up KL is only inside `loss`: its gradient on the RSSM must be exactly that of
+    # rssm_scale * rssm_loss, i.e. the VAE part adds nothing.
     model = _model()
-    model(*random_batch).rssm_loss.backward()
+    out = model(*random_batch, rssm_scale=0.7, **options)
+    rssm = list(model.rssm.parameters())
+    from_total = torch.autograd.grad(out.loss, rssm, retain_graph=True)
+    from_rssm_loss = torch.autograd.grad(0.7 * out.rssm_loss, rssm)
+    for total, expected in zip(from_total, from_rssm_loss):
+        torch.testing.assert_close(total, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options", LOSS_OPTIONS.values(), ids=LOSS_OPTIONS.keys())
+def test_rssm_loss_leaves_encoder_and_decoder_without_grad(random_batch, options):
+    model = _model()
+    model(*random_batch, **options).rssm_loss.backward()
     assert all(g is None for g in _grads(model.encoder))
     assert all(g is None for g in _grads(model.decoder))
     assert all(g is not None and g.abs().sum() > 0 for g in _grads(model.rssm))
 
 
-def test_total_loss_reaches_every_module(random_batch):
+@pytest.mark.parametrize("options", LOSS_OPTIONS.values(), ids=LOSS_OPTIONS.keys())
+def test_total_loss_reaches_every_module(random_batch, options):
     model = _model()
-    model(*random_batch).loss.backward()
+    model(*random_batch, **options).loss.backward()
     for module in (model.encoder, model.decoder, model.rssm):
         assert all(g is not None for g in _grads(module))
+
+
+def test_vae_kl_alone_leaves_the_rssm_without_grad(random_batch):
+    model = _model()
+    model(*random_batch).kld.backward()
+    assert all(g is None for g in _grads(model.rssm)) and all(g is None for g in _grads(model.decoder))
 
 
 def test_one_step_metric_trains_nothing(random_batch):

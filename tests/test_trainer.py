@@ -1,11 +1,14 @@
 import dataclasses
 import json
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
+from wm_core.config import Config
 from wm_train import load_checkpoint
-from wm_train.trainer import EpochMetrics, Trainer, train
+from wm_train.trainer import EpochMetrics, Trainer, kl_weight, train
 
 
 def test_training_writes_checkpoints_metrics_and_previews(carracing_config):
@@ -14,8 +17,14 @@ def test_training_writes_checkpoints_metrics_and_previews(carracing_config):
     assert [m.epoch for m in history] == [1, 2]
     lines = (tmp := __import__("pathlib").Path(out) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-    assert set(json.loads(lines[0])["val"]) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step", "overshooting",
-                                                "open_loop_mse@1", "open_loop_mse@5"}  # fmt: skip
+    assert set(json.loads(lines[0])["train"]) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step", "overshooting"}
+    assert set(json.loads(lines[0])["val"]) == set(json.loads(lines[0])["train"]) | {
+        "latent_std",
+        "posterior_std",
+        "active_dims",
+        "open_loop_mse@1",
+        "open_loop_mse@5",
+    }
     assert (tmp.parent / "preview_epoch002.png").stat().st_size > 0
     model, cfg, extras = load_checkpoint(tmp.parent / "last.pt")
     assert cfg == carracing_config and extras["epoch"] == 2
@@ -73,3 +82,57 @@ def test_log_line_has_the_documented_format():
     line = EpochMetrics(3, values, values, 1.0).log_line("train")
     assert line == "epoch 3 train loss=12.35 rec=11.00 kld=0.50 rssm=0.84 1step=0.0123"
     assert dataclasses.asdict(EpochMetrics(3, values, values, 1.0))["epoch"] == 3
+
+
+def _epoch(epoch: int, rec: float, kld: float, active: float) -> EpochMetrics:
+    values = {"loss": rec + kld, "recon_loss": rec, "kld": kld, "rssm_loss": 0.5, "one_step": 0.1}
+    val = {**values, "latent_std": 0.001 if active == 0 else 0.5, "posterior_std": 1.0, "active_dims": active}
+    return EpochMetrics(epoch, values, val, 100.0)
+
+
+def test_posterior_collapse_warns_once_with_what_to_try(carracing_config):
+    trainer = Trainer(carracing_config, progress=False)
+    trainer.out_dir.mkdir(parents=True)
+    first = _epoch(1, rec=50.0, kld=0.01, active=0.0)
+    trainer.history.append(first)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer._report(first)  # one epoch cannot tell collapse from a slow start
+        for epoch in (2, 3, 4):
+            trainer.history.append(_epoch(epoch, rec=49.9, kld=0.0, active=0.0))
+            trainer._report(trainer.history[-1])
+    messages = [str(w.message) for w in caught if "posterior collapse" in str(w.message)]
+    assert len(messages) == 1
+    assert "0 of 8 active" in messages[0] and "free_nats" in messages[0] and "kl_warmup_steps" in messages[0]
+
+
+def test_latents_that_vary_do_not_warn(carracing_config):
+    trainer = Trainer(carracing_config, progress=False)
+    trainer.out_dir.mkdir(parents=True)
+    trainer.history += [_epoch(1, 50.0, 0.0, 3.0), _epoch(2, 50.0, 0.0, 3.0), _epoch(3, 50.0, 0.0, 3.0)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer._report(trainer.history[-1])
+    assert not [w for w in caught if "posterior collapse" in str(w.message)]
+
+
+def test_a_collapsed_model_is_seen_by_the_validation(carracing_config, collapse_encoder):
+    trainer = Trainer(carracing_config, progress=False)
+    collapse_encoder(trainer.model)
+    val = trainer.evaluate(trainer.val_set)
+    assert val["active_dims"] == 0 and val["kld"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_kl_weight_ramps_from_zero_to_beta_over_the_warmup():
+    t = Config.from_dict({"train": {"beta": 0.5, "kl_warmup_steps": 100}}).train
+    assert [kl_weight(t, s) for s in (0, 50, 100, 1000)] == [0.0, 0.25, 0.5, 0.5]
+    assert kl_weight(Config().train, 0) == 1.0  # no warm-up: beta from the first step
+
+
+def test_every_loss_option_trains_and_resumes_exactly(carracing_dir, tmp_path, tiny_config):
+    options = dict(free_nats=0.5, kl_warmup_steps=7, recon_change_weight=20.0)
+    straight = train(tiny_config(carracing_dir, tmp_path / "straight", epochs=3, **options), progress=False)
+    train(tiny_config(carracing_dir, tmp_path / "split", epochs=2, **options), progress=False)
+    resumed = train(tiny_config(carracing_dir, tmp_path / "split", epochs=3, **options), resume=True, progress=False)
+    assert [(m.train, m.val) for m in resumed] == [(m.train, m.val) for m in straight]
+    assert all(np.isfinite(list(m.train.values())).all() for m in straight)

@@ -77,6 +77,17 @@ class TrainConfig:
     """maximum global gradient norm"""
     beta: float = 1.0
     """weight of the VAE's KL to N(0, I)"""
+    kl_warmup_steps: int = 0
+    """the KL's weight ramps linearly from 0 to `beta` over this many optimiser steps (KL annealing, Bowman et
+    al. 2016), so the decoder learns to use the latents before the KL pulls them to the prior; 0: `beta` from
+    the first step"""
+    free_nats: float = 0.0
+    """KL floor per latent dimension, in nats: a dimension whose batch-mean KL to N(0, I) is below it gets no
+    KL gradient (free bits, Kingma et al. 2016; PlaNet floors the total at 3). Against posterior collapse;
+    0: the plain KL"""
+    recon_change_weight: float = 0.0
+    """each pixel's squared error is weighted by 1 + this x its distance from the window's median frame, so a
+    small moving object counts against a static background (wm_core.losses.change_weights); 0: uniform"""
     rssm_scale: float = 1.0
     overshooting: int = 1
     """K: the RSSM is also trained on its open-loop predictions 2..K steps ahead (latent overshooting, still on
@@ -187,6 +198,12 @@ def _check_values(cfg: Config, source: str) -> None:
             1 <= cfg.train.overshooting < cfg.data.seq_len,
             f"train.overshooting must be in [1, data.seq_len - 1 = {cfg.data.seq_len - 1}], "
             f"got {cfg.train.overshooting}",
+        ),
+        (cfg.train.kl_warmup_steps >= 0, f"train.kl_warmup_steps must be >= 0, got {cfg.train.kl_warmup_steps}"),
+        (cfg.train.free_nats >= 0, f"train.free_nats must be >= 0, got {cfg.train.free_nats}"),
+        (
+            cfg.train.recon_change_weight >= 0,
+            f"train.recon_change_weight must be >= 0, got {cfg.train.recon_change_weight}",
         ),
         (1 <= cfg.export.opt_batch <= cfg.export.max_batch, "export needs 1 <= opt_batch <= max_batch"),
     ]

@@ -18,7 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .losses import WorldModelOutput, gaussian_kl, reconstruction_loss
+from .losses import (
+    WorldModelOutput,
+    change_weights,
+    free_nats_kl,
+    gaussian_kl,
+    gaussian_kl_per_dim,
+    reconstruction_loss,
+)
 
 CONV_LAYERS = 4  # each halves the frame: 64 -> 4
 POSTERIOR_MIN_STD = 1e-3  # keeps log(std) finite in the KLs
@@ -177,14 +184,22 @@ class WorldModel(nn.Module):
         beta: float = 1.0,
         rssm_scale: float = 1.0,
         overshooting: int = 1,
+        free_nats: float = 0.0,
+        recon_change_weight: float = 0.0,
     ):
         """obs float32 [B, T, C, H, W] in [0, 1], encoded actions [B, T, A] -> WorldModelOutput. `overshooting`:
-        K, the open-loop distance the RSSM is also trained at (1: one-step predictions only)."""
+        K, the open-loop distance the RSSM is also trained at (1: one-step predictions only). `free_nats` and
+        `recon_change_weight` shape the VAE loss only (see TrainConfig); 0 leaves it plain."""
         mean, std = self.encode(obs)
         z = mean + std * torch.randn_like(std)
         recon = self.decode(z)
-        recon_loss = reconstruction_loss(recon, obs)
-        kld = gaussian_kl(mean[:, 0], std[:, 0], torch.zeros_like(mean[:, 0]), torch.ones_like(std[:, 0])).mean()
+        weight = change_weights(obs, recon_change_weight) if recon_change_weight > 0 else None
+        recon_loss = reconstruction_loss(recon, obs, weight)
+        kl_per_dim = gaussian_kl_per_dim(  # [B, S]
+            mean[:, 0], std[:, 0], torch.zeros_like(mean[:, 0]), torch.ones_like(std[:, 0])
+        )
+        kld = kl_per_dim.sum(-1).mean()
+        kl_loss = free_nats_kl(kl_per_dim, free_nats) if free_nats > 0 else kld
 
         # Detached: keeps the RSSM loss out of the encoder (inputs z_t and targets q(z_t+1|x_t+1) alike).
         mu_detached, std_detached = mean.detach(), std.detach()
@@ -202,5 +217,5 @@ class WorldModel(nn.Module):
             one_step = (self.decode(prior_mean) - obs[:, 1:]).pow(2).mean()
 
         dynamics = (rssm_loss + len(overshoot_kls) * overshoot) / (1 + len(overshoot_kls))
-        loss = recon_loss + beta * kld + rssm_scale * dynamics
+        loss = recon_loss + beta * kl_loss + rssm_scale * dynamics
         return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step, overshoot)

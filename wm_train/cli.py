@@ -140,6 +140,14 @@ def store_command(source, out_dir):
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
 @click.option("--threads", default=0, help="Torch threads on CPU; 0 keeps torch's default.")
 @click.option("--overwrite", is_flag=True, help="Replace a report folder that already holds files.")
+@click.option(
+    "--probe",
+    "probes",
+    multiple=True,
+    metavar="KEY",
+    help="Fit a ridge probe on [h, z] of the train split to predict the per-step array KEY of the episode files; "
+    "report its R² on val (repeatable).",
+)
 @click.option("--progress/--no-progress", default=True)
 @user_errors_to_exit
 def eval_command(
@@ -155,9 +163,11 @@ def eval_command(
     device,
     threads,
     overwrite,
+    probes,
     progress,
 ):
-    """Evaluate the world model in CKPT: open-loop prediction, action identifiability, train/val gap."""
+    """Evaluate the world model in CKPT: open-loop prediction, action identifiability, train/val gap, posterior
+    collapse, and probes of what the latents carry."""
     from .eval_report import summary_lines
     from .evaluate import run_eval
 
@@ -175,6 +185,7 @@ def eval_command(
         device=device,
         threads=threads,
         progress=progress,
+        probes=probes,
     )
     for line in summary_lines(report):
         click.echo(line)

@@ -4,13 +4,14 @@ An episode is one `*.npz` file holding `obs` uint8 [T, H, W, 3] and `action`, fl
 int64 [T] (discrete), where action[t] is taken after seeing obs[t]. A folder of them is read into memory whole;
 an episode store (wm_train.store, converted from such a folder by `npz_to_store`) holds the same episodes with
 their frames left on disk, for datasets larger than memory. `data.path` may name either: a folder holding
-`store.json` is a store.
+`store.json` is a store. Episode files may hold other per-step arrays [T, ...] (a reward, an object's
+position): `wm-eval --probe KEY` measures how well the latents predict them.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,23 @@ from wm_core.publish import atomic_write
 from . import store
 
 
-def save_episode(path: str | Path, obs: np.ndarray, action: np.ndarray) -> None:
-    """Write one episode atomically (temporary file + rename), so a crash never leaves half a file."""
-    atomic_write(path, lambda file: np.savez_compressed(file, obs=obs, action=action))
+def save_episode(path: str | Path, obs: np.ndarray, action: np.ndarray, **per_step: np.ndarray) -> None:
+    """Write one episode atomically (temporary file + rename), so a crash never leaves half a file. `per_step`
+    are further arrays [T, ...] stored under their names (e.g. reward=...)."""
+    atomic_write(path, lambda file: np.savez_compressed(file, obs=obs, action=action, **per_step))  # type: ignore[arg-type]  # numpy stubs type **kwds as the allow_pickle flag
+
+
+def load_per_step(path: Path, key: str, frames: int) -> np.ndarray:
+    """The per-step array `key` of one episode as float64 [T, K] (a [T] array becomes [T, 1])."""
+    with np.load(path) as episode:
+        if key not in episode.files:
+            raise ValueError(f"{path}: no array {key!r} in the episode file; it holds {sorted(episode.files)}")
+        values = episode[key]
+    if values.ndim == 0 or len(values) != frames or values.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{path}: {key!r} must be a numeric per-step array [{frames}, ...], got {values.dtype} {list(values.shape)}"
+        )
+    return values.reshape(frames, -1).astype(np.float64)
 
 
 def episode_paths(folder: str | Path) -> list[Path]:
@@ -99,6 +114,8 @@ class EpisodeSet:
     obs: list[np.ndarray | store.DiskFrames]
     actions: list[np.ndarray]
     seq_len: int
+    per_step: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    """arrays named by load_splits(per_step=...), one float64 [T, K] per episode"""
 
     @property
     def frames(self) -> int:
@@ -132,23 +149,26 @@ def to_batch(windows, codec: ActionCodec, device: torch.device | str = "cpu"):
     return obs, codec.encode(actions)
 
 
-def load_splits(cfg: Config) -> tuple[EpisodeSet, EpisodeSet, ActionCodec]:
-    """Train and validation episodes and the action codec fitted on the training split."""
+def load_splits(cfg: Config, per_step: tuple[str, ...] = ()) -> tuple[EpisodeSet, EpisodeSet, ActionCodec]:
+    """Train and validation episodes and the action codec fitted on the training split; `per_step` names
+    further arrays of the episode files to load (EpisodeSet.per_step)."""
     d, m = cfg.data, cfg.model
     if store.is_store(d.path):
         names = [episode["name"] for episode in store.read_index(d.path)["episodes"]]
 
-        def load(name: str):
-            obs, action = store.open_episode(d.path, name)
+        def load(name: str | Path):
+            obs, action = store.open_episode(d.path, str(name))
             check_episode(Path(d.path) / name, obs, action, d.action_mode, m.action_dim, m.frame_size)
             return obs, action
 
     else:
         names = episode_paths(d.path)
 
-        def load(path: Path):
-            return load_episode(path, d.action_mode, m.action_dim, m.frame_size)
+        def load(name: str | Path):
+            return load_episode(Path(name), d.action_mode, m.action_dim, m.frame_size)
 
+    if per_step and store.is_store(d.path):
+        raise ValueError(f"{d.path}: per-step arrays ({list(per_step)}) are read from .npz episode files, not a store")
     train_names, val_names = split_episodes(names, d.val_fraction, cfg.train.seed)
     splits = []
     for names in (train_names, val_names):
@@ -159,10 +179,11 @@ def load_splits(cfg: Config) -> tuple[EpisodeSet, EpisodeSet, ActionCodec]:
             warnings.warn(
                 f"skipping {len(short)} episode(s) shorter than data.seq_len={d.seq_len}: {short[:5]}", stacklevel=2
             )
-        kept = [e for e in episodes if len(e[0]) >= d.seq_len]
+        kept = [(name, e) for name, e in zip(names, episodes) if len(e[0]) >= d.seq_len]
         if not kept:
             raise ValueError(f"{d.path}: no episode of {labels[:5]} has data.seq_len={d.seq_len} frames")
-        splits.append(EpisodeSet([o for o, _ in kept], [a for _, a in kept], d.seq_len))
+        arrays = {key: [load_per_step(name, key, len(o)) for name, (o, _) in kept] for key in per_step}
+        splits.append(EpisodeSet([o for _, (o, _) in kept], [a for _, (_, a) in kept], d.seq_len, arrays))
     train, val = splits
     codec = ActionCodec.fit(d.action_mode, m.action_dim, train.actions)
     _warn_if_actions_constant(train.actions)

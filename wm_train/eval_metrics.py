@@ -272,7 +272,15 @@ def teacher_forced_sums(
     for first in range(0, len(windows), train.batch_size):
         chunk = windows[first : first + train.batch_size]
         obs, actions = to_batch(chunk, codec, device)
-        out = model(obs, actions, beta=train.beta, rssm_scale=train.rssm_scale, overshooting=train.overshooting)
+        out = model(
+            obs,
+            actions,
+            beta=train.beta,
+            rssm_scale=train.rssm_scale,
+            overshooting=train.overshooting,
+            free_nats=train.free_nats,
+            recon_change_weight=train.recon_change_weight,
+        )
         for name, value in out.scalars().items():
             sums[name] = sums.get(name, 0.0) + value * len(chunk)
     return sums

@@ -64,6 +64,45 @@ class ActionMetrics:
 
 
 @dataclass
+class LatentMetrics:
+    """Posterior collapse (wm_train.collapse): how much the posterior means vary over the split's frames."""
+
+    latent_std: float
+    """std of the posterior means across the frames, mean over latent dimensions (the prior's std is 1)"""
+    posterior_std: float
+    """root mean square of the posterior's std over the frames, mean over latent dimensions"""
+    active_dims: int
+    """latent dimensions whose posterior means vary across frames with a std above 0.1 x their posterior std
+    (Burda et al. 2016's active units, against the posterior's std)"""
+    latent_dim: int
+    """S: latent dimensions in all"""
+    collapsed: bool
+    """no active dimension: the latents carry almost nothing about the frames (wm_train.collapse)"""
+    collapse_reason: str
+    """why it counts as collapsed; empty when it does not"""
+
+
+@dataclass
+class ProbeResult:
+    """A ridge probe on detached [h, z] predicting a per-step array of the episode files (wm_train.probe)."""
+
+    key: str
+    """the per-step array the probe predicts"""
+    r2: float
+    """R² on the validation episodes, averaged over the array's columns: 1 is perfect, 0 no better than the
+    validation mean, below 0 worse"""
+    train_r2: float
+    """R² on the training episodes it was fitted on"""
+    z_r2: float
+    """validation R² of the same probe on z alone: what the frame's latent carries without the RSSM's memory of
+    past actions"""
+    train_frames: int
+    val_frames: int
+    features: int
+    """D + S"""
+
+
+@dataclass
 class SplitMetrics:
     episodes: int
     """episodes of the split long enough for context + horizon"""
@@ -73,6 +112,7 @@ class SplitMetrics:
     """teacher-forced WorldModelOutput fields (the training losses) over the split's fixed windows"""
     open_loop: OpenLoopMetrics
     actions: ActionMetrics
+    latents: LatentMetrics
 
 
 @dataclass
@@ -99,6 +139,8 @@ class EvalReport:
     splits: dict[str, SplitMetrics]
     gap: dict[str, float]
     """val - train of the teacher-forced losses, and each relative to train (`*_relative`)"""
+    probes: list[ProbeResult] = field(default_factory=list)
+    """one per --probe KEY: fitted on the train split, scored on val"""
     examples: Examples | None = field(default=None, repr=False)
     files: dict[str, object] = field(default_factory=dict)
     """report files relative to the report folder"""
@@ -131,6 +173,17 @@ def summary_lines(report: EvalReport) -> list[str]:
         f"true/random {act.ratio_random:.3f}; spread across action sequences {act.spread_mean:.3f} of the latent "
         "scale (ratio 1 and spread 0: actions ignored)",
     ]
+    lat = metrics.latents
+    lines.append(
+        f"latents: {lat.active_dims}/{lat.latent_dim} dimensions vary across frames (std of the posterior means "
+        f"{lat.latent_std:.3f}, posterior std {lat.posterior_std:.3f}), kld {metrics.losses['kld']:.2f}"
+        + (f"; POSTERIOR COLLAPSE: {lat.collapse_reason}" if lat.collapsed else "")
+    )
+    for probe in report.probes:
+        lines.append(
+            f"probe {probe.key}: R² val {probe.r2:.3f}, train {probe.train_r2:.3f} (ridge on [h, z], "
+            f"{probe.train_frames} training frames); on z alone val {probe.z_r2:.3f}"
+        )
     train, val = report.splits["train"].losses, report.splits["val"].losses
     lines.append(
         f"rssm_loss train {train['rssm_loss']:.3f}, val {val['rssm_loss']:.3f}: gap "

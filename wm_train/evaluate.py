@@ -18,9 +18,11 @@ from wm_core.model import WorldModel
 from wm_core.publish import staged_dir
 
 from . import eval_plots
+from .collapse import collapse_reason, latent_activity
 from .data import EpisodeSet, load_splits
 from .eval_metrics import evenly_spaced, loss_gap, open_loop, sequences_of, teacher_forced_losses
-from .eval_report import EvalReport, SplitMetrics
+from .eval_report import EvalReport, LatentMetrics, SplitMetrics
+from .probe import fit_probe
 
 SPLITS = ("train", "val")
 REPORT_FILE = "report.json"
@@ -42,8 +44,10 @@ def evaluate_model(
     checkpoint: str = "",
     device: torch.device | str = "cpu",
     progress: bool = True,
+    probes: tuple[str, ...] = (),
 ) -> EvalReport:
-    """Every metric of the report on the `train` and `val` episodes; `split` picks the one the examples show."""
+    """Every metric of the report on the `train` and `val` episodes; `split` picks the one the examples show.
+    `probes` names per-step arrays the episodes hold (load_splits(per_step=...)) to fit a probe for each."""
     check_settings(context, horizon, split, max_sequences, action_samples)
     if set(episodes) != set(SPLITS):
         raise ValueError(f"episodes must hold the splits {SPLITS}, got {sorted(episodes)}")
@@ -69,11 +73,17 @@ def evaluate_model(
         )
         windows = evenly_spaced(episodes[name].fixed_windows(), max_sequences)
         losses = teacher_forced_losses(model, windows, codec, cfg.train, device, seed)
+        activity = latent_activity(model, windows, codec, cfg.train.batch_size, device)
+        reason = collapse_reason(activity, losses["kld"])
+        latents = LatentMetrics(
+            **dataclasses.asdict(activity), collapsed=reason is not None, collapse_reason=reason or ""
+        )
         results[name] = SplitMetrics(
-            sequences[name].episodes, len(sequences[name].obs), losses, open_loop_metrics, action_metrics
+            sequences[name].episodes, len(sequences[name].obs), losses, open_loop_metrics, action_metrics, latents
         )
         shown = split_examples if name == split else shown
     bar.close()
+    probe_results = [fit_probe(model, codec, episodes["train"], episodes["val"], key, device) for key in probes]
     return EvalReport(
         checkpoint=str(checkpoint),
         data=cfg.data.path,
@@ -86,6 +96,7 @@ def evaluate_model(
         splits=results,
         gap=loss_gap(results["train"].losses, results["val"].losses),
         examples=shown,
+        probes=probe_results,
     )
 
 
@@ -125,16 +136,20 @@ def evaluate_checkpoint(
     device: str = "cpu",
     threads: int = 0,
     progress: bool = True,
+    probes: tuple[str, ...] = (),
 ) -> EvalReport:
     """Load a checkpoint and the episodes in `data`, split exactly as training split them (the checkpoint's
     data.val_fraction and train.seed, so `val` holds the episodes training did not see), and evaluate.
-    `threads` > 0 sets torch's intra-op threads on CPU."""
+    `threads` > 0 sets torch's intra-op threads on CPU; `probes` names per-step arrays of the episode files to
+    fit a latent probe for (wm_train.probe)."""
     check_settings(context, horizon, split, max_sequences, action_samples)
     if threads > 0:
         torch.set_num_threads(threads)
     model, cfg, extras = load_checkpoint(checkpoint, map_location=device)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data)))
-    train, val, _ = load_splits(cfg)  # the codec refitted here is ignored: the checkpoint's is the one it learned
+    train, val, _ = load_splits(
+        cfg, per_step=tuple(probes)
+    )  # the codec refitted here is ignored: the checkpoint's is the one it learned
     return evaluate_model(
         model,
         cfg,
@@ -150,6 +165,7 @@ def evaluate_checkpoint(
         str(checkpoint),
         device,
         progress,
+        tuple(probes),
     )
 
 

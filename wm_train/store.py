@@ -70,7 +70,7 @@ class DiskFrames:
         frames = np.empty((max(0, stop - start), *self.shape[1:]), dtype=np.uint8)
         with open(self.path, "rb", buffering=0) as file:
             file.seek(self.offset + start * self.frame_bytes)
-            read = file.readinto(memoryview(frames).cast("B"))
+            read = file.readinto(frames.data.cast("B"))
         if read != frames.nbytes:
             raise ValueError(f"{self.path}: truncated, expected {frames.nbytes} bytes at frame {start}, read {read}")
         return frames

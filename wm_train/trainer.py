@@ -21,11 +21,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from wm_core.checkpoint import read_checkpoint, save_checkpoint
-from wm_core.config import Config
+from wm_core.config import Config, TrainConfig
 from wm_core.losses import WorldModelOutput
 from wm_core.model import WorldModel
 from wm_core.publish import atomic_write_bytes
 
+from .collapse import COLLAPSE_CHECKLIST, STALL_EPOCHS, LatentActivity, collapse_reason, latent_activity
 from .data import EpisodeSet, load_splits, to_batch
 from .distributed import Distributed, setup
 from .eval_metrics import open_loop_mse, teacher_forced_sums
@@ -46,8 +47,9 @@ class EpochMetrics:
     train: dict[str, float]
     """mean over the epoch's steps of every WorldModelOutput field"""
     val: dict[str, float]
-    """mean over the fixed validation windows of every WorldModelOutput field, and the open-loop pixel MSE at a
-    few horizons (`open_loop_mse@k`, eval_metrics.open_loop_mse)"""
+    """mean over the fixed validation windows of every WorldModelOutput field, plus `latent_std`,
+    `posterior_std` and `active_dims` of the posteriors over those windows (wm_train.collapse.LatentActivity),
+    and the open-loop pixel MSE at a few horizons (`open_loop_mse@k`, eval_metrics.open_loop_mse)"""
     frames_per_s: float
     """training frames (batch x seq_len per step) per second of the epoch's training steps"""
 
@@ -69,6 +71,13 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device is 'cuda' but torch sees no CUDA device; use 'cpu' or 'auto'")
     return torch.device(name)
+
+
+def kl_weight(train: TrainConfig, step: int) -> float:
+    """The KL's weight at optimiser step `step` (0-based): train.beta, ramped in over train.kl_warmup_steps."""
+    if train.kl_warmup_steps <= 0:
+        return train.beta
+    return train.beta * min(1.0, step / train.kl_warmup_steps)
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -121,6 +130,9 @@ class Trainer:
         self.epoch = 0
         self.best_val_loss = math.inf
         self.history: list[EpochMetrics] = []
+        self.steps_done = 0
+        """optimiser steps taken: what the KL warm-up counts"""
+        self.collapse_warned = False
 
     def resume(self) -> None:
         """Continue exactly where `last.pt` stopped: weights, optimiser, epoch, history and RNG states."""
@@ -133,6 +145,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
+        self.steps_done = self.epoch * self.steps_per_epoch
         self.best_val_loss = state["best_val_loss"]
         self.history = [EpochMetrics(**m) for m in state["history"]]
         rng_states = state.get("rank_rng", [state["rng"]])
@@ -177,19 +190,27 @@ class Trainer:
         seconds = time.perf_counter() - start
         frames = self.steps_per_epoch * t.batch_size * self.cfg.data.seq_len  # all ranks': the global batch
         names = list(sums)
-        totals = self.dist.all_reduce_sum(torch.stack([sums[n] for n in names]).double())
-        totals = totals.cpu().tolist()
-        return {n: v / (self.steps_per_epoch * self.dist.world_size) for n, v in zip(names, totals)}, frames / seconds
+        reduced = self.dist.all_reduce_sum(torch.stack([sums[n] for n in names]).double()).cpu().tolist()
+        return {n: v / (self.steps_per_epoch * self.dist.world_size) for n, v in zip(names, reduced)}, frames / seconds
 
     def train_step(self) -> WorldModelOutput:
         """One optimiser step on a batch of windows sampled at random offsets."""
         t = self.cfg.train
         obs, actions = to_batch(self.train_set.sample(self.rng, self.rank_batch), self.codec, self.device)
-        out = self.train_model(obs, actions, beta=t.beta, rssm_scale=t.rssm_scale, overshooting=t.overshooting)
+        out = self.train_model(
+            obs,
+            actions,
+            beta=kl_weight(t, self.steps_done),
+            rssm_scale=t.rssm_scale,
+            overshooting=t.overshooting,
+            free_nats=t.free_nats,
+            recon_change_weight=t.recon_change_weight,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.optimizer.step()
+        self.steps_done += 1
         return out
 
     def evaluate(self, episodes: EpisodeSet) -> dict[str, float]:
@@ -201,16 +222,24 @@ class Trainer:
         sums = teacher_forced_sums(self.model, mine, self.codec, self.cfg.train, self.device)
         names = [f.name for f in fields(WorldModelOutput)]
         totals = torch.tensor([sums.get(n, 0.0) for n in names], dtype=torch.float64, device=self.device)
-        totals = self.dist.all_reduce_sum(totals).cpu().tolist()
-        losses = {n: v / len(windows) for n, v in zip(names, totals)}
+        reduced = self.dist.all_reduce_sum(totals).cpu().tolist()
+        losses = {n: v / len(windows) for n, v in zip(names, reduced)}
         # the open-loop MSE: a fixed handful of windows, the same on every rank (no reduction needed)
-        return losses | open_loop_mse(self.model, windows, self.codec, self.device)
+        activity = latent_activity(self.model, windows, self.codec, self.cfg.train.batch_size, self.device)
+        return {
+            **losses,
+            **open_loop_mse(self.model, windows, self.codec, self.device),
+            "latent_std": activity.latent_std,
+            "posterior_std": activity.posterior_std,
+            "active_dims": float(activity.active_dims),
+        }
 
     def _report(self, metrics: EpochMetrics) -> None:
         for split in ("train", "val"):
             tqdm.write(metrics.log_line(split))
         if metrics.train["rssm_loss"] == 0.0:
             warnings.warn(RSSM_ZERO_CHECKLIST, UserWarning, stacklevel=2)
+        self._warn_if_collapsed()
         # Rewritten whole rather than appended: a full disk cannot leave half a line, and after a kill and
         # --resume the file holds last.pt's history, without the lines of the epoch that was cut short.
         lines = "".join(json.dumps(asdict(m)) + "\n" for m in self.history)
@@ -219,6 +248,20 @@ class Trainer:
         save_preview(
             self.model, self.val_set, self.codec, self.out_dir / f"preview_epoch{self.epoch:03d}.png", self.device
         )
+
+    def _warn_if_collapsed(self) -> None:
+        """Once per run, from the third epoch on: the first epochs cannot tell collapse from a slow start."""
+        vals = [m.val for m in self.history if "active_dims" in m.val]  # runs resumed from before may lack it
+        if self.collapse_warned or len(vals) <= STALL_EPOCHS:
+            return
+        last = vals[-1]
+        activity = LatentActivity(
+            last["latent_std"], last["posterior_std"], int(last["active_dims"]), self.cfg.model.latent_dim
+        )
+        reason = collapse_reason(activity, last["kld"], [v["recon_loss"] for v in vals])
+        if reason is not None:
+            self.collapse_warned = True
+            warnings.warn(COLLAPSE_CHECKLIST.format(reason=reason), UserWarning, stacklevel=3)
 
     def _rng_state(self) -> dict:
         return {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state}

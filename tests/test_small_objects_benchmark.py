@@ -1,0 +1,22 @@
+"""The small-objects benchmark: its --quick run generates the dot scene, trains, measures and writes the table."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "small_objects.py"
+
+
+def test_quick_run_writes_a_row_per_option(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--options", "default,free_nats=0.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| default | " in result.stdout and "| free_nats=0.5 | " in result.stdout
+    rows = json.loads((tmp_path / "quick" / "results.json").read_text())["rows"]
+    assert [r["option"] for r in rows] == ["default", "free_nats=0.5"]
+    assert all(0 <= r["dot_mse"] <= 1 and r["position_r2_train"] <= 1 for r in rows)
