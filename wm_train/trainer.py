@@ -214,9 +214,10 @@ class Trainer:
         return out
 
     def evaluate(self, episodes: EpisodeSet) -> dict[str, float]:
-        """The training losses over the fixed windows of `episodes` (what wm-eval reports as well) and the
-        open-loop MSE at a few horizons on a handful of them. Under DDP
-        each rank takes every world_size-th window and the sums are added up across ranks."""
+        """The training losses over the fixed windows of `episodes` (what wm-eval reports as well), the
+        open-loop MSE at a few horizons on a handful of them, and how much the posterior means vary over them
+        (latent_std, active_dims). Under DDP each rank takes every world_size-th window for the losses and the
+        sums are added up across ranks."""
         windows = episodes.fixed_windows()
         mine = windows[self.dist.rank :: self.dist.world_size]
         sums = teacher_forced_sums(self.model, mine, self.codec, self.cfg.train, self.device)
@@ -224,7 +225,7 @@ class Trainer:
         totals = torch.tensor([sums.get(n, 0.0) for n in names], dtype=torch.float64, device=self.device)
         reduced = self.dist.all_reduce_sum(totals).cpu().tolist()
         losses = {n: v / len(windows) for n, v in zip(names, reduced)}
-        # the open-loop MSE: a fixed handful of windows, the same on every rank (no reduction needed)
+        # The open-loop MSE and the latent activity read the same windows on every rank: no reduction needed.
         activity = latent_activity(self.model, windows, self.codec, self.cfg.train.batch_size, self.device)
         return {
             **losses,
