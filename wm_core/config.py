@@ -59,6 +59,9 @@ class ModelConfig:
     """width of the RSSM's input and prior MLPs"""
     min_std: float = 0.1
     """lower bound of the prior's standard deviation"""
+    heads: bool = False
+    """add a reward head and a continuation head on the RSSM features [h, z] (trained on detached features, so
+    they change nothing else); needs episodes with `reward` and `terminated` arrays"""
 
 
 @dataclass
@@ -89,10 +92,14 @@ class TrainConfig:
     """each pixel's squared error is weighted by 1 + this x its distance from the window's median frame, so a
     small moving object counts against a static background (wm_core.losses.change_weights); 0: uniform"""
     rssm_scale: float = 1.0
+    """weight of the RSSM loss in the total"""
     overshooting: int = 1
     """K: the RSSM is also trained on its open-loop predictions 2..K steps ahead (latent overshooting, still on
     detached posteriors); 1 trains one-step predictions only, the seed's loss"""
-    """weight of the RSSM loss in the total"""
+    reward_window: int = 1
+    """with model.heads: the reward head's target at step t is the mean reward over steps t .. t+n-1 of the
+    episode (per-step rewards such as CarRacing's tile events are nearly unpredictable from a frame; their
+    n-step mean, the rate of progress, is not)"""
     seed: int = 0
     """seeds model init, window sampling and the reparameterisation noise"""
     device: str = "cpu"
@@ -199,6 +206,7 @@ def _check_values(cfg: Config, source: str) -> None:
             f"train.overshooting must be in [1, data.seq_len - 1 = {cfg.data.seq_len - 1}], "
             f"got {cfg.train.overshooting}",
         ),
+        (cfg.train.reward_window >= 1, f"train.reward_window must be >= 1, got {cfg.train.reward_window}"),
         (cfg.train.kl_warmup_steps >= 0, f"train.kl_warmup_steps must be >= 0, got {cfg.train.kl_warmup_steps}"),
         (cfg.train.free_nats >= 0, f"train.free_nats must be >= 0, got {cfg.train.free_nats}"),
         (
