@@ -18,7 +18,7 @@ def test_recorded_episodes_follow_the_format(carracing_dir, pong_dir):
 def test_collection_is_deterministic_for_a_seed(carracing_dir, tmp_path):
     from wm_train.collect import record_episode
 
-    obs, action = record_episode("CarRacing-v3", seed=0, steps=24, frame_size=64)
+    obs, action, _, _ = record_episode("CarRacing-v3", seed=0, steps=24, frame_size=64)
     expected_obs, expected_action = load_episode(episode_paths(carracing_dir)[0], "continuous", 3, 64)
     np.testing.assert_array_equal(obs, expected_obs)
     np.testing.assert_array_equal(action, expected_action)
