@@ -90,7 +90,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # shows the backend `auto` picked
     import gymnasium as gym
 
-    from wm_train.collect import resize
+    from wm_core.envs import resize
 
     with tempfile.TemporaryDirectory(prefix="wm-control-") as scratch:
         path = args.artifacts or args.checkpoint or fresh_artifacts(args.size, Path(scratch))

@@ -121,7 +121,14 @@ def test_manifest_holds_dims_codec_hashes_versions_and_parity(checkpoint, export
     assert manifest == load_manifest(exported)
     assert manifest["format"] == "wm-artifacts" and manifest["format_version"] == 2
     assert manifest["dims"] == {"deter": 32, "latent": 8, "action": 3, "frame": [64, 64, 3]}
-    assert manifest["action_codec"] == {"mode": "continuous", "dim": 3, "mean": [0.1, 0.2, 0.3], "std": [1.0, 2.0, 0.5]}
+    assert manifest["action_codec"] == {
+        "mode": "continuous",
+        "dim": 3,
+        "mean": [0.1, 0.2, 0.3],
+        "std": [1.0, 2.0, 0.5],
+        "low": [],
+        "high": [],
+    }
     assert manifest["opset"] == 17
     for name, graph in manifest["graphs"].items():
         assert graph["file"] == f"{name}.onnx"

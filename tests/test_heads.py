@@ -2,6 +2,8 @@
 parity gate covers them, `Rollout.imagine` returns them, and folders and checkpoints without heads still
 load (without rewards)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from wm_core.manifest import has_heads, load_manifest
 from wm_deploy import LatentState, Rollout
 from wm_export import export_artifacts
 from wm_export.triton import write_triton_repository
+from wm_train.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +100,13 @@ def test_triton_repository_of_a_model_with_heads_declares_reward_and_cont(heads_
     config = (repository / "prior_step" / "config.pbtxt").read_text()
     assert 'name: "reward" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] }' in config
     assert 'name: "cont"' in config
+
+
+def test_training_with_heads_fits_the_heads_and_logs_their_losses(carracing_config, capsys):
+    cfg = dataclasses.replace(carracing_config, model=dataclasses.replace(carracing_config.model, heads=True))
+    cfg.train.reward_window = 4
+    history = train(cfg, progress=True)
+    assert all(m.train["reward_loss"] > 0 and m.val["cont_loss"] > 0 for m in history)
+    assert "rew=" in history[-1].log_line("val") and "rew=" in capsys.readouterr().out
+    rollout = Rollout.load(cfg.train.out_dir + "/best.pt", backend="torch", device="cpu")
+    assert rollout.has_heads and rollout.codec.low and rollout.codec.high
