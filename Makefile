@@ -1,5 +1,6 @@
-# `make demo`: set up, record CarRacing episodes, train the default world model, export it, drive a control
-# loop with it and time its rollouts.
+# `make demo`: set up, record CarRacing episodes, train the default world model (with reward and continuation
+# heads), export it, time its rollouts and drive the real environment with the planner for a short episode,
+# beside the random policy and the recording one.
 # `make test`: set up and run the test suite. Both create or reuse the virtual environment in .venv.
 # `make lint`: set up, then ruff (lint, format) and mypy, which reads the TensorRT API from the stubs that
 # tools/tensorrt_stubs.py puts into typings/.
@@ -26,16 +27,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[cpu,envs,dev]"
 	touch $@
 
-$(DEMO_DATA)/.complete: | setup
+# meta.json is written last, once every episode is there (recordings without it predate rewards: re-record)
+$(DEMO_DATA)/meta.json: | setup
 	$(VENV)/bin/wm-collect CarRacing-v3 -o $(DEMO_DATA) --episodes 32 --steps 200 --seed 0
-	touch $@
 
-demo: setup $(DEMO_DATA)/.complete
+demo: setup $(DEMO_DATA)/meta.json
 	@if [ -f $(DEMO_RUN)/last.pt ]; then $(VENV)/bin/wm-train configs/carracing.yaml --resume; \
 	else $(VENV)/bin/wm-train configs/carracing.yaml; fi
 	$(VENV)/bin/wm-export $(DEMO_RUN)/best.pt --data $(DEMO_DATA) --force
-	$(PY) examples/control_loop.py --artifacts $(DEMO_RUN)/artifacts --ticks 20
 	$(PY) benchmarks/rollout_latency.py --artifacts $(DEMO_RUN)/artifacts --quick --plot $(DEMO_RUN)/rollout_latency.png
+	$(VENV)/bin/wm-control $(DEMO_RUN)/artifacts --episodes 1 --steps 300 --seed 100 --no-progress
 
 test: setup
 	$(PY) -m pytest
