@@ -47,20 +47,20 @@ TOLERANCES = {
 
 def _record(folder, env_id: str, episodes: int, steps: int):
     for i in range(episodes):
-        obs, action = record_episode(env_id, seed=i, steps=steps, frame_size=64)
-        save_episode(folder / f"episode_{i:05d}.npz", obs, action)
+        obs, action, reward, terminated = record_episode(env_id, seed=i, steps=steps, frame_size=64)
+        save_episode(folder / f"episode_{i:05d}.npz", obs, action, reward=reward, terminated=terminated)
     return folder
 
 
 @pytest.fixture(scope="session")
 def carracing_dir(tmp_path_factory):
-    """4 CarRacing-v3 episodes of 24 frames: continuous 3-d actions."""
+    """4 CarRacing-v3 episodes of 24 frames: continuous 3-d actions, rewards and terminations (no meta.json)."""
     return _record(tmp_path_factory.mktemp("carracing"), "CarRacing-v3", 4, 24)
 
 
 @pytest.fixture(scope="session")
 def pong_dir(tmp_path_factory):
-    """4 ALE/Pong-v5 episodes of 24 frames: 6 discrete actions."""
+    """4 ALE/Pong-v5 episodes of 24 frames: 6 discrete actions, rewards and terminations (no meta.json)."""
     return _record(tmp_path_factory.mktemp("pong"), "ALE/Pong-v5", 4, 24)
 
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from wm_train.data import episode_paths, load_episode, load_splits, npz_to_store, save_episode
+from wm_train.data import episode_paths, load_episode, load_splits, npz_to_store, read_meta, save_episode
 from wm_train.store import DiskFrames, is_store
 from wm_train.trainer import train
 
@@ -37,6 +37,27 @@ def test_training_on_the_store_equals_training_in_memory(carracing_dir, carracin
     in_memory = train(tiny_config(carracing_dir, tmp_path / "memory"), progress=False)
     on_disk = train(tiny_config(carracing_store, tmp_path / "store"), progress=False)
     assert [(m.train, m.val) for m in on_disk] == [(m.train, m.val) for m in in_memory]
+
+
+def test_store_keeps_the_rewards_the_heads_train_on(carracing_dir, carracing_store, tmp_path, tiny_config):
+    def heads_config(data):
+        cfg = tiny_config(data, tmp_path / "run", reward_window=3)
+        cfg.model.heads = True
+        return cfg
+
+    from_folder, from_store = (load_splits(heads_config(data))[0] for data in (carracing_dir, carracing_store))
+    assert from_folder.rewards is not None and from_store.rewards is not None
+    assert any(r.std() > 0 for r in from_folder.rewards)  # CarRacing's tile rewards, not a constant
+    for targets, stored in ((from_folder.rewards, from_store.rewards), (from_folder.continues, from_store.continues)):
+        for a, b in zip(targets, stored):
+            np.testing.assert_array_equal(b, a)
+    old = tmp_path / "old"
+    for name in ("a", "b"):  # episodes recorded before rewards were
+        save_episode(old / f"{name}.npz", np.zeros((8, 64, 64, 3), np.uint8), np.eye(8, 3, dtype=np.float32))
+    npz_to_store(old, tmp_path / "old_store")
+    load_splits(tiny_config(tmp_path / "old_store", tmp_path / "run"))  # without heads it loads
+    with pytest.raises(ValueError, match=r"old_store/[ab]: model.heads .* no \['reward', 'terminated'\]; re-record"):
+        load_splits(heads_config(tmp_path / "old_store"))
 
 
 def test_disk_frames_slice_like_the_array(carracing_dir, carracing_store):
@@ -85,3 +106,6 @@ def test_collect_writes_a_store_directly(tmp_path):
     index = json.loads((tmp_path / "store" / "store.json").read_text())
     assert [e["name"] for e in index["episodes"]] == ["episode_00000", "episode_00001"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]  # the temporary .npz folder is gone
+    assert all(e["arrays"] == ["reward", "terminated"] for e in index["episodes"])
+    meta = read_meta(tmp_path / "store")
+    assert meta is not None and meta["env_id"] == "CarRacing-v3" and meta["episodes"] == 2

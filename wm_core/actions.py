@@ -1,8 +1,9 @@
 """Action encoding shared by training, export and deployment.
 
 Continuous actions are normalised with statistics of the training split; discrete actions are one-hot
-encoded. The codec is stored as plain data in checkpoints and manifests so that every consumer encodes raw
-actions exactly as training did.
+encoded. Continuous codecs also carry the raw action bounds (for a planner to search within). The codec is
+stored as plain data in checkpoints and manifests so that every consumer encodes raw actions exactly as training
+did.
 """
 
 from __future__ import annotations
@@ -26,23 +27,71 @@ class ActionCodec:
     """continuous only: per-dimension mean of the training actions"""
     std: tuple[float, ...] = ()
     """continuous only: per-dimension std of the training actions (constant dimensions get 1)"""
+    low: tuple[float, ...] = ()
+    """continuous only: per-dimension lower bound of raw actions (the environment's, else the training
+    actions' minimum); empty for discrete codecs and codecs read from files that predate bounds"""
+    high: tuple[float, ...] = ()
+    """continuous only: per-dimension upper bound of raw actions, as `low`"""
 
     @classmethod
-    def fit(cls, mode: str, dim: int, actions: list[np.ndarray]) -> ActionCodec:
-        """Statistics from the training split's raw actions (one array per episode)."""
+    def fit(
+        cls,
+        mode: str,
+        dim: int,
+        actions: list[np.ndarray],
+        bounds: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> ActionCodec:
+        """Statistics from the training split's raw actions (one array per episode). `bounds`: (low, high) [A] of
+        the environment's action space; where absent or not finite, the training actions' minimum and maximum."""
         if mode == "discrete":
             return cls(mode, dim)
         stacked = np.concatenate(actions).astype(np.float64)  # [N, A]
         std = stacked.std(axis=0)
         std = np.where(std < MIN_STD, 1.0, std)
-        return cls(mode, dim, tuple(stacked.mean(axis=0).tolist()), tuple(std.tolist()))
+        low, high = stacked.min(axis=0), stacked.max(axis=0)
+        if bounds is not None:
+            given_low, given_high = (np.asarray(b, dtype=np.float64) for b in bounds)
+            if given_low.shape != (dim,) or given_high.shape != (dim,):
+                raise ValueError(f"action bounds must be [{dim}] each, got {given_low.shape} and {given_high.shape}")
+            low = np.where(np.isfinite(given_low), given_low, low)
+            high = np.where(np.isfinite(given_high), given_high, high)
+        return cls(
+            mode,
+            dim,
+            tuple(stacked.mean(axis=0).tolist()),
+            tuple(std.tolist()),
+            tuple(low.tolist()),
+            tuple(high.tolist()),
+        )
 
     def to_dict(self) -> dict:
-        return {"mode": self.mode, "dim": self.dim, "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "mode": self.mode,
+            "dim": self.dim,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "low": list(self.low),
+            "high": list(self.high),
+        }
 
     @classmethod
     def from_dict(cls, raw: dict) -> ActionCodec:
-        return cls(raw["mode"], int(raw["dim"]), tuple(raw["mean"]), tuple(raw["std"]))
+        # "low"/"high" arrived after format version 1; a codec saved without them has no bounds.
+        return cls(
+            raw["mode"],
+            int(raw["dim"]),
+            tuple(raw["mean"]),
+            tuple(raw["std"]),
+            tuple(raw.get("low", ())),
+            tuple(raw.get("high", ())),
+        )
+
+    def clip(self, actions: np.ndarray) -> np.ndarray:
+        """Raw continuous actions [..., A] clipped into [low, high]; unchanged when the codec has no bounds
+        (discrete, or read from a file that predates them)."""
+        if self.mode == "discrete" or not self.low:
+            return actions
+        return np.clip(actions, np.asarray(self.low, actions.dtype), np.asarray(self.high, actions.dtype))
 
     def validate(self, actions: np.ndarray | torch.Tensor, where: str = "actions") -> None:
         """Raise ValueError unless `actions` are raw actions of this codec (any leading shape)."""

@@ -115,3 +115,19 @@ def policy_for(env_id: str) -> str:
     """The name (in POLICIES) of the policy wm-collect records `env_id` with: the road-following driver for
     CarRacing (random steering rarely stays on the track), random held actions elsewhere."""
     return "carracing-driver" if env_id.startswith("CarRacing") else "random"
+
+
+def describe_action_space(space) -> dict:
+    """The action space as plain data: {"type": "box", "shape", "low", "high"} (a non-finite bound is None,
+    since JSON has no infinity) or {"type": "discrete", "n"}. ValueError for any other space: episode files
+    hold float32 [T, A] or int64 [T] actions, nothing else."""
+    if hasattr(space, "n") and getattr(space, "start", 0) == 0:
+        return {"type": "discrete", "n": int(space.n)}
+    low, high, shape = getattr(space, "low", None), getattr(space, "high", None), getattr(space, "shape", None)
+    if low is not None and high is not None and shape is not None and len(shape) == 1:
+
+        def bounds(values: np.ndarray) -> list[float | None]:
+            return [float(v) if np.isfinite(v) else None for v in np.asarray(values, dtype=np.float64)]
+
+        return {"type": "box", "shape": [int(shape[0])], "low": bounds(low), "high": bounds(high)}
+    raise ValueError(f"action space {space} is not supported: episodes need a 1-d Box or a Discrete space from 0")

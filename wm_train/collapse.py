@@ -57,7 +57,7 @@ class LatentActivity:
 @torch.no_grad()
 def latent_activity(
     model: WorldModel,
-    windows: Sequence[tuple[np.ndarray, np.ndarray]],
+    windows: Sequence[tuple[np.ndarray, ...]],
     codec: ActionCodec,
     batch_size: int = 16,
     device: torch.device | str = "cpu",

@@ -1,4 +1,5 @@
-"""Record episodes of frames and actions from a gymnasium environment (`wm-collect`).
+"""Record episodes of frames, actions, rewards and terminations from a gymnasium environment (`wm-collect`),
+and the collection's meta.json.
 
 Episode i is recorded with seed `seed + i`, so a collection is the same whatever the number of workers.
 """
@@ -13,38 +14,50 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from wm_core.envs import POLICIES, make_env, policy_for, render_frame, resize, skip_start
-from wm_core.publish import naming_failed_writes
+from wm_core.envs import POLICIES, describe_action_space, make_env, policy_for, render_frame, resize, skip_start
+from wm_core.publish import atomic_write_bytes, naming_failed_writes
 
 from .data import npz_to_store, save_episode
+from .dataset_meta import META, build_meta, meta_bytes
 
 
-def record_episode(env_id: str, seed: int, steps: int, frame_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """-> obs uint8 [T, frame_size, frame_size, 3], action [T, A] float32 or [T] int64."""
+def record_episode(
+    env_id: str, seed: int, steps: int, frame_size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """-> obs uint8 [T, frame_size, frame_size, 3], action [T, A] float32 or [T] int64, reward float32 [T] and
+    terminated bool [T], where reward[t] and terminated[t] are what env.step(action[t]) returned (a time-limit
+    truncation ends the recording but is not terminated: the world did not end there)."""
     env = make_env(env_id)
     rng = np.random.default_rng(seed)
     policy = POLICIES[policy_for(env_id)](env_id, env.action_space, rng)
     observation, _ = env.reset(seed=seed)
     skip = skip_start(env_id)
-    frames, actions = [], []
+    frames, actions, rewards, ends = [], [], [], []
     for t in range(skip + steps):
         frame = render_frame(env, observation)
         action = policy(frame)
+        observation, reward, terminated, truncated, _ = env.step(action)
         if t >= skip:
             frames.append(resize(frame, frame_size))
             actions.append(action)
-        observation, _, terminated, truncated, _ = env.step(action)
+            rewards.append(float(reward))
+            ends.append(bool(terminated))
         if terminated or truncated:
             break
     env.close()
     dtype = np.int64 if hasattr(env.action_space, "n") else np.float32
-    return np.stack(frames), np.asarray(actions, dtype=dtype)
+    return (
+        np.stack(frames),
+        np.asarray(actions, dtype=dtype),
+        np.asarray(rewards, dtype=np.float32),
+        np.asarray(ends, dtype=bool),
+    )
 
 
 def _record_to_file(args) -> tuple[Path, int]:
     env_id, seed, steps, frame_size, path = args
-    obs, action = record_episode(env_id, seed, steps, frame_size)
-    save_episode(path, obs, action)
+    obs, action, reward, terminated = record_episode(env_id, seed, steps, frame_size)
+    save_episode(path, obs, action, reward=reward, terminated=terminated)
     return path, len(obs)
 
 
@@ -58,12 +71,16 @@ def collect(
     workers: int = 2,
     progress: bool = True,
 ) -> list[Path]:
-    """Record `episodes` episodes of at most `steps` steps into `out_dir/episode_XXXXX.npz`."""
+    """Record `episodes` episodes of at most `steps` steps into `out_dir/episode_XXXXX.npz`, then describe them in
+    `out_dir/meta.json` (written once they are all there, so it never describes episodes that failed)."""
     if episodes < 1 or steps < 1:
         raise ValueError(f"episodes and steps must be >= 1, got episodes={episodes} steps={steps}")
     if frame_size < 16 or frame_size % 16:
         raise ValueError(f"frame_size must be a multiple of 16, got {frame_size}")
-    make_env(env_id).close()  # fail fast, in this process, on an unknown environment or a missing extra
+    env = make_env(env_id)  # fail fast, in this process, on an unknown environment or a missing extra
+    action_space = env.action_space
+    env.close()
+    describe_action_space(action_space)  # and on an action space episode files cannot hold
     out_dir = Path(out_dir)
     with naming_failed_writes(out_dir):  # before minutes of recording, not after
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -84,6 +101,8 @@ def collect(
     bar.close()
     if workers > 1:
         pool.shutdown()
+    meta = build_meta(env_id, action_space, frame_size, seed, episodes, steps, frames)
+    atomic_write_bytes(out_dir / META, meta_bytes(meta))
     return paths
 
 
@@ -98,7 +117,8 @@ def collect_to_store(
     progress: bool = True,
 ) -> int:
     """Record episodes as `collect` does into an episode store at `store_dir` (through a temporary .npz folder
-    beside it, deleted afterwards) -> the number of episodes."""
+    beside it, deleted afterwards); the store keeps their rewards, terminations and meta.json. -> the number of
+    episodes."""
     store_dir = Path(store_dir)
     with naming_failed_writes(store_dir):
         store_dir.parent.mkdir(parents=True, exist_ok=True)

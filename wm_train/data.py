@@ -4,8 +4,11 @@ An episode is one `*.npz` file holding `obs` uint8 [T, H, W, 3] and `action`, fl
 int64 [T] (discrete), where action[t] is taken after seeing obs[t]. A folder of them is read into memory whole;
 an episode store (wm_train.store, converted from such a folder by `npz_to_store`) holds the same episodes with
 their frames left on disk, for datasets larger than memory. `data.path` may name either: a folder holding
-`store.json` is a store. Episode files may hold other per-step arrays [T, ...] (a reward, an object's
-position): `wm-eval --probe KEY` measures how well the latents predict them.
+`store.json` is a store. Episodes recorded by `wm-collect` also hold `reward` float32 [T] and `terminated` bool
+[T] (what env.step(action[t]) returned; a time-limit truncation is not terminated), which `model.heads` trains
+on, and their folder a meta.json (wm_train.dataset_meta) that gives the action bounds. Episode files may hold
+other per-step arrays [T, ...] (an object's position): `wm-eval --probe KEY` measures how well the latents
+predict them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ from wm_core.config import Config
 from wm_core.publish import atomic_write
 
 from . import store
+from .dataset_meta import META, box_bounds, read_meta
+
+HEAD_ARRAYS = ("reward", "terminated")
+"""the per-step arrays model.heads trains on (an episode store keeps them too)"""
+
+# A window of an episode: (obs uint8 [T, H, W, 3], action [T, ...]) and, with model.heads, the heads' targets
+# (reward float32 [T], continue float32 [T]).
+Window = tuple[np.ndarray, ...]
 
 
 def save_episode(path: str | Path, obs: np.ndarray, action: np.ndarray, **per_step: np.ndarray) -> None:
@@ -41,6 +52,45 @@ def load_per_step(path: Path, key: str, frames: int) -> np.ndarray:
             f"{path}: {key!r} must be a numeric per-step array [{frames}, ...], got {values.dtype} {list(values.shape)}"
         )
     return values.reshape(frames, -1).astype(np.float64)
+
+
+def check_head_arrays(source, reward: np.ndarray, terminated: np.ndarray, frames: int) -> None:
+    """ValueError naming `source` unless `reward` is a finite numeric [frames] and `terminated` a bool [frames]."""
+    if reward.shape != (frames,) or reward.dtype.kind not in "iuf" or not np.isfinite(reward).all():
+        raise ValueError(
+            f"{source}: 'reward' must be finite numbers [{frames}], got {reward.dtype} {list(reward.shape)}"
+        )
+    if terminated.shape != (frames,) or terminated.dtype != np.bool_:
+        raise ValueError(
+            f"{source}: 'terminated' must be bool [{frames}], got {terminated.dtype} {list(terminated.shape)}"
+        )
+
+
+def _missing_head_arrays(source, missing: list[str]) -> ValueError:
+    return ValueError(
+        f"{source}: model.heads trains on the per-step arrays {list(HEAD_ARRAYS)} but the episode has no {missing}; "
+        "re-record the episodes with wm-collect, or set model.heads: false"
+    )
+
+
+def load_head_arrays(path: Path, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """reward float32 [T] and terminated bool [T] of one episode file; ValueError naming it when it lacks them."""
+    with np.load(path) as episode:
+        missing = [key for key in HEAD_ARRAYS if key not in episode.files]
+        if missing:
+            raise _missing_head_arrays(path, missing)
+        reward, terminated = episode["reward"], episode["terminated"]
+    check_head_arrays(path, reward, terminated, frames)
+    return reward.astype(np.float32), terminated
+
+
+def reward_targets(reward: np.ndarray, window: int) -> np.ndarray:
+    """float32 [T]: target[t] = mean of reward[t : t + window], over the fewer steps left near the episode's end
+    (train.reward_window; the head learns the rate of reward, not the next tile event)."""
+    sums = np.concatenate([[0.0], np.cumsum(reward, dtype=np.float64)])  # sums[i] = reward[:i].sum()
+    start = np.arange(len(reward))
+    end = np.minimum(start + window, len(reward))
+    return ((sums[end] - sums[start]) / (end - start)).astype(np.float32)
 
 
 def episode_paths(folder: str | Path) -> list[Path]:
@@ -116,23 +166,30 @@ class EpisodeSet:
     seq_len: int
     per_step: dict[str, list[np.ndarray]] = field(default_factory=dict)
     """arrays named by load_splits(per_step=...), one float64 [T, K] per episode"""
+    rewards: list[np.ndarray] | None = None
+    """with model.heads: the reward head's targets, float32 [T] per episode (reward_targets)"""
+    continues: list[np.ndarray] | None = None
+    """with model.heads: the continuation head's targets 1 - terminated, float32 [T] per episode"""
 
     @property
     def frames(self) -> int:
         return sum(len(o) for o in self.obs)
 
-    def _window(self, episode: int, start: int) -> tuple[np.ndarray, np.ndarray]:
+    def _window(self, episode: int, start: int) -> Window:
         end = start + self.seq_len
-        return self.obs[episode][start:end], self.actions[episode][start:end]
+        window = (self.obs[episode][start:end], self.actions[episode][start:end])
+        if self.rewards is None or self.continues is None:
+            return window
+        return (*window, self.rewards[episode][start:end], self.continues[episode][start:end])
 
-    def sample(self, rng: np.random.Generator, batch_size: int):
+    def sample(self, rng: np.random.Generator, batch_size: int) -> list[Window]:
         """Windows at random offsets, episodes weighted by how many windows they hold."""
         counts = np.array([len(o) - self.seq_len + 1 for o in self.obs])
         episodes = rng.choice(len(self.obs), size=batch_size, p=counts / counts.sum())
         starts = [int(rng.integers(counts[e])) for e in episodes]
         return [self._window(e, s) for e, s in zip(episodes, starts)]
 
-    def fixed_windows(self) -> list[tuple[np.ndarray, np.ndarray]]:
+    def fixed_windows(self) -> list[Window]:
         """Non-overlapping windows covering each episode: the same every epoch, for validation."""
         return [
             self._window(e, s)
@@ -149,9 +206,20 @@ def to_batch(windows, codec: ActionCodec, device: torch.device | str = "cpu"):
     return obs, codec.encode(actions)
 
 
+def head_targets(windows, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Windows -> the heads' targets: rewards float32 [B, T] and continues float32 [B, T]; None when the windows
+    carry none (their episodes were loaded without model.heads)."""
+    if not windows or len(windows[0]) < 4:
+        return None
+    rewards = torch.from_numpy(np.stack([w[2] for w in windows])).to(device)
+    continues = torch.from_numpy(np.stack([w[3] for w in windows])).to(device)
+    return rewards, continues
+
+
 def load_splits(cfg: Config, per_step: tuple[str, ...] = ()) -> tuple[EpisodeSet, EpisodeSet, ActionCodec]:
-    """Train and validation episodes and the action codec fitted on the training split; `per_step` names
-    further arrays of the episode files to load (EpisodeSet.per_step)."""
+    """Train and validation episodes and the action codec fitted on the training split (its bounds from the
+    folder's meta.json when it has one); `per_step` names further arrays of the episode files to load
+    (EpisodeSet.per_step). With model.heads every episode must hold `reward` and `terminated`."""
     d, m = cfg.data, cfg.model
     if store.is_store(d.path):
         names = [episode["name"] for episode in store.read_index(d.path)["episodes"]]
@@ -161,11 +229,23 @@ def load_splits(cfg: Config, per_step: tuple[str, ...] = ()) -> tuple[EpisodeSet
             check_episode(Path(d.path) / name, obs, action, d.action_mode, m.action_dim, m.frame_size)
             return obs, action
 
+        def load_heads(name: str | Path, frames: int) -> tuple[np.ndarray, np.ndarray]:
+            files = {key: store.per_step_path(d.path, str(name), key) for key in HEAD_ARRAYS}
+            missing = [key for key, file in files.items() if not file.is_file()]
+            if missing:
+                raise _missing_head_arrays(Path(d.path) / str(name), missing)
+            reward, terminated = (np.load(file) for file in files.values())
+            check_head_arrays(Path(d.path) / str(name), reward, terminated, frames)
+            return reward.astype(np.float32), terminated
+
     else:
         names = episode_paths(d.path)
 
         def load(name: str | Path):
             return load_episode(Path(name), d.action_mode, m.action_dim, m.frame_size)
+
+        def load_heads(name: str | Path, frames: int) -> tuple[np.ndarray, np.ndarray]:
+            return load_head_arrays(Path(name), frames)
 
     if per_step and store.is_store(d.path):
         raise ValueError(f"{d.path}: per-step arrays ({list(per_step)}) are read from .npz episode files, not a store")
@@ -183,9 +263,16 @@ def load_splits(cfg: Config, per_step: tuple[str, ...] = ()) -> tuple[EpisodeSet
         if not kept:
             raise ValueError(f"{d.path}: no episode of {labels[:5]} has data.seq_len={d.seq_len} frames")
         arrays = {key: [load_per_step(name, key, len(o)) for name, (o, _) in kept] for key in per_step}
-        splits.append(EpisodeSet([o for _, (o, _) in kept], [a for _, (_, a) in kept], d.seq_len, arrays))
+        split = EpisodeSet([o for _, (o, _) in kept], [a for _, (_, a) in kept], d.seq_len, arrays)
+        if m.heads:
+            heads = [load_heads(name, len(o)) for name, (o, _) in kept]
+            split.rewards = [reward_targets(reward, cfg.train.reward_window) for reward, _ in heads]
+            split.continues = [1.0 - terminated.astype(np.float32) for _, terminated in heads]
+        splits.append(split)
     train, val = splits
-    codec = ActionCodec.fit(d.action_mode, m.action_dim, train.actions)
+    meta = read_meta(d.path)
+    bounds = box_bounds(meta, d.path, m.action_dim) if meta is not None and d.action_mode == "continuous" else None
+    codec = ActionCodec.fit(d.action_mode, m.action_dim, train.actions, bounds)
     _warn_if_actions_constant(train.actions)
     return train, val, codec
 
@@ -203,7 +290,8 @@ def _warn_if_actions_constant(actions: list[np.ndarray]) -> None:
 
 def npz_to_store(source: str | Path, target: str | Path) -> int:
     """Convert the folder of `*.npz` episodes at `source` into an episode store at `target`, one episode in
-    memory at a time, keeping the folder's episode order (so both split alike). -> the number of episodes."""
+    memory at a time, keeping the folder's episode order (so both split alike), the episodes' rewards and
+    terminations and the folder's meta.json. -> the number of episodes."""
 
     def episodes():
         first = None
@@ -212,11 +300,19 @@ def npz_to_store(source: str | Path, target: str | Path) -> int:
                 if "obs" not in episode or "action" not in episode:
                     raise ValueError(f"{path}: episode files need arrays 'obs' and 'action'")
                 obs, action = episode["obs"], episode["action"]
+                heads = {key: episode[key] for key in HEAD_ARRAYS if key in episode.files}
             mode = "discrete" if action.dtype.kind in "iu" else "continuous"
             if first is None:  # the first episode sets what the others must match
                 dim = action.shape[1] if mode == "continuous" and action.ndim == 2 else int(np.iinfo(np.int64).max)
                 first = (mode, dim, obs.shape[1] if obs.ndim == 4 else 0)
             check_episode(path, obs, action, *first)
-            yield path.stem, obs, action
+            if heads:
+                if len(heads) < len(HEAD_ARRAYS):
+                    raise ValueError(
+                        f"{path}: holds {sorted(heads)} of the per-step arrays {list(HEAD_ARRAYS)}, not all"
+                    )
+                check_head_arrays(path, heads["reward"], heads["terminated"], len(obs))
+            yield path.stem, obs, action, heads
 
-    return store.write_store(target, episodes())
+    files = {META: (Path(source) / META).read_bytes()} if read_meta(source) is not None else {}
+    return store.write_store(target, episodes(), files)

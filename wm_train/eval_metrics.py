@@ -237,7 +237,7 @@ def open_loop(
 @torch.no_grad()
 def teacher_forced_losses(
     model: WorldModel,
-    windows: Sequence[tuple[np.ndarray, np.ndarray]],
+    windows: Sequence[tuple[np.ndarray, ...]],
     codec: ActionCodec,
     train: TrainConfig,
     device: torch.device | str = "cpu",
@@ -260,7 +260,7 @@ def teacher_forced_losses(
 @torch.no_grad()
 def teacher_forced_sums(
     model: WorldModel,
-    windows: Sequence[tuple[np.ndarray, np.ndarray]],
+    windows: Sequence[tuple[np.ndarray, ...]],
     codec: ActionCodec,
     train: TrainConfig,
     device: torch.device | str = "cpu",
@@ -294,7 +294,7 @@ OPEN_LOOP_WINDOWS = 8
 
 @torch.no_grad()
 def open_loop_mse(
-    model: WorldModel, windows: Sequence[tuple[np.ndarray, np.ndarray]], codec: ActionCodec, device="cpu"
+    model: WorldModel, windows: Sequence[tuple[np.ndarray, ...]], codec: ActionCodec, device="cpu"
 ) -> dict[str, float]:
     """Pixel MSE of the decoded prior mean k steps open loop from each window's first frame (true actions), at
     the OPEN_LOOP_HORIZONS that fit: "open_loop_mse@k" -> value, over the first OPEN_LOOP_WINDOWS windows. What

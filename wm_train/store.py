@@ -3,9 +3,16 @@
 A store is a folder:
 
     store.json                 {"format": "wm-episode-store", "format_version": 1, "frame_shape": [H, W, 3],
-                                "action_mode": ..., "episodes": [{"name": ..., "frames": T}, ...]}
+                                "action_mode": ..., "episodes": [{"name": ..., "frames": T, "arrays": [...]}, ...]}
     <name>.obs.npy             uint8 [T, H, W, 3], uncompressed
     <name>.action.npy          float32 [T, A] or int64 [T], as in the episode files
+    <name>.<key>.npy           per-step arrays [T] kept with the episode (`reward`, `terminated`: what
+                                model.heads trains on), listed per episode under "arrays"; absent in stores
+                                converted from episodes without them
+    meta.json                  the source folder's meta.json (wm_train.dataset_meta), when it has one
+
+The per-step arrays and meta.json are optional additions to format version 1: a reader that predates them
+ignores them, and a store without them reads as one whose episodes hold none.
 
 Why this layout. Frames are the bulk (12 KiB each at 64x64); actions are a few bytes per frame and are read into
 memory whole (the action codec is fitted on them, and the window sampler needs the episode lengths). An
@@ -80,13 +87,18 @@ class DiskFrames:
         return frames if dtype is None else frames.astype(dtype)
 
 
-def write_store(target: str | Path, episodes: Iterable[tuple[str, np.ndarray, np.ndarray]]) -> int:
-    """Write (name, obs uint8 [T, H, W, 3], action) episodes as a store at `target`, one episode in memory at a
-    time; the folder is built beside `target` and renamed into place when complete. -> the number of episodes."""
+def write_store(
+    target: str | Path,
+    episodes: Iterable[tuple[str, np.ndarray, np.ndarray, dict[str, np.ndarray]]],
+    files: dict[str, bytes] | None = None,
+) -> int:
+    """Write (name, obs uint8 [T, H, W, 3], action, per-step arrays by name) episodes as a store at `target`, one
+    episode in memory at a time, with `files` (name -> content) beside store.json; the folder is built beside
+    `target` and renamed into place when complete. -> the number of episodes."""
     index = []
     frame_shape, action_mode = None, None
     with staged_dir(target) as folder:
-        for name, obs, action in episodes:
+        for name, obs, action, per_step in episodes:
             mode = "discrete" if action.dtype.kind in "iu" else "continuous"
             if frame_shape is None:
                 frame_shape, action_mode = list(obs.shape[1:]), mode
@@ -97,7 +109,9 @@ def write_store(target: str | Path, episodes: Iterable[tuple[str, np.ndarray, np
                 )
             np.save(folder / f"{name}.obs.npy", np.ascontiguousarray(obs, dtype=np.uint8))
             np.save(folder / f"{name}.action.npy", action)
-            index.append({"name": name, "frames": len(obs)})
+            for key, values in per_step.items():
+                np.save(folder / f"{name}.{key}.npy", values)
+            index.append({"name": name, "frames": len(obs), "arrays": sorted(per_step)})
         if not index:
             raise ValueError(f"no episodes to write to {target}")
         meta = {
@@ -108,6 +122,8 @@ def write_store(target: str | Path, episodes: Iterable[tuple[str, np.ndarray, np
             "episodes": index,
         }
         (folder / INDEX).write_text(json.dumps(meta, indent=1) + "\n")
+        for file_name, content in (files or {}).items():
+            (folder / file_name).write_bytes(content)
     return len(index)
 
 
@@ -128,3 +144,8 @@ def open_episode(path: str | Path, name: str) -> tuple[DiskFrames, np.ndarray]:
     """One episode of the store at `path`: its frames on disk and its actions in memory."""
     path = Path(path)
     return DiskFrames(path / f"{name}.obs.npy"), np.load(path / f"{name}.action.npy")
+
+
+def per_step_path(path: str | Path, name: str, key: str) -> Path:
+    """The file of episode `name`'s per-step array `key` in the store at `path` (it may not exist)."""
+    return Path(path) / f"{name}.{key}.npy"

@@ -1,0 +1,101 @@
+"""wm-collect: what an episode records (frames, actions, rewards, terminations) and the collection's meta.json,
+on real environments."""
+
+import json
+
+import numpy as np
+import pytest
+
+from wm_core.envs import POLICIES, describe_action_space, make_env, policy_for, render_frame, skip_start
+from wm_train.collect import collect, record_episode
+from wm_train.data import episode_paths, read_meta
+
+
+def _replay(env_id: str, seed: int, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rewards and terminations that a fresh environment returns for `actions`, after the unrecorded start
+    played by the recording policy (the environments are deterministic for a seed and the actions)."""
+    env = make_env(env_id)
+    policy = POLICIES[policy_for(env_id)](env_id, env.action_space, np.random.default_rng(seed))
+    observation, _ = env.reset(seed=seed)
+    for _ in range(skip_start(env_id)):
+        observation, *_ = env.step(policy(render_frame(env, observation)))
+    rewards, ends = [], []
+    for action in actions:
+        _, reward, terminated, _, _ = env.step(action)
+        rewards.append(reward)
+        ends.append(terminated)
+    env.close()
+    return np.asarray(rewards, np.float32), np.asarray(ends)
+
+
+@pytest.mark.parametrize(
+    "env_id, steps, rewarded_at",
+    [
+        ("CarRacing-v3", 8, 3),  # a track tile is reached after action 3: +1000/N - 0.1
+        ("ALE/Pong-v5", 70, 63),  # the first point of seed 0 is scored after action 63
+    ],
+)
+def test_reward_and_terminated_are_what_each_action_returned(env_id, steps, rewarded_at):
+    obs, action, reward, terminated = record_episode(env_id, seed=0, steps=steps, frame_size=16)
+    assert reward.dtype == np.float32 and reward.shape == (steps,) and len(obs) == len(action) == steps
+    assert terminated.dtype == np.bool_ and terminated.shape == (steps,) and not terminated.any()
+    assert np.flatnonzero(reward != np.median(reward))[0] == rewarded_at  # a sparse event to align on
+    replayed_reward, replayed_terminated = _replay(env_id, 0, action)
+    np.testing.assert_array_equal(reward, replayed_reward)
+    np.testing.assert_array_equal(terminated, replayed_terminated)
+
+
+def test_an_episode_that_ends_is_terminated_at_its_last_step_only():
+    # CartPole under random actions falls over within a few dozen steps.
+    _, action, reward, terminated = record_episode("CartPole-v1", seed=0, steps=200, frame_size=16)
+    assert len(action) < 200 and terminated[-1] and not terminated[:-1].any()
+    np.testing.assert_array_equal(reward, np.ones(len(action), np.float32))
+
+
+def test_a_time_limit_truncation_is_not_terminated():
+    # MountainCar-v0 is cut at 200 steps by its TimeLimit; random actions never reach the flag.
+    _, action, _, terminated = record_episode("MountainCar-v0", seed=0, steps=300, frame_size=16)
+    assert len(action) == 200 and not terminated.any()
+
+
+@pytest.mark.parametrize(
+    "env_id, space",
+    [
+        ("CarRacing-v3", {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}),
+        ("ALE/Pong-v5", {"type": "discrete", "n": 6}),
+    ],
+)
+def test_collect_describes_the_collection_in_meta_json(env_id, space, tmp_path):
+    paths = collect(env_id, tmp_path, episodes=2, steps=4, seed=7, frame_size=32, workers=1, progress=False)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    versions = meta.pop("versions")
+    assert meta == {
+        "format": "wm-episodes",
+        "format_version": 1,
+        "env_id": env_id,
+        "action_space": space,
+        "frame_size": 32,
+        "policy": policy_for(env_id),
+        "seed": 7,
+        "episodes": 2,
+        "steps": 4,
+        "frames": 8,
+        "skip_start": skip_start(env_id),
+    }
+    assert set(versions) == {"gymnasium", "wm"} and all(versions.values())
+    assert read_meta(tmp_path) == {**meta, "versions": versions}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["episode_00000.npz", "episode_00001.npz", "meta.json"]
+    assert episode_paths(tmp_path) == paths
+    with np.load(paths[1]) as episode:
+        assert episode["reward"].shape == episode["terminated"].shape == (4,)
+
+
+def test_action_spaces_as_plain_data():
+    import gymnasium
+
+    box = gymnasium.spaces.Box(np.array([-np.inf, 0.0], np.float32), np.array([1.0, np.inf], np.float32))
+    assert describe_action_space(box) == {"type": "box", "shape": [2], "low": [None, 0.0], "high": [1.0, None]}
+    assert describe_action_space(gymnasium.spaces.Discrete(4)) == {"type": "discrete", "n": 4}
+    for space in (gymnasium.spaces.MultiDiscrete([2, 3]), gymnasium.spaces.Discrete(4, start=1)):
+        with pytest.raises(ValueError, match="is not supported: episodes need a 1-d Box or a Discrete space"):
+            describe_action_space(space)
