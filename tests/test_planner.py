@@ -7,6 +7,8 @@ Dimensions: N samples, H horizon, A action width.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -162,6 +164,17 @@ def test_planner_on_a_model_without_heads_needs_a_goal(untrained_model):
 def test_planner_refuses_bounds_that_do_not_fit_the_actions(continuous_rollout, bounds, message):
     with pytest.raises(ValueError, match=message):
         Planner(continuous_rollout, goal=GOAL, bounds=bounds)
+
+
+def test_planner_refuses_bounds_beyond_the_recorded_ones(planner_model):
+    model, _, codec = planner_model("continuous")
+    bounded = dataclasses.replace(codec, low=(-1.0, 0.0, 0.0), high=(1.0, 1.0, 1.0))
+    rollout = Rollout.from_model(model, bounded)
+    with pytest.raises(ValueError, match=r"reach outside the action codec's low=\[-1.0, 0.0, 0.0\]"):
+        Planner(rollout, goal=GOAL, bounds=([-2.0, 0.0, 0.0], [1.0, 1.0, 1.0]))
+    narrowed = Planner(rollout, goal=GOAL, bounds=([-0.5, 0.0, 0.0], [0.5, 1.0, 0.5]))
+    assert narrowed.low.tolist() == [-0.5, 0.0, 0.0] and narrowed.high.tolist() == [0.5, 1.0, 0.5]
+    assert Planner(rollout, goal=GOAL).high.tolist() == [1.0, 1.0, 1.0]  # the recorded bounds by default
 
 
 def test_planner_refuses_bounds_for_discrete_actions(planner_model):

@@ -299,7 +299,7 @@ def action_bounds(codec, bounds: tuple[Any, Any] | None) -> tuple[np.ndarray, np
     ValueError on a width that is not the codec's, low >= high, non-finite bounds, bounds outside the codec's,
     or no bounds at all."""
     A = codec.dim
-    recorded = tuple(getattr(codec, "low", ()) or ()), tuple(getattr(codec, "high", ()) or ())
+    recorded = tuple(codec.low), tuple(codec.high)
     if recorded[0] and (len(recorded[0]) != A or len(recorded[1]) != A):
         raise ValueError(
             f"planner: the action codec's bounds have widths {len(recorded[0])} and {len(recorded[1])}, expected {A}"
@@ -307,7 +307,7 @@ def action_bounds(codec, bounds: tuple[Any, Any] | None) -> tuple[np.ndarray, np
     if bounds is None:
         if not recorded[0]:
             raise ValueError(
-                "planner: the action codec records no action bounds (data recorded before they were kept); pass "
+                "planner: the action codec records no action bounds (a model from before they were recorded); pass "
                 f"bounds=(low, high), each of width {A}"
             )
         low, high = (np.asarray(b, np.float32) for b in recorded)
