@@ -102,6 +102,8 @@ class CoupledWorldModel(WorldModel):
         overshooting: int = 1,
         free_nats: float = 0.0,
         recon_change_weight: float = 0.0,
+        rewards: torch.Tensor | None = None,
+        continues: torch.Tensor | None = None,
     ):
         if overshooting != 1 or free_nats or recon_change_weight:
             raise ValueError(
@@ -112,14 +114,18 @@ class CoupledWorldModel(WorldModel):
         z = mean + std * torch.randn_like(std)
         recon_loss = reconstruction_loss(self.decode(z), obs)
         kld = gaussian_kl(mean[:, 0], std[:, 0], torch.zeros_like(mean[:, 0]), torch.ones_like(std[:, 0])).mean()
-        prior_mean, prior_std = self.rssm.observe(z, actions)
+        prior_mean, prior_std, hs = self.rssm.observe(z, actions, states=True)
         rssm_loss = gaussian_kl(mean[:, 1:], std[:, 1:], prior_mean, prior_std).mean()
         predicted = self.decode(prior_mean)  # [B, T-1, S] -> [B, T-1, C, H, W]
         prediction_loss = reconstruction_loss(predicted, obs[:, 1:])
         with torch.no_grad():
             one_step = (predicted - obs[:, 1:]).pow(2).mean()
-        loss = recon_loss + beta * kld + rssm_scale * (rssm_loss + prediction_loss)
-        return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step)
+        # The heads (model.heads) learn on detached features as in WorldModel, so that both variants' heads are
+        # fitted alike for the closed-loop comparison.
+        reward_loss, cont_loss = self.head_losses(hs, prior_mean, rewards, continues)
+        loss = recon_loss + beta * kld + rssm_scale * (rssm_loss + prediction_loss) + reward_loss + cont_loss
+        zero = torch.zeros((), device=obs.device)
+        return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step, zero, reward_loss, cont_loss)
 
 
 def make_trainer(cfg: Config, variant: str) -> Trainer:

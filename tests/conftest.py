@@ -132,11 +132,12 @@ def random_batch():
 # --- untrained models, checkpoints and artifact folders -----------------------------------------------------
 
 
-def _untrained_model(size: str = "tiny", action_mode: str = "continuous") -> tuple[WorldModel, Config, ActionCodec]:
+def _untrained_model(
+    size: str = "tiny", action_mode: str = "continuous", heads: bool = False
+) -> tuple[WorldModel, Config, ActionCodec]:
     codec = CODECS[action_mode]
-    cfg = Config.from_dict(
-        {"data": {"action_mode": action_mode}, "model": {"size": size, "frame_size": 64, "action_dim": codec.dim}}
-    )
+    model = {"size": size, "frame_size": 64, "action_dim": codec.dim, "heads": heads}
+    cfg = Config.from_dict({"data": {"action_mode": action_mode}, "model": model})
     with torch.random.fork_rng(devices=[]):  # the same weights for every caller, the caller's RNG untouched
         torch.manual_seed(0)
         return WorldModel(cfg.model), cfg, codec
@@ -144,30 +145,32 @@ def _untrained_model(size: str = "tiny", action_mode: str = "continuous") -> tup
 
 @pytest.fixture(scope="session")
 def untrained_model():
-    """Factory: untrained_model(size="tiny", action_mode="continuous") -> (model, cfg, codec): a freshly
-    initialised WorldModel of a size preset (64x64 frames, seed 0, a new object each call), its Config and
-    CODECS[action_mode]."""
+    """Factory: untrained_model(size="tiny", action_mode="continuous", heads=False) -> (model, cfg, codec): a
+    freshly initialised WorldModel of a size preset (64x64 frames, seed 0, a new object each call; with reward
+    and continuation heads when `heads`), its Config and CODECS[action_mode]."""
     return _untrained_model
 
 
 @pytest.fixture(scope="session")
 def untrained_checkpoint(tmp_path_factory):
-    """Factory: untrained_checkpoint(size="tiny", action_mode="continuous", path=None) -> the checkpoint of
-    untrained_model(size, action_mode). Without `path`, one shared file per (size, action_mode), written once per
-    session: treat it as read-only. With `path`, a new file there."""
+    """Factory: untrained_checkpoint(size="tiny", action_mode="continuous", path=None, heads=False) -> the
+    checkpoint of untrained_model(size, action_mode, heads). Without `path`, one shared file per (size,
+    action_mode, heads), written once per session: treat it as read-only. With `path`, a new file there."""
     folder = tmp_path_factory.mktemp("untrained")
 
     @functools.cache
-    def shared(size: str, action_mode: str) -> Path:
-        return write(size, action_mode, folder / f"{size}_{action_mode}.pt")
+    def shared(size: str, action_mode: str, heads: bool) -> Path:
+        return write(size, action_mode, heads, folder / f"{size}_{action_mode}{'_heads' if heads else ''}.pt")
 
-    def write(size: str, action_mode: str, path: Path) -> Path:
-        model, cfg, codec = _untrained_model(size, action_mode)
+    def write(size: str, action_mode: str, heads: bool, path: Path) -> Path:
+        model, cfg, codec = _untrained_model(size, action_mode, heads)
         save_checkpoint(path, model, cfg, codec)
         return Path(path)
 
-    def make(size: str = "tiny", action_mode: str = "continuous", path: str | Path | None = None) -> Path:
-        return shared(size, action_mode) if path is None else write(size, action_mode, Path(path))
+    def make(
+        size: str = "tiny", action_mode: str = "continuous", path: str | Path | None = None, heads: bool = False
+    ) -> Path:
+        return shared(size, action_mode, heads) if path is None else write(size, action_mode, heads, Path(path))
 
     return make
 

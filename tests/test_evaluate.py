@@ -52,7 +52,16 @@ def test_report_has_every_metric_for_every_horizon_step_on_both_splits(report):
         assert all(len(values) == HORIZON for values in per_step)
         assert np.isfinite(np.concatenate(per_step)).all()
         assert all(v > 0 for v in metrics.open_loop.pixel_mse + metrics.open_loop.latent_kl)
-        assert set(metrics.losses) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step", "overshooting"}
+        assert set(metrics.losses) == {
+            "loss",
+            "recon_loss",
+            "kld",
+            "rssm_loss",
+            "one_step",
+            "overshooting",
+            "reward_loss",
+            "cont_loss",
+        }
         assert 0 < metrics.actions.ratio_shuffled < 10 and metrics.actions.latent_scale > 0
         latents = metrics.latents
         assert latents.latent_dim == 8 and 0 <= latents.active_dims <= 8 and latents.posterior_std > 0
@@ -140,7 +149,16 @@ def test_teacher_forced_losses_with_a_seed_repeat_and_leave_the_callers_rng_alon
     seeded = teacher_forced_losses(model, windows, IDENTITY_CODEC, cfg.train, seed=3)
     assert torch.equal(torch.get_rng_state(), state)
     assert teacher_forced_losses(model, windows, IDENTITY_CODEC, cfg.train, seed=3) == seeded
-    assert set(seeded) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step", "overshooting"}
+    assert set(seeded) == {
+        "loss",
+        "recon_loss",
+        "kld",
+        "rssm_loss",
+        "one_step",
+        "overshooting",
+        "reward_loss",
+        "cont_loss",
+    }
     teacher_forced_losses(model, windows, IDENTITY_CODEC, cfg.train)
     assert not torch.equal(torch.get_rng_state(), state)
 

@@ -17,7 +17,16 @@ def test_training_writes_checkpoints_metrics_and_previews(carracing_config):
     assert [m.epoch for m in history] == [1, 2]
     lines = (tmp := __import__("pathlib").Path(out) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-    assert set(json.loads(lines[0])["train"]) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step", "overshooting"}
+    assert set(json.loads(lines[0])["train"]) == {
+        "loss",
+        "recon_loss",
+        "kld",
+        "rssm_loss",
+        "one_step",
+        "overshooting",
+        "reward_loss",
+        "cont_loss",
+    }
     assert set(json.loads(lines[0])["val"]) == set(json.loads(lines[0])["train"]) | {
         "latent_std",
         "posterior_std",

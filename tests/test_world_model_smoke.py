@@ -11,7 +11,16 @@ def test_forward_returns_finite_scalar_losses(random_batch):
     out = WorldModel(Config.from_dict({"model": {"size": "tiny"}}).model)(*random_batch)
     assert isinstance(out, WorldModelOutput)
     values = out.scalars()
-    assert set(values) == {"loss", "recon_loss", "kld", "rssm_loss", "one_step", "overshooting"}
+    assert set(values) == {
+        "loss",
+        "recon_loss",
+        "kld",
+        "rssm_loss",
+        "one_step",
+        "overshooting",
+        "reward_loss",
+        "cont_loss",
+    }
     assert all(math.isfinite(v) for v in values.values())
 
 

@@ -13,7 +13,10 @@ from .model import WorldModel
 from .publish import atomic_write
 
 FORMAT = "wm-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: optional reward and continuation heads (config model.heads, weights `heads.*`) and action bounds in the
+codec. Version 1 checkpoints (no heads) still load."""
+READABLE_VERSIONS = (1, 2)
 
 
 def versions() -> dict[str, str]:
@@ -57,9 +60,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path} is not a readable wm checkpoint: {type(error).__name__}: {first_line}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a wm checkpoint (no format={FORMAT!r} entry)")
-    if payload.get("format_version") != FORMAT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path}: checkpoint format version {payload.get('format_version')!r}, expected {FORMAT_VERSION}"
+            f"{path}: checkpoint format version {payload.get('format_version')!r}, expected one of "
+            f"{list(READABLE_VERSIONS)}"
         )
     return payload
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .model import RSSM, Decoder, Encoder, WorldModel
+from .model import RSSM, Decoder, Encoder, Heads, WorldModel
 
 BATCH = "batch"
 """name of the dynamic batch axis in every graph"""
@@ -47,14 +47,20 @@ class GraphSpec:
         return [t.name for t in self.outputs]
 
 
+HEAD_OUTPUTS = ("reward", "cont")
+"""outputs the prior step gains for a model with heads (model.heads)"""
+
+
 def graph_specs(cfg: ModelConfig, decoder: bool = True) -> dict[str, GraphSpec]:
     """The graphs of an artifact folder for a model of this config, by name."""
-    return graph_specs_of(cfg.frame_size, cfg.latent_dim, cfg.deter_dim, cfg.action_dim, decoder)
+    return graph_specs_of(cfg.frame_size, cfg.latent_dim, cfg.deter_dim, cfg.action_dim, decoder, cfg.heads)
 
 
-def graph_specs_of(H: int, S: int, D: int, A: int, decoder: bool = True) -> dict[str, GraphSpec]:
-    """`graph_specs` from the dimensions alone (frame size H, latent S, deter D, encoded action A)."""
+def graph_specs_of(H: int, S: int, D: int, A: int, decoder: bool = True, heads: bool = False) -> dict[str, GraphSpec]:
+    """`graph_specs` from the dimensions alone (frame size H, latent S, deter D, encoded action A); `heads`: the
+    prior step also outputs the reward and continuation predicted for the new state."""
     B = BATCH
+    head_outputs = tuple(TensorSpec(name, "float32", (B,)) for name in HEAD_OUTPUTS) if heads else ()
     specs = {
         "encoder": GraphSpec(
             "encoder",
@@ -72,6 +78,7 @@ def graph_specs_of(H: int, S: int, D: int, A: int, decoder: bool = True) -> dict
                 TensorSpec("h_next", "float32", (B, D)),
                 TensorSpec("prior_mean", "float32", (B, S)),
                 TensorSpec("prior_std", "float32", (B, S)),
+                *head_outputs,
             ),
         ),
     }
@@ -103,14 +110,20 @@ class EncoderGraph(nn.Module):
 
 
 class PriorStepGraph(nn.Module):
-    """h [B, D], z [B, S], encoded action [B, A] -> h_next [B, D], prior_mean, prior_std [B, S]."""
+    """h [B, D], z [B, S], encoded action [B, A] -> h_next [B, D], prior_mean, prior_std [B, S]; with heads also
+    reward [B] and cont [B] (the probability that the episode goes on) of the new state [h_next, prior_mean]."""
 
-    def __init__(self, rssm: RSSM):
+    def __init__(self, rssm: RSSM, heads: Heads | None = None):
         super().__init__()
         self.rssm = rssm
+        self.heads = heads
 
     def forward(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor):
-        return self.rssm.step(h, z, action)
+        h_next, prior_mean, prior_std = self.rssm.step(h, z, action)
+        if self.heads is None:
+            return h_next, prior_mean, prior_std
+        reward, cont_logit = self.heads(torch.cat([h_next, prior_mean], dim=-1))
+        return h_next, prior_mean, prior_std, reward, torch.sigmoid(cont_logit)
 
 
 class DecoderGraph(nn.Module):
@@ -126,7 +139,7 @@ class DecoderGraph(nn.Module):
 
 def build_graphs(model: WorldModel, decoder: bool = True) -> dict[str, nn.Module]:
     """The wrapper modules of `model` (sharing its weights), by graph name, in eval mode."""
-    graphs = {"encoder": EncoderGraph(model.encoder), "prior_step": PriorStepGraph(model.rssm)}
+    graphs = {"encoder": EncoderGraph(model.encoder), "prior_step": PriorStepGraph(model.rssm, model.heads)}
     if decoder:
         graphs["decoder"] = DecoderGraph(model.decoder)
     return {name: graph.eval() for name, graph in graphs.items()}

@@ -12,9 +12,9 @@ class WorldModelOutput:
     """Every field is a scalar tensor and is logged under its own name."""
 
     loss: torch.Tensor
-    """total: recon_loss + beta * kld + rssm_scale * (rssm_loss + (K - 1) * overshooting) / K, K the
-    overshooting distance (K = 1: recon_loss + beta * kld + rssm_scale * rssm_loss); kld floored per dimension
-    at free_nats when that is set (the floor shapes the gradient, the logged kld is the true KL)"""
+    """total: recon_loss + beta * kld + rssm_scale * (rssm_loss + (K - 1) * overshooting) / K + reward_loss +
+    cont_loss, K the overshooting distance (K = 1: recon_loss + beta * kld + rssm_scale * rssm_loss); kld floored
+    per dimension at free_nats when that is set (the floor shapes the gradient, the logged kld is the true KL)"""
     recon_loss: torch.Tensor
     """squared error of each reconstructed frame, summed over pixels, averaged over batch and time (each pixel
     weighted by change_weights when recon_change_weight is set)"""
@@ -26,6 +26,11 @@ class WorldModelOutput:
     """pixel MSE of the decoded prior mean at t+1 against x_t+1 (a metric: trains nothing)"""
     overshooting: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
     """mean over k = 2..K of KL(q(z_t+k|x_t+k) detached || the prior k steps open loop from t); 0 when K = 1"""
+    reward_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    """squared error of the reward head's prediction of the reward target (data: train.reward_window); 0
+    without heads"""
+    cont_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    """binary cross-entropy of the continuation head against 1 - terminated; 0 without heads"""
 
     def scalars(self) -> dict[str, float]:
         """Python floats for logging (each one synchronises with the device)."""

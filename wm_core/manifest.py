@@ -17,7 +17,10 @@ from .graphs import GraphSpec
 from .publish import atomic_write_bytes
 
 FORMAT = "wm-artifacts"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the prior step of a model with heads also outputs `reward` and `cont`; the action codec holds the action
+bounds. Version 1 folders (no heads) still load."""
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 
 
@@ -115,11 +118,17 @@ def load_manifest(folder: str | Path) -> dict:
         raise ValueError(f"{path}: unreadable manifest ({type(error).__name__}: {error})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: not a {FORMAT} manifest (format={_get(manifest, 'format')!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path}: artifact format version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
+            f"{path}: artifact format version {manifest.get('format_version')!r}, expected one of "
+            f"{list(READABLE_VERSIONS)}"
         )
     return manifest
+
+
+def has_heads(manifest: dict) -> bool:
+    """Whether the folder's prior step outputs the reward and continuation (a model trained with heads)."""
+    return "reward" in manifest["graphs"]["prior_step"]["outputs"]
 
 
 def _get(manifest, key):

@@ -1,10 +1,12 @@
 """The gradient-isolated world model: a VAE (encoder, decoder) and an RSSM that learns latent dynamics only.
 
 Dimensions: B batch, T time, C=3 colour channels, H=W frame size, S latent (stoch), D GRU state (deter),
-A encoded action, K hidden width.
+A encoded action, K hidden width, N any number of rows.
 
 The VAE loss never reaches the RSSM (the RSSM is not in its graph) and the RSSM loss never reaches the
-encoder or decoder (its inputs and targets are detached), so each part is trained for one job only. What
+encoder or decoder (its inputs and targets are detached), so each part is trained for one job only. The
+optional reward and continuation heads read detached RSSM features: they learn from the latents and change
+nothing else. What
 that buys against training the RSSM through pixel reconstruction is measured by
 benchmarks/isolation_ablation.py; see docs/isolation_study.md.
 """
@@ -144,6 +146,25 @@ class RSSM(nn.Module):
         return torch.stack(zs, 1), torch.stack(stds, 1), torch.stack(hs, 1)
 
 
+class Heads(nn.Module):
+    """What a controller needs beside the dynamics, read off the RSSM features [h, z] of a state: the reward
+    received on arriving at it and the probability that the episode goes on after it.
+
+    features [N, D + S] -> reward [N], continuation logit [N]."""
+
+    def __init__(self, deter_dim: int, latent_dim: int, hidden_dim: int):
+        super().__init__()
+
+        def mlp() -> nn.Sequential:
+            return nn.Sequential(nn.Linear(deter_dim + latent_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, 1))
+
+        self.reward = mlp()
+        self.cont = mlp()
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.reward(features).squeeze(-1), self.cont(features).squeeze(-1)  # [N, 1] -> [N]
+
+
 class WorldModel(nn.Module):
     def __init__(
         self,
@@ -165,6 +186,7 @@ class WorldModel(nn.Module):
         self.encoder = Encoder(cfg.frame_size, cfg.channels, cfg.latent_dim)
         self.decoder = Decoder(cfg.frame_size, cfg.channels, cfg.latent_dim)
         self.rssm = RSSM(cfg.latent_dim, cfg.action_dim, cfg.deter_dim, cfg.hidden_dim, cfg.min_std)
+        self.heads = Heads(cfg.deter_dim, cfg.latent_dim, cfg.hidden_dim) if cfg.heads else None
 
     def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [B, T, C, H, W] -> posterior mean, std [B, T, S]."""
@@ -177,6 +199,26 @@ class WorldModel(nn.Module):
         frames = self.decoder(z.reshape(-1, z.shape[-1]))  # [..., S] -> [N, S]
         return frames.view(*z.shape[:-1], *frames.shape[1:])  # [N, C, H, W] -> [..., C, H, W]
 
+    def head_losses(
+        self,
+        hs: torch.Tensor,
+        prior_mean: torch.Tensor,
+        rewards: torch.Tensor | None,
+        continues: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heads' losses on the teacher-forced states: hs [B, T-1, D] and prior_mean [B, T-1, S] after actions
+        0..T-2 (what RSSM.observe returns), targets rewards, continues [B, T] -> (reward_loss, cont_loss); zeros
+        for a model without heads or without targets."""
+        if self.heads is None or rewards is None or continues is None:
+            zero = torch.zeros((), device=hs.device)
+            return zero, zero
+        # Detached: keeps the head losses out of the RSSM (and so out of the encoder). The features are the
+        # teacher-forced prior ones [h_t+1, prior mean of z_t+1], what a planner's imagined states look like.
+        features = torch.cat([hs, prior_mean], dim=-1).detach()  # [B, T-1, D + S]
+        reward, cont_logit = self.heads(features)  # [B, T-1] each
+        reward_loss = (reward - rewards[:, :-1]).pow(2).mean()
+        return reward_loss, F.binary_cross_entropy_with_logits(cont_logit, continues[:, :-1])
+
     def forward(
         self,
         obs: torch.Tensor,
@@ -186,10 +228,14 @@ class WorldModel(nn.Module):
         overshooting: int = 1,
         free_nats: float = 0.0,
         recon_change_weight: float = 0.0,
+        rewards: torch.Tensor | None = None,
+        continues: torch.Tensor | None = None,
     ):
         """obs float32 [B, T, C, H, W] in [0, 1], encoded actions [B, T, A] -> WorldModelOutput. `overshooting`:
         K, the open-loop distance the RSSM is also trained at (1: one-step predictions only). `free_nats` and
-        `recon_change_weight` shape the VAE loss only (see TrainConfig); 0 leaves it plain."""
+        `recon_change_weight` shape the VAE loss only (see TrainConfig); 0 leaves it plain. With heads,
+        `rewards` [B, T] (the reward-head target after action t) and `continues` [B, T] (1 - terminated) train
+        them; without these the head losses are 0."""
         mean, std = self.encode(obs)
         z = mean + std * torch.randn_like(std)
         recon = self.decode(z)
@@ -218,4 +264,6 @@ class WorldModel(nn.Module):
 
         dynamics = (rssm_loss + len(overshoot_kls) * overshoot) / (1 + len(overshoot_kls))
         loss = recon_loss + beta * kl_loss + rssm_scale * dynamics
-        return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step, overshoot)
+        reward_loss, cont_loss = self.head_losses(hs, prior_mean, rewards, continues)
+        loss = loss + reward_loss + cont_loss
+        return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step, overshoot, reward_loss, cont_loss)

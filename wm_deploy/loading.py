@@ -17,7 +17,7 @@ import torch
 from wm_core.actions import ActionCodec
 from wm_core.checkpoint import load_checkpoint
 from wm_core.config import ExportConfig
-from wm_core.manifest import load_manifest, sha256_file, verify_file
+from wm_core.manifest import has_heads, load_manifest, sha256_file, verify_file
 from wm_core.onnxruntime_session import ProviderUnavailableError
 from wm_core.tensorrt_engine import TensorRTUnavailableError
 
@@ -145,7 +145,13 @@ def _build_ort(source: Source, device: torch.device, options: Options) -> tuple[
     files = {g: verify_file(source.path, manifest, manifest["graphs"][g]["file"]) for g in _graphs(manifest)}
     max_batch = options.max_batch or _folder_max_batch(manifest) or ExportConfig.max_batch
     backend = OrtBackend(
-        files, manifest_dims(manifest), device, max_batch, options.frame_threads, options.precision or "fp32"
+        files,
+        manifest_dims(manifest),
+        device,
+        max_batch,
+        options.frame_threads,
+        options.precision or "fp32",
+        heads=has_heads(manifest),
     )
     return backend, ActionCodec.from_dict(manifest["action_codec"])
 
@@ -183,7 +189,9 @@ def _build_trt(source: Source, device: torch.device, options: Options) -> tuple[
     if max_batch > profile_max:
         raise ValueError(f"max_batch {max_batch} exceeds the TensorRT engines' profile maximum {profile_max}")
     plans = {g: verify_file(source.path, manifest, e["file"]) for g, e in section["engines"].items()}
-    backend = TrtBackend(plans, section, manifest_dims(manifest), device, max_batch, options.cuda_graphs)
+    backend = TrtBackend(
+        plans, section, manifest_dims(manifest), device, max_batch, options.cuda_graphs, heads=has_heads(manifest)
+    )
     return backend, ActionCodec.from_dict(manifest["action_codec"])
 
 

@@ -154,6 +154,11 @@ class Rollout:
         return cls(backend, codec, seed=seed, max_workspaces=max_workspaces)
 
     @property
+    def has_heads(self) -> bool:
+        """Whether `imagine` predicts rewards and continuation (the model was trained with heads)."""
+        return self.backend.has_heads
+
+    @property
     def backend_name(self) -> str:
         return self.backend.name
 
@@ -219,7 +224,8 @@ class Rollout:
         By default each next z is the prior mean. With `sample=True` it is mean + std * noise: `noise`
         [B, H, S] when given (to compare backends on identical noise), else standard normal draws from the
         rollout's generator (or from a fresh one seeded with `seed`), drawn on the backend's device.
-        -> Trajectory(z, prior_mean, prior_std [B, H, S], h [B, H, D])."""
+        -> Trajectory(z, prior_mean, prior_std [B, H, S], h [B, H, D], reward, cont [B, H]); reward and cont are
+        None for a model without heads."""
         batch = validation.check_state(state, self.dims, self.max_batch, finite=False)
         horizon = validation.check_actions(actions, self.codec, batch, "actions", sequence=True, finite=False)
         kind = "torch" if isinstance(actions, torch.Tensor) else "numpy"
@@ -248,11 +254,14 @@ class Rollout:
                     ops.as_torch(ws.noise).normal_(generator=generator)
             runner()
             views = ws.trajectory
+            heads = self.backend.has_heads
             return Trajectory(
                 z=ops.read(views["z"], kind),
                 h=ops.read(views["h"], kind),
                 prior_mean=ops.read(views["prior_mean" if sample else "z"], kind),
                 prior_std=ops.read(views["prior_std"], kind),
+                reward=ops.read(views["reward"], kind) if heads else None,
+                cont=ops.read(views["cont"], kind) if heads else None,
             )
 
     def decode(self, z):

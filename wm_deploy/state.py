@@ -35,6 +35,10 @@ class Trajectory:
     """[B, H, S]"""
     prior_std: Any
     """[B, H, S]"""
+    reward: Any = None
+    """[B, H] the reward predicted for taking action k, read off the state after step k (None: no heads)"""
+    cont: Any = None
+    """[B, H] the predicted probability that the episode goes on after action k (None: no heads)"""
 
     @property
     def last(self) -> LatentState:

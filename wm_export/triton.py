@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from wm_core.graphs import GraphSpec, TensorSpec, graph_specs_of
-from wm_core.manifest import verify_folder
+from wm_core.manifest import has_heads, verify_folder
 from wm_core.publish import staged_dir
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
@@ -53,7 +53,12 @@ def write_triton_repository(artifacts: str | Path, target: str | Path, max_batch
     manifest = verify_folder(artifacts)
     dims = manifest["dims"]
     specs = graph_specs_of(
-        dims["frame"][0], dims["latent"], dims["deter"], dims["action"], "decoder" in manifest["graphs"]
+        dims["frame"][0],
+        dims["latent"],
+        dims["deter"],
+        dims["action"],
+        "decoder" in manifest["graphs"],
+        heads=has_heads(manifest),
     )
     if set(specs) != set(manifest["graphs"]):
         raise ValueError(f"{artifacts}: graphs {sorted(manifest['graphs'])}, expected {sorted(specs)}")
@@ -94,7 +99,10 @@ def _tensors(kind: str, tensors: tuple[TensorSpec, ...]) -> list[str]:
     for i, tensor in enumerate(tensors):
         assert tensor.shape[0] == "batch", "every graph's first axis is the batch"
         dims = ", ".join(str(d) for d in tensor.shape[1:])  # without the batch axis: max_batch_size stands for it
+        # A tensor of the batch axis alone ([B]: reward, cont): Triton needs non-empty dims, and documents
+        # dims [1] reshaped to [] for it.
+        shape = f"dims: [ {dims} ]" if dims else "dims: [ 1 ] reshape: { shape: [ ] }"
         comma = "," if i < len(tensors) - 1 else ""
-        lines.append(f'  {{ name: "{tensor.name}" data_type: {TRITON_TYPES[tensor.dtype]} dims: [ {dims} ] }}{comma}')
+        lines.append(f'  {{ name: "{tensor.name}" data_type: {TRITON_TYPES[tensor.dtype]} {shape} }}{comma}')
     lines.append("]")
     return lines

@@ -29,7 +29,7 @@ from wm_core.config import TrainConfig
 from wm_core.losses import gaussian_kl
 from wm_core.model import WorldModel
 
-from .data import EpisodeSet, to_batch
+from .data import EpisodeSet, head_targets, to_batch
 from .eval_report import ActionMetrics, Examples, OpenLoopMetrics
 
 Item = TypeVar("Item")
@@ -272,6 +272,7 @@ def teacher_forced_sums(
     for first in range(0, len(windows), train.batch_size):
         chunk = windows[first : first + train.batch_size]
         obs, actions = to_batch(chunk, codec, device)
+        rewards, continues = head_targets(chunk, device) or (None, None)
         out = model(
             obs,
             actions,
@@ -280,6 +281,8 @@ def teacher_forced_sums(
             overshooting=train.overshooting,
             free_nats=train.free_nats,
             recon_change_weight=train.recon_change_weight,
+            rewards=rewards,
+            continues=continues,
         )
         for name, value in out.scalars().items():
             sums[name] = sums.get(name, 0.0) + value * len(chunk)

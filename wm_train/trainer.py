@@ -27,7 +27,7 @@ from wm_core.model import WorldModel
 from wm_core.publish import atomic_write_bytes
 
 from .collapse import COLLAPSE_CHECKLIST, STALL_EPOCHS, LatentActivity, collapse_reason, latent_activity
-from .data import EpisodeSet, load_splits, to_batch
+from .data import EpisodeSet, head_targets, load_splits, to_batch
 from .distributed import Distributed, setup
 from .eval_metrics import open_loop_mse, teacher_forced_sums
 from .preview import save_preview
@@ -61,6 +61,8 @@ class EpochMetrics:
         ]
         if values.get("overshooting"):
             parts.append(f"os={values['overshooting']:.2f}")
+        if values.get("reward_loss"):
+            parts.append(f"rew={values['reward_loss']:.4f}")
         parts += [f"ol@{key.split('@')[1]}={value:.4f}" for key, value in values.items() if "@" in key]
         return f"epoch {self.epoch} {split} " + " ".join(parts)
 
@@ -196,7 +198,9 @@ class Trainer:
     def train_step(self) -> WorldModelOutput:
         """One optimiser step on a batch of windows sampled at random offsets."""
         t = self.cfg.train
-        obs, actions = to_batch(self.train_set.sample(self.rng, self.rank_batch), self.codec, self.device)
+        windows = self.train_set.sample(self.rng, self.rank_batch)
+        obs, actions = to_batch(windows, self.codec, self.device)
+        rewards, continues = head_targets(windows, self.device) or (None, None)
         out = self.train_model(
             obs,
             actions,
@@ -205,6 +209,8 @@ class Trainer:
             overshooting=t.overshooting,
             free_nats=t.free_nats,
             recon_change_weight=t.recon_change_weight,
+            rewards=rewards,
+            continues=continues,
         )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()

@@ -6,9 +6,10 @@ H, W frame height and width.
 
 A backend computes three graphs, the ones `wm_export` exports (docs/artifacts.md): the encoder (uint8 frames
 [B, H, W, 3] -> posterior mean, std [B, S]), the prior step (h [B, D], z [B, S], encoded action [B, A] ->
-h_next [B, D], prior mean, std [B, S]) and the decoder (z [B, S] -> frames [B, H, W, 3] in [0, 1]). It reads
-and writes preallocated buffers held in a `Workspace`, one per (batch, steps) bucket, so that a call allocates
-nothing per step and a GPU backend can capture the whole loop in a CUDA graph.
+h_next [B, D], prior mean, std [B, S], and for a model with heads reward, cont [B]) and the decoder (z [B, S]
+-> frames [B, H, W, 3] in [0, 1]). It reads and writes preallocated buffers held in a `Workspace`, one per
+(batch, steps) bucket, so that a call allocates nothing per step and a GPU backend can capture the whole loop
+in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -139,8 +140,9 @@ class Workspace:
     hold the start state at index 0 and the state after step t at t+1; prior_mean, prior_std, noise [T, B, S]
     and action [T, B, A] are indexed by step. A step writes its prior mean into z[t+1], which is the next z
     as it stands when rolling out the mean (no copy per step); only a sampling loop keeps the mean apart in
-    prior_mean[t] before replacing z[t+1] with the draw. With `frames`, also obs uint8 [B, H, W, 3], the posterior
-    post_mean, post_std [B, S] and the decoded recon float32 [B, H, W, 3].
+    prior_mean[t] before replacing z[t+1] with the draw. reward and cont [T, B] hold the heads' predictions for
+    the state after step t (left at 0 by a model without heads). With `frames`, also obs uint8 [B, H, W, 3],
+    the posterior post_mean, post_std [B, S] and the decoded recon float32 [B, H, W, 3].
     """
 
     batch: int
@@ -151,6 +153,8 @@ class Workspace:
     prior_std: Any
     action: Any
     noise: Any
+    reward: Any
+    cont: Any
     obs: Any = None
     post_mean: Any = None
     post_std: Any = None
@@ -168,12 +172,16 @@ class Workspace:
         self.stds = [self.prior_std[t] for t in range(self.steps)]
         self.actions = [self.action[t] for t in range(self.steps)]
         self.noises = [self.noise[t] for t in range(self.steps)]
+        self.rewards = [self.reward[t] for t in range(self.steps)]
+        self.conts = [self.cont[t] for t in range(self.steps)]
         # Batch-major [B, T, ...] views of what a trajectory returns, made once for the copy out of each call.
         self.trajectory = {
             "z": self.z[1:].swapaxes(0, 1),
             "h": self.h[1:].swapaxes(0, 1),
             "prior_mean": self.prior_mean.swapaxes(0, 1),
             "prior_std": self.prior_std.swapaxes(0, 1),
+            "reward": self.reward.swapaxes(0, 1),
+            "cont": self.cont.swapaxes(0, 1),
         }
 
     @classmethod
@@ -204,6 +212,8 @@ class Workspace:
             prior_std=slabs(T, (B, S)),
             action=slabs(T, (B, A)),
             noise=slabs(T, (B, S)),
+            reward=slabs(T, (B,)),
+            cont=slabs(T, (B,)),
             **extra,
         )
 
@@ -237,6 +247,8 @@ class Backend(Protocol):
     dims: Dims
     max_batch: int
     has_decoder: bool
+    has_heads: bool
+    """the prior step also predicts reward and continuation (a model trained with heads)"""
 
     def workspace(self, batch: int, steps: int, frames: bool) -> Workspace:
         """Buffers for `batch` rows and `steps` prior steps (and frames when `frames`)."""
@@ -246,7 +258,7 @@ class Backend(Protocol):
 
     def step_into(self, ws: Workspace, t: int) -> None:
         """(ws.h[t], ws.z[t], ws.action[t]) -> h_next into ws.h[t + 1], prior mean into ws.z[t + 1], prior std
-        into ws.prior_std[t]."""
+        into ws.prior_std[t]; with heads, reward and cont into ws.reward[t], ws.cont[t]."""
 
     def decode_into(self, ws: Workspace) -> None:
         """ws.post_mean -> ws.recon."""

@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wm_core.model import RSSM, gaussian_params
+from wm_core.model import RSSM, Heads, gaussian_params
 
 
 class HalfPrecisionPriorStep(nn.Module):
-    """h [B, D], z [B, S], encoded action [B, A], all float32 -> h_next [B, D], prior mean, std [B, S] float32."""
+    """h [B, D], z [B, S], encoded action [B, A], all float32 -> h_next [B, D], prior mean, std [B, S] float32;
+    with heads also reward, cont [B] float32 (the heads run in float32: two small MLPs, a sliver of a step)."""
 
     # the half-precision weights, registered as buffers
     input_w: torch.Tensor
@@ -39,9 +40,10 @@ class HalfPrecisionPriorStep(nn.Module):
     head2_w: torch.Tensor
     head2_b: torch.Tensor
 
-    def __init__(self, rssm: RSSM, dtype: torch.dtype):
+    def __init__(self, rssm: RSSM, dtype: torch.dtype, heads: Heads | None = None):
         super().__init__()
         self.dtype = dtype
+        self.heads = heads
         self.min_std = rssm.min_std
         input_linear, gru, head = rssm.input_layer[0], rssm.gru, rssm.prior_head
         assert isinstance(input_linear, nn.Linear) and isinstance(head[0], nn.Linear) and isinstance(head[2], nn.Linear)
@@ -82,7 +84,10 @@ class HalfPrecisionPriorStep(nn.Module):
         hidden = F.silu(F.linear(h_next.to(half), self.head1_w, self.head1_b))
         raw = F.linear(hidden, self.head2_w, self.head2_b).float()  # [B, 2S]
         prior_mean, prior_std = gaussian_params(raw, self.min_std)
-        return h_next, prior_mean, prior_std
+        if self.heads is None:
+            return h_next, prior_mean, prior_std
+        reward, cont_logit = self.heads(torch.cat([h_next, prior_mean], dim=-1))
+        return h_next, prior_mean, prior_std, reward, torch.sigmoid(cont_logit)
 
 
 def _mm_float32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

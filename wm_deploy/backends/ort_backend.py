@@ -2,9 +2,10 @@
 CUDA device, the CUDA execution provider.
 
 Every graph runs through IO binding on the workspace's preallocated buffers: for each step t of a workspace
-one binding is made ahead of time, reading (h[t], z[t], action[t]) and writing (h[t+1], z[t+1], prior_std[t])
-in place, so a step is a single `run_with_iobinding` call with no per-step allocation, copy or
-rebinding. Binding a CPU buffer by address makes onnxruntime read and write that memory directly.
+one binding is made ahead of time, reading (h[t], z[t], action[t]) and writing (h[t+1], z[t+1], prior_std[t],
+and reward[t], cont[t] for a model with heads) in place, so a step is a single `run_with_iobinding` call with
+no per-step allocation, copy or rebinding. Binding a CPU buffer by address makes onnxruntime read and write
+that memory directly.
 
 On CUDA the buffers are torch tensors and onnxruntime runs on a stream of ours (`user_compute_stream`), so its
 kernels and the loop's own tensor ops are ordered on one stream without a host sync per step.
@@ -48,14 +49,17 @@ class OrtBackend:
         max_batch: int,
         frame_threads: int | None = None,
         precision: str = "fp32",
+        heads: bool = False,
     ):
         """`files`: graph name -> verified .onnx path (`decoder` optional). precision: `fp32`, or `tf32` on CUDA
-        (the graphs are float32; TF32 is the CUDA provider's opt-in)."""
+        (the graphs are float32; TF32 is the CUDA provider's opt-in). heads: the prior step outputs reward and
+        cont."""
         ort = require_onnxruntime()
         self.dims = dims
         self.device = device
         self.max_batch = max_batch
         self.has_decoder = "decoder" in files
+        self.has_heads = heads
         # No RunOptions on CPU: onnxruntime's Python wrapper looks up the `gpu_graph_id` entry of any RunOptions it
         # is given, and an absent entry costs a C++ exception per call (~100 us, more than a whole step here).
         self.run_options = None
@@ -120,7 +124,8 @@ class OrtBackend:
             self._runner(
                 "prior_step_wide" if wide else "prior_step",
                 {"h": ws.hs[t], "z": ws.zs[t], "action": ws.actions[t]},
-                {"h_next": ws.hs[t + 1], "prior_mean": ws.zs[t + 1], "prior_std": ws.stds[t]},
+                {"h_next": ws.hs[t + 1], "prior_mean": ws.zs[t + 1], "prior_std": ws.stds[t]}
+                | ({"reward": ws.rewards[t], "cont": ws.conts[t]} if self.has_heads else {}),
             )
             for t in range(steps)
         ]

@@ -46,6 +46,7 @@ class TorchBackend:
         self.ops: ArrayOps = TorchOps(device)
         self.max_batch = max_batch
         self.has_decoder = True
+        self.has_heads = self.model.heads is not None
         # The wrappers wm_export exports, so that every backend computes the same function (uint8 NHWC in, ...).
         graphs = build_graphs(self.model)
         self.encoder, self.prior_step, self.decoder = graphs["encoder"], graphs["prior_step"], graphs["decoder"]
@@ -53,7 +54,7 @@ class TorchBackend:
             dtype = HALF[precision]
             self.encoder = HalfPrecisionGraph(self.encoder, dtype)
             self.decoder = HalfPrecisionGraph(self.decoder, dtype)
-            self.prior_step = HalfPrecisionPriorStep(self.model.rssm, dtype).to(device)
+            self.prior_step = HalfPrecisionPriorStep(self.model.rssm, dtype, self.model.heads).to(device)
         self.capture = cuda_graphs and device.type == "cuda"
         self.detail = f"PyTorch {torch.__version__} on {device}, {precision}" + (
             ", CUDA graphs" if self.capture else ", eager"
@@ -68,10 +69,13 @@ class TorchBackend:
         ws.post_std.copy_(std)
 
     def step_into(self, ws: Workspace, t: int) -> None:
-        h_next, mean, std = self.prior_step(ws.hs[t], ws.zs[t], ws.actions[t])
-        ws.hs[t + 1].copy_(h_next)
-        ws.zs[t + 1].copy_(mean)
-        ws.stds[t].copy_(std)
+        outputs = self.prior_step(ws.hs[t], ws.zs[t], ws.actions[t])
+        ws.hs[t + 1].copy_(outputs[0])
+        ws.zs[t + 1].copy_(outputs[1])
+        ws.stds[t].copy_(outputs[2])
+        if self.has_heads:
+            ws.rewards[t].copy_(outputs[3])
+            ws.conts[t].copy_(outputs[4])
 
     def decode_into(self, ws: Workspace) -> None:
         ws.recon.copy_(self.decoder(ws.post_mean))

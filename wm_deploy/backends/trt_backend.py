@@ -55,22 +55,25 @@ def check_engine_compatible(section: dict, device: torch.device, trt_version: st
         )
 
 
-def tensor_addresses(ws: Workspace) -> dict[str, Any]:
+def tensor_addresses(ws: Workspace, heads: bool = False) -> dict[str, Any]:
     """The engine tensor addresses of a workspace: `steps` [t] -> [(name, address)] for prior step t (reading
-    h[t], z[t], action[t], writing h[t+1], z[t+1], prior_std[t]); with frames, `encoder` and `decoder`."""
-    bindings: dict[str, Any] = {
-        "steps": [
-            [
-                ("h", ws.hs[t].data_ptr()),
-                ("z", ws.zs[t].data_ptr()),
-                ("action", ws.actions[t].data_ptr()),
-                ("h_next", ws.hs[t + 1].data_ptr()),
-                ("prior_mean", ws.zs[t + 1].data_ptr()),
-                ("prior_std", ws.stds[t].data_ptr()),
-            ]
-            for t in range(ws.steps)
+    h[t], z[t], action[t], writing h[t+1], z[t+1], prior_std[t], with `heads` also reward[t], cont[t]); with
+    frames, `encoder` and `decoder`."""
+
+    def step(t: int) -> list[tuple[str, int]]:
+        addresses = [
+            ("h", ws.hs[t].data_ptr()),
+            ("z", ws.zs[t].data_ptr()),
+            ("action", ws.actions[t].data_ptr()),
+            ("h_next", ws.hs[t + 1].data_ptr()),
+            ("prior_mean", ws.zs[t + 1].data_ptr()),
+            ("prior_std", ws.stds[t].data_ptr()),
         ]
-    }
+        if heads:
+            addresses += [("reward", ws.rewards[t].data_ptr()), ("cont", ws.conts[t].data_ptr())]
+        return addresses
+
+    bindings: dict[str, Any] = {"steps": [step(t) for t in range(ws.steps)]}
     if ws.obs is not None:
         bindings["encoder"] = [
             ("obs", ws.obs.data_ptr()),
@@ -92,9 +95,10 @@ class TrtBackend:
         device: torch.device,
         max_batch: int,
         cuda_graphs: bool = True,
+        heads: bool = False,
     ):
         """`plans`: graph name -> verified .plan path (`decoder` optional); `section`: the manifest's
-        `tensorrt` entry."""
+        `tensorrt` entry; `heads`: the prior step outputs reward and cont."""
         version = require_tensorrt().__version__
         check_engine_compatible(section, device, version)
         self.dims = dims
@@ -102,13 +106,14 @@ class TrtBackend:
         self.ops: ArrayOps = TorchOps(device)
         self.max_batch = max_batch
         self.has_decoder = "decoder" in plans
+        self.has_heads = heads
         self.capture = cuda_graphs
         self.precision = section["precision"]
         self.detail = (
             f"TensorRT {version} {section['precision']} on {section['gpu']}, "
             f"name-based tensor API, {'CUDA graphs' if cuda_graphs else 'one enqueue per step'}"
         )
-        specs = graph_specs_of(dims.frame[0], dims.latent, dims.deter, dims.action)
+        specs = graph_specs_of(dims.frame[0], dims.latent, dims.deter, dims.action, heads=heads)
         self.stream = torch.cuda.Stream(device)
         self.runtime = create_runtime()
         self.engines: dict[str, trt.ICudaEngine] = {}
@@ -148,7 +153,7 @@ class TrtBackend:
 
     def workspace(self, batch: int, steps: int, frames: bool) -> Workspace:
         ws = Workspace.allocate(self.ops, self.dims, batch, steps, frames, align=TENSOR_ALIGNMENT)
-        ws.private.update(tensor_addresses(ws))
+        ws.private.update(tensor_addresses(ws, self.has_heads))
         return ws
 
     def encode_into(self, ws: Workspace) -> None:
