@@ -29,9 +29,10 @@ def observed(rollout: Rollout) -> LatentState:
     return rollout.observe(rollout.initial(1), GOAL[None])
 
 
-def planner_on(rollout: Rollout, **settings) -> Planner:
+def planner_on(rollout: Rollout, objective: str = "reward", **settings) -> Planner:
     bounds = None if rollout.codec.mode == "discrete" else BOUNDS
-    return Planner(rollout, goal=GOAL, bounds=bounds, **{**SETTINGS, **settings})
+    goal = GOAL if objective == "goal" else None
+    return Planner(rollout, goal=goal, bounds=bounds, **{**SETTINGS, **settings})
 
 
 class ImagineRecorder:
@@ -54,8 +55,9 @@ def continuous_rollout(planner_model):
     return Rollout.from_model(model, codec)
 
 
-def test_planner_finds_the_optimum_of_a_hand_built_model(continuous_rollout, planner_targets):
-    planner = planner_on(continuous_rollout)
+@pytest.mark.parametrize("objective", ["reward", "goal"])
+def test_planner_finds_the_optimum_of_a_hand_built_model(continuous_rollout, planner_targets, objective):
+    planner = planner_on(continuous_rollout, objective)
     state = observed(continuous_rollout)
     for tick in range(3):
         action = planner.act(state)
@@ -64,14 +66,18 @@ def test_planner_finds_the_optimum_of_a_hand_built_model(continuous_rollout, pla
         assert error < 0.08, f"tick {tick}: action {action} is {error:.3f} from the optimum"
     plan = planner.last_plan
     assert plan is not None and plan.actions.shape == (3, 3) and plan.z.shape == (3, 8)
-    assert plan.reward is None  # planned towards a goal, on a model without heads
-    assert plan.value > -0.5  # the latent distance to the goal, summed over 3 steps, is near 0
+    assert plan.reward is not None and plan.cont is not None and plan.reward.shape == plan.cont.shape == (3,)
+    if objective == "reward":  # 3 steps of nearly the best reward, 10 each, discounted by 0.99
+        assert plan.value == pytest.approx(10 * (1 + 0.99 + 0.99**2), abs=1.0)
+    else:  # the latent distance to the goal, summed over 3 steps, is near 0
+        assert -1.0 < plan.value <= 0.0
 
 
-def test_categorical_planner_finds_the_optimum_of_a_hand_built_model(planner_model, planner_targets):
+@pytest.mark.parametrize("objective", ["reward", "goal"])
+def test_categorical_planner_finds_the_optimum_of_a_hand_built_model(planner_model, planner_targets, objective):
     model, _, codec = planner_model("discrete")
     rollout = Rollout.from_model(model, codec)
-    planner = planner_on(rollout, iterations=3)
+    planner = planner_on(rollout, objective, iterations=3)
     state = observed(rollout)
     actions = [planner.act(state) for _ in range(3)]
     assert all(isinstance(a, int) for a in actions)
@@ -79,15 +85,31 @@ def test_categorical_planner_finds_the_optimum_of_a_hand_built_model(planner_mod
     assert planner.last_plan is not None and planner.last_plan.actions.tolist() == [planner_targets["discrete"]] * 3
 
 
+def test_planner_weighs_rewards_by_the_predicted_continuation(planner_model, planner_targets):
+    """Make the best action end the episode: its reward (10) is still received, nothing after it. Over 8 steps,
+    any other action (about 2.2 a step) is worth more, as long as the best one comes last."""
+    model, cfg, codec = planner_model("discrete")
+    best, D = planner_targets["discrete"], cfg.model.deter_dim
+    rollout = Rollout.from_model(model, codec)
+    state = observed(rollout)
+    assert planner_on(rollout, horizon=8, iterations=4).act(state) == best  # the continuation is ~1 everywhere
+    with torch.no_grad():  # continuation logit 20 - 10 silu(z[best]): about -20 after the best action, 20 otherwise
+        model.heads.cont[0].weight[0, D + best] = 1.0
+        model.heads.cont[2].weight[0, 0] = -10.0
+    planner = planner_on(rollout, horizon=8, iterations=4)
+    assert planner.act(state) != best
+    assert planner.last_plan.cont[0] > 0.99 and planner.last_plan.actions[-1] == best
+
+
 def test_planner_keeps_every_candidate_within_the_bounds(continuous_rollout, monkeypatch):
     # The optimum's brake (0.2) lies above this upper bound: the planner must stop at the bound, not beyond.
     low, high = [-0.5, 0.0, 0.0], [0.5, 1.0, 0.1]
     recorder = ImagineRecorder(continuous_rollout, monkeypatch)
-    planner = Planner(continuous_rollout, goal=GOAL, bounds=(low, high), **SETTINGS)
+    planner = Planner(continuous_rollout, bounds=(low, high), **SETTINGS)
     state = observed(continuous_rollout)
     actions = np.stack([planner.act(state) for _ in range(3)])
-    candidates = np.concatenate(recorder.calls[1:])  # [calls * N, H, A]; the first call is the planner's probe
-    assert len(recorder.calls) == 1 + 3 * SETTINGS["iterations"]
+    candidates = np.concatenate(recorder.calls)  # [calls * N, H, A]
+    assert len(recorder.calls) == 3 * SETTINGS["iterations"]
     assert (candidates >= np.float32(low)).all() and (candidates <= np.float32(high)).all()
     assert candidates[..., 2].max() == pytest.approx(0.1)  # the bound itself is reached (clipped samples)
     assert (actions[:, 2] > 0.05).all(), f"brake {actions[:, 2]} should press against its bound 0.1"
@@ -120,7 +142,7 @@ def test_planner_replays_its_previous_plan_shifted_one_step(continuous_rollout, 
     planner.act(state)
     chosen = planner.last_plan.actions  # [H, A]
     planner.act(state)
-    second_tick = recorder.calls[1 + 2]  # after the probe and the first tick's 2 iterations
+    second_tick = recorder.calls[2]  # after the first tick's 2 iterations
     shifted = np.concatenate([chosen[1:], chosen[-1:]])
     np.testing.assert_allclose(second_tick[0], shifted, atol=1e-6)
 
@@ -138,6 +160,7 @@ def test_planner_plans_alike_on_torch_and_onnxruntime(planner_model, tmp_path):
         planner = planner_on(rollout, iterations=3)
         state = observed(rollout)
         actions[name] = np.stack([planner.act(state) for _ in range(3)])
+        assert planner.last_plan.reward is not None  # the exported prior step predicts rewards too
     # The elites of this model are far apart compared with the backends' 1e-5 differences, so both pick the same
     # candidates; what differs is the refit mean's last digits.
     np.testing.assert_allclose(actions["onnxruntime"], actions["torch"], atol=1e-4)

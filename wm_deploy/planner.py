@@ -38,7 +38,7 @@ import torch
 
 from .plan_distributions import Arrays, Categorical, Gaussian, shift
 from .rollout import Rollout
-from .state import LatentState
+from .state import LatentState, Trajectory
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ class Planner:
             self.distribution = Gaussian(self.xp, self.low, self.high, s.horizon, s.min_std, s.max_std)
         self.discounts = self.xp.asarray(s.discount ** np.arange(s.horizon, dtype=np.float32))  # [H]
         self.goal: Any = None  # [1, S]
-        self.has_heads = self._probe_heads()
+        self.has_heads = rollout.has_heads
         if goal is not None:
             self.set_goal(goal)
         elif not self.has_heads:
@@ -234,7 +234,7 @@ class Planner:
         self._replay = shift(candidates[elite_index[order]]) if s.replay else None
         dist.end()
         index = int(elite_index[chosen])
-        reward, cont = getattr(trajectory, "reward", None), getattr(trajectory, "cont", None)
+        reward, cont = trajectory.reward, trajectory.cont
         self.last_plan = Plan(
             actions=xp.numpy(dist.to_actions(candidates[index])).copy(),
             value=float(values[index]),
@@ -245,14 +245,6 @@ class Planner:
         return self.last_plan
 
     # --- internals ----------------------------------------------------------------------------------------
-
-    def _probe_heads(self) -> bool:
-        """Whether imagine returns predicted rewards: one step from the zero state (also checks the rollout runs)."""
-        state = self.rollout.initial(1, self.xp.kind)
-        shape, dtype = ((1, 1), np.int64) if self.discrete else ((1, 1, self.codec.dim), np.float32)
-        first = self.distribution.to_actions(self.xp.asarray(np.zeros(shape, dtype), dtype))  # mid-range
-        trajectory = self.rollout.imagine(LatentState(state.h, state.z), first)
-        return getattr(trajectory, "reward", None) is not None
 
     def _start(self, state: LatentState) -> LatentState:
         """A LatentState of batch 1 -> the same state repeated for every candidate, as tensors on the device."""
@@ -272,13 +264,13 @@ class Planner:
         n = self.settings.samples
         return LatentState(xp.expand(h, n), xp.expand(z, n))  # [1, D] -> [N, D] without a copy
 
-    def _values(self, trajectory):
+    def _values(self, trajectory: Trajectory):
         """[N]: the objective of each candidate (see the module docstring)."""
         xp = self.xp
         if self.goal is not None:
             distance = xp.norm(trajectory.z - self.goal[:, None], axis=-1)  # [N, H, S] -> [N, H]
             return -(distance * self.discounts).sum(-1)
-        reward, cont = trajectory.reward, getattr(trajectory, "cont", None)  # [N, H]
+        reward, cont = trajectory.reward, trajectory.cont  # [N, H]
         if cont is None:
             return (reward * self.discounts).sum(-1)
         # Reward k is received after action k: weighted by the chance that the episode outlived actions 0..k-1.
