@@ -166,6 +166,23 @@ def test_planner_plans_alike_on_torch_and_onnxruntime(planner_model, tmp_path):
     np.testing.assert_allclose(actions["onnxruntime"], actions["torch"], atol=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["continuous", "discrete"])
+def test_planner_plans_alike_on_numpy_and_torch_arrays(planner_model, mode):
+    """On a GPU the planner computes with torch tensors on the device; here that path runs on the CPU, against
+    the numpy one, from the same draws."""
+    model, _, codec = planner_model(mode)
+    rollout = Rollout.from_model(model, codec)
+    state = observed(rollout)
+    plans = {}
+    for arrays in ("numpy", "torch"):
+        planner = planner_on(rollout, iterations=3, arrays=arrays)
+        actions = [planner.act(state) for _ in range(3)]
+        plans[arrays] = (np.asarray(actions), planner.last_plan)
+    np.testing.assert_allclose(plans["torch"][0], plans["numpy"][0], atol=1e-5)
+    np.testing.assert_allclose(plans["torch"][1].z, plans["numpy"][1].z, atol=1e-4)
+    assert plans["torch"][1].value == pytest.approx(plans["numpy"][1].value, abs=1e-4)
+
+
 # --- bad input ----------------------------------------------------------------------------------------------
 
 

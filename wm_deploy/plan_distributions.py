@@ -25,11 +25,14 @@ class Arrays:
 
     On a CPU the planner computes in numpy: torch's intra-op thread pool, woken by element-wise ops on the
     [N, H, S] trajectories, competes with onnxruntime's for the same cores (measured: a 65k-element
-    torch.isfinite taking 17-40 ms on a busy 2-core machine). On a GPU it keeps everything on the device."""
+    torch.isfinite taking 17-40 ms on a busy 2-core machine). On a GPU it keeps everything on the device.
+    `kind` overrides the choice (tests run the GPU's torch path on a CPU)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, kind: str | None = None):
+        if kind not in (None, "numpy", "torch") or (kind == "numpy" and device.type != "cpu"):
+            raise ValueError(f"planner arrays must be 'numpy' (on a CPU) or 'torch', got {kind!r} on {device}")
         self.device = device
-        self.kind = "numpy" if device.type == "cpu" else "torch"
+        self.kind = kind or ("numpy" if device.type == "cpu" else "torch")
 
     def asarray(self, x, dtype=np.float32) -> Any:
         """numpy array or tensor -> this kind (no copy where none is needed)."""

@@ -114,7 +114,9 @@ class Planner:
 
     bounds: (low, high), each [A], for continuous actions: defaults to the action codec's bounds (recorded by
     wm-collect from the environment); may narrow them, never widen them. goal: a uint8 frame [H, W, 3] (or
-    [1, H, W, 3]) to plan towards instead of predicted rewards; required for a model without heads.
+    [1, H, W, 3]) to plan towards instead of predicted rewards; required for a model without heads. arrays: what
+    the planner computes on, `numpy` (the default on a CPU) or `torch` tensors on the rollout's device (the
+    default on a GPU); see plan_distributions.Arrays.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class Planner:
         *,
         bounds: tuple[Any, Any] | None = None,
         goal: Any = None,
+        arrays: str | None = None,
         **overrides,
     ):
         names = [f.name for f in dataclasses.fields(PlannerSettings)]
@@ -139,7 +142,7 @@ class Planner:
                 "iteration imagines all samples in one call); lower samples or export with a larger --max-batch"
             )
         self.rollout = rollout
-        self.xp = Arrays(torch.device(rollout.device))
+        self.xp = Arrays(torch.device(rollout.device), arrays)
         self.codec = rollout.codec
         self.discrete = self.codec.mode == "discrete"
         self.distribution: Gaussian | Categorical
