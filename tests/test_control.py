@@ -126,3 +126,17 @@ def test_recording_policy_is_read_from_the_data_meta_json(tmp_path):
     (tmp_path / "meta.json").write_text(json.dumps({"policy": "autopilot"}))
     with pytest.raises(ValueError, match="policy 'autopilot' is not one of"):
         recording_policy("CarRacing-v3", "unused", data=tmp_path)
+
+
+def test_control_leaves_the_trainer_unimported(heads_artifacts):
+    script = (
+        "import sys\n"
+        "from wm_deploy import PlannerSettings, Rollout\n"
+        "from wm_deploy.control import run_control\n"
+        f"ro = Rollout.load({str(heads_artifacts)!r}, device='cpu')\n"
+        "fast = PlannerSettings(horizon=2, samples=8, iterations=1, elites=2, replay=1)\n"
+        "run_control(ro, 'CarRacing-v3', episodes=1, steps=2, seed=0, settings=fast, references=['random'])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('wm_train')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
+    assert result.stdout.strip() == "[]", f"the control loop imported {result.stdout.strip()}"
