@@ -45,6 +45,9 @@ class Arrays:
     def numpy(self, x) -> np.ndarray:
         return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
+    def ones_like(self, x):
+        return np.ones_like(x) if self.kind == "numpy" else torch.ones_like(x)
+
     def cat(self, xs: list, axis: int = 0):
         return np.concatenate(xs, axis) if self.kind == "numpy" else torch.cat(xs, axis)
 

@@ -277,7 +277,7 @@ class Planner:
         if cont is None:
             return (reward * self.discounts).sum(-1)
         # Reward k is received after action k: weighted by the chance that the episode outlived actions 0..k-1.
-        alive = xp.cumprod(xp.cat([reward[:, :1] * 0 + 1, cont[:, :-1]], 1), 1)
+        alive = xp.cumprod(xp.cat([xp.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
         return (reward * alive * self.discounts).sum(-1)
 
     def _draw(self, weights: np.ndarray, elite_index: np.ndarray) -> int:
