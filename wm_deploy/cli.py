@@ -28,7 +28,7 @@ DEFAULTS = PlannerSettings()
 @click.option("--steps", type=click.IntRange(min=1), default=1000, help="Most controlled steps per episode.")
 @click.option("--seed", type=int, default=0, help="Episode i uses environment seed SEED + i; seeds the planner.")
 @click.option("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt.")
-@click.option("--device", default="cpu", help="cpu, cuda, cuda:N or auto.")
+@click.option("--device", default="auto", help="auto (CUDA when torch sees one), cpu, cuda or cuda:N.")
 @click.option(
     "-o",
     "--out",
