@@ -47,6 +47,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="the default setting and two neighbours, fewer calls")
     parser.add_argument("--full", action="store_true", help="every combination of the grid (27 cells)")
     parser.add_argument("--cells", help="these cells only: SAMPLESxHORIZONxITERATIONS,... e.g. 256x12x3,128x8x2")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0: torch's default, one per core); 1 avoids the thread pool's waits when "
+        "other processes share the cores",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args()
 
@@ -89,6 +96,8 @@ def tick_call(rollout: Rollout, planner: Planner):
 def main() -> None:
     args = parse_args()
     sampling = QUICK if args.quick else FULL
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory(prefix="planner-speed-") as scratch:
         if args.artifacts is not None:
             folder = args.artifacts
