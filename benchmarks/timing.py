@@ -167,11 +167,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def random_checkpoint(folder: Path, size: str = "default") -> Path:
-    """A randomly initialised model of preset `size` (seed 0) with continuous actions, saved as
-    `folder`/random.pt. Timings do not depend on the weights."""
+def random_checkpoint(folder: Path, size: str = "default", heads: bool = False) -> Path:
+    """A randomly initialised model of preset `size` (seed 0) with continuous actions (and reward and
+    continuation heads when `heads`), saved as `folder`/random.pt. Timings do not depend on the weights."""
     torch.manual_seed(0)
-    cfg = wm_core.Config.from_dict({"model": {"size": size}})
+    cfg = wm_core.Config.from_dict({"model": {"size": size, "heads": heads}})
     path = folder / "random.pt"
     codec = wm_core.ActionCodec(
         "continuous", cfg.model.action_dim, (0.0,) * cfg.model.action_dim, (1.0,) * cfg.model.action_dim

@@ -206,6 +206,74 @@ def artifact_copy(tiny_artifacts):
     return copy
 
 
+# --- hand-built models for the planner ----------------------------------------------------------------------
+
+# The action the hand-built models are made to prefer (continuous) and the preferred discrete action.
+PLANNER_TARGETS = {"continuous": (0.3, 0.7, 0.2), "discrete": 4}
+
+
+REWARD_AT_TARGET = 10.0
+"""the reward the planner_model models predict for their target action (less for any other)"""
+
+
+def _planner_model(action_mode: str = "continuous") -> tuple[WorldModel, Config, ActionCodec]:
+    """A tiny model with heads whose imagined latent after an action depends on that action alone, through one
+    monotone channel per encoded action dimension: z_k+1[i] = 10 f(e_i(a_k)) for i < A (0 beyond), f =
+    silu(tanh(silu(.))) and e the codec's encoding. Its predicted reward is REWARD_AT_TARGET - sum_i d_i tanh(d_i /
+    2), d = z - z_target (largest at the target action's latent), its continuation ~1, and its encoder maps every
+    frame to z_target: whether planning for reward or towards any goal frame, the optimum is
+    PLANNER_TARGETS[action_mode] at every step, and the objective is separable and well-conditioned. Built by hand:
+    - the RSSM's input layer reads encoded action i into hidden unit i (identity, z ignored): silu(e_i);
+    - the GRU forgets h (recurrent weights 0, update gate shut by a bias of -30), so h_k+1 is its candidate
+      state tanh(x), unit i from input unit i;
+    - the prior head passes unit i through (silu) and scales it by 10 into the mean of z[i]; its std is constant;
+    - the reward head's hidden units 2i and 2i + 1 are silu(d_i) and silu(-d_i), whose sum is d_i tanh(d_i / 2);
+      the continuation head's logit is +20 whatever the state;
+    - the encoder's posterior head has zero weights and z_target as the bias of its mean."""
+    model, cfg, codec = _untrained_model("tiny", action_mode, heads=True)
+    S, D, A = cfg.model.latent_dim, cfg.model.deter_dim, codec.dim
+    rssm, heads = model.rssm, model.heads
+    assert heads is not None
+    diagonal = torch.arange(A)
+    with torch.no_grad():
+        for parameter in [*rssm.parameters(), *heads.parameters()]:
+            parameter.zero_()
+        rssm.input_layer[0].weight[diagonal, S + diagonal] = 1.0
+        rssm.gru.weight_ih[2 * D + diagonal, diagonal] = 1.0  # rows r | update | candidate
+        rssm.gru.bias_ih[D : 2 * D] = -30.0
+        rssm.prior_head[0].weight[diagonal, diagonal] = 1.0
+        rssm.prior_head[2].weight[diagonal, diagonal] = 10.0
+        target = PLANNER_TARGETS[action_mode]
+        raw = torch.tensor([target]) if action_mode == "discrete" else torch.tensor([target], dtype=torch.float32)
+        _, goal, _ = rssm.step(torch.zeros(1, D), torch.zeros(1, S), codec.encode(raw))  # [1, S]
+        hidden = heads.reward[0]  # features [h (D), z (S)] -> K
+        hidden.weight[2 * diagonal, D + diagonal] = 1.0
+        hidden.bias[2 * diagonal] = -goal[0, :A]
+        hidden.weight[2 * diagonal + 1, D + diagonal] = -1.0
+        hidden.bias[2 * diagonal + 1] = goal[0, :A]
+        heads.reward[2].weight[0, : 2 * A] = -1.0
+        heads.reward[2].bias[0] = REWARD_AT_TARGET
+        heads.cont[2].bias[0] = 20.0
+        posterior = model.encoder.posterior_head
+        posterior.weight.zero_()
+        posterior.bias[:S] = goal[0]
+    return model, cfg, codec
+
+
+@pytest.fixture(scope="session")
+def planner_model():
+    """Factory: planner_model(action_mode="continuous") -> (model, cfg, codec): a tiny hand-built model with heads
+    on which planning, for its predicted rewards or towards any goal frame, is best served by
+    PLANNER_TARGETS[action_mode] at every step (see _planner_model), with the CODECS action codec."""
+    return _planner_model
+
+
+@pytest.fixture(scope="session")
+def planner_targets():
+    """PLANNER_TARGETS: the action the planner_model models are built to prefer, by action mode."""
+    return PLANNER_TARGETS
+
+
 # --- deployment -------------------------------------------------------------------------------------------------
 
 

@@ -4,9 +4,11 @@ PyTorch, onnxruntime or TensorRT behind one API.
     ro = Rollout.load("artifacts/", backend="auto", device="cpu")
     state = ro.observe(ro.initial(batch=1), frame)     # frame: uint8 [1, 64, 64, 3]
     traj = ro.imagine(state, actions)                 # actions: [1, H, A] raw
+    action = Planner(ro).act(state)                   # model-predictive control (wm_deploy.planner)
 """
 
+from .planner import Plan, Planner, PlannerSettings
 from .rollout import Rollout, imagine_loop
 from .state import LatentState, Trajectory
 
-__all__ = ["LatentState", "Rollout", "Trajectory", "imagine_loop"]
+__all__ = ["LatentState", "Plan", "Planner", "PlannerSettings", "Rollout", "Trajectory", "imagine_loop"]

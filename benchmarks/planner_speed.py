@@ -1,0 +1,162 @@
+"""How fast is a control tick with the planner? Ticks per second for a small grid of samples x horizon x
+iterations, on onnxruntime and torch eager in the same run.
+
+    python benchmarks/planner_speed.py                   # random default-size model with heads, CPU
+    python benchmarks/planner_speed.py --quick           # the default setting and two neighbours: ~1 minute
+    python benchmarks/planner_speed.py --artifacts runs/carracing/artifacts --json out.json
+    python benchmarks/planner_speed.py --cells 256x12x3,512x8x2     # chosen cells only
+
+What a tick includes: `Rollout.observe` of one 64x64 frame (encoder and one prior step) and `Planner.act` on the
+state it returns (`iterations` batched `imagine` calls of `samples` x `horizon`, the planner's sampling, scoring
+and refits, the chosen action copied out) -- everything a controller adds to the environment's step. The
+backends take turns in blocks of ticks (benchmarks/timing.py), so a busy machine slows both alike; each cell
+reports the median and 90th percentile of single ticks, ticks/s = 1 / median, and the speed-up over torch
+eager. Without --artifacts a randomly initialised model with reward and continuation heads (--size, default
+`default`) is saved and exported to a temporary folder; timings do not depend on the weights. The planner's
+budget: one tick at the default settings (PlannerSettings) <= 100 ms on 2 CPU cores with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from wm_deploy import LatentState, Planner, PlannerSettings, Rollout
+
+from timing import Sampling, cpu_name, random_checkpoint, summarise, time_calls
+
+BACKENDS = ("onnxruntime", "torch")
+GRID = {"samples": (128, 256, 512), "horizon": (8, 12, 16), "iterations": (2, 3, 4)}
+"""--full: every combination; the default grid varies one setting at a time around the defaults"""
+FULL = Sampling(min_calls=10, max_calls=400, budget_s=3.0, warmup_calls=3)
+QUICK = Sampling(min_calls=5, max_calls=100, budget_s=1.0, warmup_calls=2)
+BOUNDS = ([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0])  # CarRacing's
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifacts", type=Path, help="artifact folder of a model with heads (default: a fresh one)")
+    parser.add_argument("--size", default="default", choices=("tiny", "small", "default"))
+    parser.add_argument("--quick", action="store_true", help="the default setting and two neighbours, fewer calls")
+    parser.add_argument("--full", action="store_true", help="every combination of the grid (27 cells)")
+    parser.add_argument("--cells", help="these cells only: SAMPLESxHORIZONxITERATIONS,... e.g. 256x12x3,128x8x2")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads (0: torch's default, one per core); 1 avoids the thread pool's waits when "
+        "other processes share the cores",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    return parser.parse_args()
+
+
+def settings_grid(quick: bool, full: bool, cells: str | None = None) -> list[PlannerSettings]:
+    default = PlannerSettings()
+    if cells:
+        try:
+            triples = [tuple(int(v) for v in cell.split("x")) for cell in cells.split(",")]
+            return [PlannerSettings(samples=n, horizon=h, iterations=i) for n, h, i in triples]
+        except ValueError:
+            raise SystemExit(f"--cells: expected SAMPLESxHORIZONxITERATIONS,..., got {cells!r}") from None
+    if full:
+        return [PlannerSettings(samples=n, horizon=h, iterations=i) for n, h, i in itertools.product(*GRID.values())]
+    if quick:
+        return [default, PlannerSettings(samples=128), PlannerSettings(iterations=4)]
+    grid = [default]
+    for name, values in GRID.items():
+        for value in values:
+            cell = PlannerSettings(**{**vars(default), name: value})
+            if cell not in grid:
+                grid.append(cell)
+    return grid
+
+
+def tick_call(rollout: Rollout, planner: Planner):
+    """One control tick: observe a frame after the previous action, then plan (see the module docstring)."""
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (1, *rollout.dims.frame), dtype=np.uint8)
+    first = rollout.observe(rollout.initial(1), frame)
+    previous = LatentState(first.h, first.z)
+    action = np.asarray([[0.0, 0.5, 0.0]], np.float32)
+
+    def tick():
+        planner.act(rollout.observe(previous, frame, action))
+
+    return tick
+
+
+def main() -> None:
+    args = parse_args()
+    sampling = QUICK if args.quick else FULL
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    with tempfile.TemporaryDirectory(prefix="planner-speed-") as scratch:
+        if args.artifacts is not None:
+            folder = args.artifacts
+        else:
+            from wm_export import export_artifacts
+
+            checkpoint = random_checkpoint(Path(scratch), args.size, heads=True)
+            folder = export_artifacts(checkpoint, Path(scratch) / "artifacts", decoder=False)
+        rollouts = {name: Rollout.load(folder, backend=name, device="cpu") for name in BACKENDS}
+        if not rollouts["torch"].has_heads:
+            raise SystemExit(f"{folder}: the model has no reward heads; export one trained with model.heads")
+        cells = settings_grid(args.quick, args.full, args.cells)
+        print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+        print(f"{rollouts['onnxruntime']!r}\n")
+        rows = []
+        for settings in cells:
+            planners = {name: Planner(r, settings, bounds=BOUNDS) for name, r in rollouts.items()}
+            for planner in planners.values():
+                planner.warmup()
+            calls = {name: tick_call(rollouts[name], planners[name]) for name in BACKENDS}
+            seconds = time_calls(calls, lambda: None, sampling)
+            for name in BACKENDS:
+                stats = summarise(seconds[name])
+                rows.append(
+                    {
+                        "samples": settings.samples,
+                        "horizon": settings.horizon,
+                        "iterations": settings.iterations,
+                        "backend": name,
+                        "default": settings == PlannerSettings(),
+                        "ms_p50": stats["p50_us"] / 1e3,
+                        "ms_p90": stats["p90_us"] / 1e3,
+                        "ticks_per_s": 1e6 / stats["p50_us"],
+                        "calls": stats["calls"],
+                    }
+                )
+            torch_ms = rows[-1]["ms_p50"]
+            for row in rows[-len(BACKENDS) :]:
+                row["speedup_vs_torch"] = torch_ms / row["ms_p50"]
+            print(format_rows(rows[-len(BACKENDS) :], header=len(rows) == len(BACKENDS)), flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps({"cpu": cpu_name(), "cores": os.cpu_count(), "rows": rows}, indent=1))
+
+
+def format_rows(rows: list[dict], header: bool) -> str:
+    lines = []
+    if header:
+        lines += [
+            "| samples | horizon | iterations | backend | ms/tick p50 | p90 | ticks/s | vs torch |",
+            "|---:|---:|---:|---|---:|---:|---:|---:|",
+        ]
+    for r in rows:
+        mark = " (default)" if r["default"] else ""
+        lines.append(
+            f"| {r['samples']} | {r['horizon']} | {r['iterations']}{mark} | {r['backend']} | {r['ms_p50']:.1f} | "
+            f"{r['ms_p90']:.1f} | {r['ticks_per_s']:.1f} | {r['speedup_vs_torch']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""benchmarks/planner_speed.py end to end: the --quick sampling on a tiny random model with heads, two small
+cells."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "planner_speed.py"
+
+
+def test_planner_speed_quick_times_both_backends_per_setting(tmp_path):
+    out = tmp_path / "out.json"
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--size", "tiny", "--cells", "64x6x2,32x4x1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr
+    rows = json.loads(out.read_text())["rows"]
+    cells = {(r["samples"], r["horizon"], r["iterations"]) for r in rows}
+    assert cells == {(64, 6, 2), (32, 4, 1)}
+    assert sorted(r["backend"] for r in rows) == ["onnxruntime"] * 2 + ["torch"] * 2
+    assert all(r["ms_p50"] > 0 and r["ticks_per_s"] == 1e3 / r["ms_p50"] for r in rows)
+    assert not any(r["default"] for r in rows)
+    assert "| 64 | 6 | 2 | onnxruntime |" in completed.stdout and "| 32 | 4 | 1 | torch |" in completed.stdout

@@ -1,0 +1,278 @@
+"""Closed-loop control in a real gymnasium environment (`wm-control`): episodes driven by the planner
+(wm_deploy.planner) and, as references on the same seeds, by the random policy and by the policy that recorded
+the training data; every tick timed, split into observe / plan / environment.
+
+A planner tick: the environment's frame is resized to the model's frame size and `observe`d (encoder and one
+prior step) -- "observe"; `Planner.act` -- "plan"; `env.step` -- "env". A reference policy's tick: reading the
+frame -- "observe"; the policy's call on the frame at the environment's resolution -- "plan"; `env.step`.
+Episodes start with the environment's uncontrolled steps (CarRacing zooms in for 50 frames: wm_core.envs
+SKIP_START), taken with a neutral action for every policy alike; an episode's return counts every reward from
+reset on, those steps included, and its length counts the controlled steps.
+
+This module computes and returns a `ControlResult`; wm_deploy.control_report writes it out.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wm_core import envs
+
+from .planner import Planner, PlannerSettings
+from .rollout import Rollout
+
+PARTS = ("observe", "plan", "env")
+"""the timed parts of a tick, the columns of `Episode.seconds`"""
+
+PLANNER = "planner"
+"""the name the planner's episodes go under in a ControlResult"""
+
+
+@dataclass
+class Episode:
+    policy: str
+    seed: int
+    episode_return: float
+    """sum of the rewards from reset on (the uncontrolled start included)"""
+    length: int
+    """controlled steps"""
+    terminated: bool
+    """the environment ended the episode (not a time limit, not --steps)"""
+    seconds: np.ndarray
+    """[length, 3] seconds of each tick's PARTS"""
+    frames: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    """recorded planner episode only: per tick (real frame, decoded imagined frame at the planner's horizon),
+    uint8 [H, W, 3] each at the model's frame size"""
+
+
+@dataclass
+class ControlResult:
+    env_id: str
+    source: str
+    backend: str
+    backend_detail: str
+    settings: PlannerSettings
+    objective: str
+    """`reward` (the model's heads) or `goal`"""
+    steps: int
+    seed: int
+    skip_start: int
+    reference_policy: str | None
+    reference_from: str
+    """where the name of the recording policy came from"""
+    episodes: dict[str, list[Episode]]
+    """policy name -> its episodes; the planner's under PLANNER, first"""
+
+
+def recording_policy(env_id: str, source: str | Path, data: str | Path | None = None) -> tuple[str, str]:
+    """The name (in wm_core.envs.POLICIES) of the policy that recorded the model's training data, and where the
+    name came from: the meta.json of `data`, else of the data folder named in the training config of `source`
+    (a checkpoint, or the checkpoint an artifact folder was exported from) when it is still there, else the policy
+    wm-collect uses for `env_id`."""
+    folders = [Path(data)] if data is not None else _training_data(Path(source))
+    for folder in folders:
+        meta = folder / "meta.json"
+        if meta.is_file():
+            try:
+                name = json.loads(meta.read_text())["policy"]
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                raise ValueError(
+                    f"{meta}: cannot read the recording policy ({type(error).__name__}: {error})"
+                ) from None
+            if name not in envs.POLICIES:
+                raise ValueError(f"{meta}: policy {name!r} is not one of {sorted(envs.POLICIES)}")
+            return name, f"{meta}"
+        if data is not None:
+            raise FileNotFoundError(f"{meta}: no meta.json in the data folder (written by wm-collect)")
+    return envs.policy_for(env_id), f"wm-collect's policy for {env_id} (no meta.json found)"
+
+
+def _training_data(source: Path) -> list[Path]:
+    from wm_core.checkpoint import read_checkpoint
+    from wm_core.manifest import load_manifest
+
+    try:
+        checkpoint = Path(load_manifest(source)["checkpoint"]["path"]) if source.is_dir() else source
+        if not checkpoint.is_file():
+            return []
+        return [Path(read_checkpoint(checkpoint)["config"]["data"]["path"])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # the training data cannot be traced: fall back to wm-collect's policy
+
+
+def planner_bounds(env, rollout: Rollout) -> tuple[np.ndarray, np.ndarray] | None:
+    """Check that the model's actions are the environment's -> the bounds to give the Planner: None when the
+    action codec records them (equal to the environment's), the environment's when it records none. ValueError
+    naming both on a mismatch of kind, width or bounds."""
+    space, codec = env.action_space, rollout.codec
+    discrete = hasattr(space, "n")
+    if discrete != (codec.mode == "discrete"):
+        raise ValueError(f"the model takes {codec.mode} actions, the environment's action space is {space}")
+    if discrete:
+        if int(space.n) != codec.dim:
+            raise ValueError(f"the model takes {codec.dim} discrete actions, the environment has {space.n}")
+        return None
+    low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+    if low.shape != (codec.dim,):
+        raise ValueError(f"the model takes actions of width {codec.dim}, the environment's are {list(low.shape)}")
+    if not codec.low:
+        return low, high
+    recorded = np.asarray(codec.low, np.float32), np.asarray(codec.high, np.float32)
+    if not (np.allclose(recorded[0], low) and np.allclose(recorded[1], high)):
+        raise ValueError(
+            f"action-bound mismatch: the model was trained on actions in low={recorded[0].tolist()} "
+            f"high={recorded[1].tolist()}, the environment's space is low={low.tolist()} high={high.tolist()}"
+        )
+    return None
+
+
+def run_control(
+    rollout: Rollout,
+    env_id: str,
+    *,
+    episodes: int,
+    steps: int,
+    seed: int,
+    settings: PlannerSettings | None = None,
+    goal=None,
+    references: Sequence[str] = (),
+    reference_from: str = "",
+    record: bool = True,
+    source: str | Path = "",
+    on_step: Callable[[], None] | None = None,
+) -> ControlResult:
+    """`episodes` planner episodes of at most `steps` controlled steps with seeds seed, seed + 1, ..., then the
+    same episodes for each policy named in `references` (keys of wm_core.envs.POLICIES; the first one is
+    reported as the recording policy). The planner is reseeded with the episode's seed at its start, so a run is
+    repeatable. `record`: keep the first planner episode's (real, imagined) frames for a video (needs the
+    decoder). `on_step` is called after every environment step (a progress bar)."""
+    if episodes < 1 or steps < 1:
+        raise ValueError(f"episodes and steps must be >= 1, got episodes={episodes} steps={steps}")
+    unknown = [name for name in references if name not in envs.POLICIES]
+    if unknown:
+        raise ValueError(f"unknown reference policy {unknown}; expected one of {sorted(envs.POLICIES)}")
+    settings = settings or PlannerSettings()
+    env = envs.make_env(env_id)
+    try:
+        planner = Planner(rollout, settings, bounds=planner_bounds(env, rollout), goal=goal)
+        planner.warmup()
+        rollout.warmup(1, 1)
+        record = record and rollout.backend.has_decoder
+        skip = envs.skip_start(env_id)
+        results: dict[str, list[Episode]] = {PLANNER: []}
+        for i in range(episodes):
+            episode = planner_episode(env, rollout, planner, seed + i, steps, skip, record and i == 0, on_step)
+            results[PLANNER].append(episode)
+        for name in references:
+            results[name] = [policy_episode(env, name, seed + i, steps, skip, on_step) for i in range(episodes)]
+    finally:
+        env.close()
+    return ControlResult(
+        env_id=env_id,
+        source=str(source),
+        backend=rollout.backend_name,
+        backend_detail=rollout.backend_detail,
+        settings=planner.settings,
+        objective="goal" if planner.goal is not None else "reward",
+        steps=steps,
+        seed=seed,
+        skip_start=skip,
+        reference_policy=references[0] if references else None,
+        reference_from=reference_from,
+        episodes=results,
+    )
+
+
+def _start(env, seed: int, skip: int) -> tuple[object, float, bool]:
+    """Reset with `seed` and take `skip` neutral actions (zeros within the box, or action 0) -> the observation,
+    the reward so far and whether the episode already ended."""
+    observation, _ = env.reset(seed=seed)
+    space = env.action_space
+    neutral = 0 if hasattr(space, "n") else np.clip(np.zeros(space.shape, np.float32), space.low, space.high)
+    total = 0.0
+    for _ in range(skip):
+        observation, reward, terminated, truncated, _ = env.step(neutral)
+        total += float(reward)
+        if terminated or truncated:
+            return observation, total, True
+    return observation, total, False
+
+
+def planner_episode(
+    env,
+    rollout: Rollout,
+    planner: Planner,
+    seed: int,
+    steps: int,
+    skip: int,
+    record: bool = False,
+    on_step: Callable[[], None] | None = None,
+) -> Episode:
+    """One episode driven by `planner` (see the module docstring for what each part of a tick times)."""
+    size = rollout.dims.frame[0]
+    observation, total, done = _start(env, seed, skip)
+    planner.reset(seed=seed)
+    state, previous = rollout.initial(1), None
+    seconds: list[tuple[float, float, float]] = []
+    frames: list[tuple[np.ndarray, np.ndarray]] = []
+    terminated = False
+    while not done and len(seconds) < steps:
+        t0 = time.perf_counter()
+        frame = envs.resize(envs.render_frame(env, observation), size)
+        state = rollout.observe(state, frame[None], previous)
+        t1 = time.perf_counter()
+        action = planner.act(state)
+        t2 = time.perf_counter()
+        observation, reward, terminated, truncated, _ = env.step(action)
+        t3 = time.perf_counter()
+        seconds.append((t1 - t0, t2 - t1, t3 - t2))
+        total += float(reward)
+        done = terminated or truncated
+        previous = np.asarray([action])  # [1, A] float32 or [1] int
+        if record:
+            frames.append((frame, imagined_frame(rollout, planner)))
+        if on_step is not None:
+            on_step()
+    return Episode(PLANNER, seed, total, len(seconds), bool(terminated), _seconds(seconds), frames)
+
+
+def imagined_frame(rollout: Rollout, planner: Planner) -> np.ndarray:
+    """The decoded latent at the horizon of the plan just chosen: uint8 [H, W, 3]."""
+    assert planner.last_plan is not None  # called after act
+    decoded = rollout.decode(planner.last_plan.z[-1:])  # [1, S] -> [1, H, W, 3] in [0, 1]
+    return (np.clip(decoded[0], 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+def policy_episode(
+    env, name: str, seed: int, steps: int, skip: int, on_step: Callable[[], None] | None = None
+) -> Episode:
+    """One episode driven by the policy `name` of wm_core.envs.POLICIES, seeded with the episode's seed."""
+    observation, total, done = _start(env, seed, skip)
+    env_id = env.spec.id if env.spec is not None else ""
+    policy = envs.POLICIES[name](env_id, env.action_space, np.random.default_rng(seed))
+    seconds: list[tuple[float, float, float]] = []
+    terminated = False
+    while not done and len(seconds) < steps:
+        t0 = time.perf_counter()
+        frame = envs.render_frame(env, observation)
+        t1 = time.perf_counter()
+        action = policy(frame)
+        t2 = time.perf_counter()
+        observation, reward, terminated, truncated, _ = env.step(action)
+        t3 = time.perf_counter()
+        seconds.append((t1 - t0, t2 - t1, t3 - t2))
+        total += float(reward)
+        done = terminated or truncated
+        if on_step is not None:
+            on_step()
+    return Episode(name, seed, total, len(seconds), bool(terminated), _seconds(seconds))
+
+
+def _seconds(rows: list[tuple[float, float, float]]) -> np.ndarray:
+    return np.asarray(rows, np.float64).reshape(-1, len(PARTS))

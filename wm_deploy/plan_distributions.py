@@ -1,0 +1,178 @@
+"""The sampling distributions of the planner (wm_deploy.planner): a diagonal Gaussian over continuous action
+sequences (MPPI / CEM, as in TD-MPC2) and a per-step categorical over discrete ones (the cross-entropy method
+on a categorical). Each draws candidates, refits itself to weighted elites and warm-starts the next tick by
+shifting its parameters one step; and the few array operations they and the planner need, on numpy or torch.
+
+Dimensions: N candidates, K elites, H horizon, A action width, n number of discrete actions.
+
+Candidates live in the distribution's own coordinates: for the Gaussian, u in [-1, 1]^A per step, mapped
+linearly onto each dimension's bounds (so the std floor and ceiling mean the same for steering in [-1, 1] and
+gas in [0, 1]); for the categorical, the action indices themselves. `to_actions` turns them into the raw actions
+`Rollout.imagine` takes. The noise comes from the planner's numpy generator on the host whatever the device, so
+a seed gives the same candidates on every backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class Arrays:
+    """The planner's array operations, on numpy arrays (`kind="numpy"`) or torch tensors on `device`.
+
+    On a CPU the planner computes in numpy: torch's intra-op thread pool, woken by element-wise ops on the
+    [N, H, S] trajectories, competes with onnxruntime's for the same cores (measured: a 65k-element
+    torch.isfinite taking 17-40 ms on a busy 2-core machine). On a GPU it keeps everything on the device.
+    `kind` overrides the choice (tests run the GPU's torch path on a CPU)."""
+
+    def __init__(self, device: torch.device, kind: str | None = None):
+        if kind not in (None, "numpy", "torch") or (kind == "numpy" and device.type != "cpu"):
+            raise ValueError(f"planner arrays must be 'numpy' (on a CPU) or 'torch', got {kind!r} on {device}")
+        self.device = device
+        self.kind = kind or ("numpy" if device.type == "cpu" else "torch")
+
+    def asarray(self, x, dtype=np.float32) -> Any:
+        """numpy array or tensor -> this kind (no copy where none is needed)."""
+        if self.kind == "numpy":
+            x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+            return np.asarray(x, dtype=dtype)
+        torch_dtype = torch.int64 if np.dtype(dtype).kind in "iu" else torch.float32
+        return torch.as_tensor(x).to(self.device, torch_dtype)
+
+    def numpy(self, x) -> np.ndarray:
+        return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+    def ones_like(self, x):
+        return np.ones_like(x) if self.kind == "numpy" else torch.ones_like(x)
+
+    def cat(self, xs: list, axis: int = 0):
+        return np.concatenate(xs, axis) if self.kind == "numpy" else torch.cat(xs, axis)
+
+    def clip(self, x, low: float, high: float):
+        """In place."""
+        return np.clip(x, low, high, out=x) if self.kind == "numpy" else x.clamp_(low, high)
+
+    def sqrt(self, x):
+        return np.sqrt(x) if self.kind == "numpy" else x.sqrt()
+
+    def expand(self, x, count: int):
+        """[1, ...] -> [count, ...] without a copy."""
+        if self.kind == "numpy":
+            return np.broadcast_to(x, (count, *x.shape[1:]))
+        return x.expand(count, *x.shape[1:])
+
+    def top(self, values, k: int):
+        """-> the k largest values, best first, and their indices (a stable sort: ties keep their order, as on
+        the other kind)."""
+        if self.kind == "numpy":
+            best = np.argsort(-values, kind="stable")[:k]
+            return values[best], best
+        index = torch.sort(values, descending=True, stable=True).indices[:k]
+        return values[index], index
+
+    def softmax(self, x):
+        """[K] -> exp(x - max) / sum: TD-MPC2's elite weights, computed without overflow."""
+        e = np.exp(x - x.max()) if self.kind == "numpy" else torch.exp(x - x.max())
+        return e / e.sum()
+
+    def count_nonfinite(self, x) -> int:
+        return int((~np.isfinite(x)).sum()) if self.kind == "numpy" else int((~torch.isfinite(x)).sum())
+
+    def cumprod(self, x, axis: int):
+        return np.cumprod(x, axis) if self.kind == "numpy" else torch.cumprod(x, axis)
+
+    def norm(self, x, axis: int):
+        return np.linalg.norm(x, axis=axis) if self.kind == "numpy" else x.norm(dim=axis)
+
+    def one_hot(self, indices, n: int):
+        if self.kind == "numpy":
+            return np.eye(n, dtype=np.float32)[indices]
+        return torch.nn.functional.one_hot(indices, n).float()
+
+
+def shift(sequences):
+    """[M, H, ...] one step earlier along H, the last step repeated: the warm start of the next tick."""
+    return sequences[:, list(range(1, sequences.shape[1])) + [-1]]
+
+
+class Gaussian:
+    """N(mean, std) per step and dimension in u-space, clamped to [-1, 1]; std between min_std and max_std."""
+
+    def __init__(self, xp: Arrays, low, high, horizon: int, min_std: float, max_std: float):
+        self.xp = xp
+        self.low, self.high = xp.asarray(low), xp.asarray(high)  # [A]
+        self.half_range = 0.5 * (self.high - self.low)
+        self.min_std, self.max_std = min_std, max_std
+        self.shape = (horizon, len(low))  # [H, A]
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous plan: the next tick starts from the middle of the bounds."""
+        self.mean = self.xp.asarray(np.zeros(self.shape, np.float32))
+        self.std = self.xp.asarray(np.full(self.shape, self.max_std, np.float32))
+
+    def begin(self) -> None:
+        """Start a tick from the (already shifted) mean with the widest std. TD-MPC2 resets the std every step
+        too: a std that shrank onto last tick's elites would hide what changed since."""
+        self.std = self.xp.asarray(np.full(self.shape, self.max_std, np.float32))
+
+    def sample(self, count: int, rng: np.random.Generator):
+        """-> u [count, H, A] in [-1, 1]."""
+        noise = self.xp.asarray(rng.standard_normal((count, *self.shape), dtype=np.float32))
+        return self.xp.clip(self.mean + self.std * noise, -1.0, 1.0)
+
+    def refit(self, elites, weights) -> None:
+        """elites u [K, H, A], weights [K] summing to 1 -> the weighted mean and std (TD-MPC2's update)."""
+        w = weights[:, None, None]  # [K] -> [K, 1, 1]
+        self.mean = (w * elites).sum(0)
+        variance = (w * (elites - self.mean) ** 2).sum(0)
+        self.std = self.xp.clip(self.xp.sqrt(variance), self.min_std, self.max_std)
+
+    def end(self) -> None:
+        """After a tick: shift the mean one step for the next tick's warm start."""
+        self.mean = shift(self.mean[None])[0]
+
+    def to_actions(self, u):
+        """u [..., A] in [-1, 1] -> raw actions [..., A] in [low, high]."""
+        return self.low + (u + 1.0) * self.half_range
+
+
+class Categorical:
+    """Independent categoricals per step over n actions, each probability at least min_prob."""
+
+    def __init__(self, xp: Arrays, actions: int, horizon: int, min_prob: float):
+        self.xp = xp
+        self.actions, self.horizon, self.min_prob = actions, horizon, min_prob
+        self.reset()
+
+    def reset(self) -> None:
+        self.probs = self.xp.asarray(np.full((self.horizon, self.actions), 1.0 / self.actions, np.float32))  # [H, n]
+
+    def begin(self) -> None:
+        pass  # the floor already keeps every action possible; nothing widens between ticks
+
+    def sample(self, count: int, rng: np.random.Generator):
+        """-> int64 [count, H]: inverse-CDF draws, one uniform number per step."""
+        uniform = self.xp.asarray(rng.random((count, self.horizon, 1), dtype=np.float32))
+        cdf = self.probs.cumsum(-1)  # [H, n]
+        indices = (cdf < uniform).sum(-1)  # [count, H, n] -> [count, H]
+        # float rounding can leave the last cdf entry just under 1
+        return self.xp.clip(self.xp.asarray(indices, np.int64), 0, self.actions - 1)
+
+    def refit(self, elites, weights) -> None:
+        """elites int [K, H], weights [K] -> each step's weighted action frequencies, floored at min_prob by
+        mixing with the uniform distribution (which keeps them summing to 1)."""
+        onehot = self.xp.one_hot(elites, self.actions)  # [K, H] -> [K, H, n]
+        frequencies = (weights[:, None, None] * onehot).sum(0)  # [H, n]
+        self.probs = (1.0 - self.actions * self.min_prob) * frequencies + self.min_prob
+
+    def end(self) -> None:
+        """Shift one step; the new last step is uniform (nothing is known about it yet)."""
+        uniform = self.xp.asarray(np.full((1, self.actions), 1.0 / self.actions, np.float32))
+        self.probs = self.xp.cat([self.probs[1:], uniform])
+
+    def to_actions(self, indices):
+        return indices

@@ -1,0 +1,325 @@
+"""Model-predictive control in the world model's latent space: MPPI / CEM over action sequences, in the style of
+TD-MPC2 (Hansen et al. 2024, tdmpc2/tdmpc2.py `plan`), on any backend of a `Rollout`.
+
+    planner = Planner(rollout, horizon=12, samples=256, iterations=3, seed=0)
+    state = rollout.observe(state, frame, prev_action)
+    action = planner.act(state)            # raw action: float32 [A] (continuous) or int (discrete)
+
+Every tick starts from the observed state and runs `iterations` rounds of: draw `samples` candidate action
+sequences of `horizon` steps (all but `replay` of them from the current distribution; those `replay` are the
+previous tick's best elites shifted one step, the chosen one first), imagine them all in ONE batched
+`Rollout.imagine` call, score them, keep the `elites` best and refit the distribution to them with weights
+exp(temperature * (value - best value)). The action taken is the first of an elite drawn by those weights
+(TD-MPC2 does this too: the weighted mean of a two-peaked elite set, steer left or right, could be neither).
+The refit mean, shifted one step, warm-starts the next tick. No Python loop runs over candidates.
+
+A candidate's value is the discounted sum of the rewards the model predicts, each weighted by the predicted
+probability that the episode is still going when it is received:
+    value = sum_k discount^k * reward_k * prod_{j<k} cont_j
+With a goal frame instead (`goal=` or `set_goal`, for a model without reward and continuation heads), it is
+minus the discounted latent distance to the goal's encoding: -sum_k discount^k * ||z_k - z_goal||.
+
+Continuous actions are searched within per-dimension bounds (the artifacts' action codec records the
+environment's; CarRacing's steering lies in [-1, 1], gas and brake in [0, 1]); discrete ones with a categorical
+cross-entropy method (wm_deploy.plan_distributions). The planner's randomness is its own seeded generator.
+
+Dimensions: N samples (candidates per iteration), K elites, R replayed, H horizon, A action width, S latent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .plan_distributions import Arrays, Categorical, Gaussian, shift
+from .rollout import Rollout
+from .state import LatentState, Trajectory
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    horizon: int = 12
+    """H: imagined steps per candidate"""
+    samples: int = 256
+    """N: candidates per iteration, the replayed ones included; the batch of each imagine call"""
+    iterations: int = 3
+    """rounds of sample -> imagine -> refit per tick"""
+    elites: int = 32
+    """K: best candidates the distribution is refit to"""
+    replay: int = 16
+    """R: of the samples, the previous tick's best elites, shifted one step (the chosen one first)"""
+    temperature: float = 0.5
+    """elite weights are exp(temperature * (value - best value)): higher trusts the best more"""
+    min_std: float = 0.05
+    """continuous: floor of the std per step and dimension, in units of half the dimension's range"""
+    max_std: float = 1.0
+    """continuous: ceiling of the std, and the std every tick starts from (same units). TD-MPC2 starts at 2 and
+    iterates 6 times; with 3 iterations a start at 1 converged closer on the hand-built test model (tests/
+    conftest.py), and clips fewer samples to the bounds"""
+    min_prob: float = 0.02
+    """discrete: floor of each action's probability per step, so no action is ruled out for good"""
+    discount: float = 0.99
+    """weight discount^k of the value predicted k steps ahead"""
+    seed: int = 0
+    """seeds the planner's own generator: the same seed, state and model give the same actions"""
+
+    def check(self) -> None:
+        """ValueError naming the first setting out of its range."""
+        checks = [
+            (self.horizon >= 1, "horizon must be >= 1"),
+            (self.samples >= 2, "samples must be >= 2"),
+            (self.iterations >= 1, "iterations must be >= 1"),
+            (1 <= self.elites <= self.samples, f"elites must be in [1, samples={self.samples}]"),
+            (0 <= self.replay <= min(self.elites, self.samples - 1), "replay must be in [0, min(elites, samples - 1)]"),
+            (math.isfinite(self.temperature) and self.temperature > 0, "temperature must be finite and > 0"),
+            (0 < self.min_std <= self.max_std < math.inf, "std bounds need 0 < min_std <= max_std < inf"),
+            (0 <= self.min_prob < 1, "min_prob must be in [0, 1)"),
+            (0 < self.discount <= 1, "discount must be in (0, 1]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"planner: {message}; got {self}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one tick chose (numpy arrays)."""
+
+    actions: np.ndarray
+    """raw actions of the chosen candidate: float32 [H, A] (continuous) or int64 [H] (discrete)"""
+    value: float
+    """its value under the objective"""
+    z: np.ndarray
+    """[H, S] its imagined latents z_1..z_H (prior means): decode z[-1] to see the planner's horizon"""
+    reward: np.ndarray | None
+    """[H] its predicted rewards (None for a model without heads)"""
+    cont: np.ndarray | None
+    """[H] its predicted continuation probabilities (None for a model without heads)"""
+
+    @property
+    def action(self) -> np.ndarray | int:
+        """The action to take now: float32 [A] or an int."""
+        first = self.actions[0]
+        return int(first) if self.actions.ndim == 1 else first.copy()
+
+
+class Planner:
+    """MPPI / CEM planning on a Rollout; see the module docstring. Build with settings (PlannerSettings) and/or
+    keyword overrides: `Planner(rollout, horizon=8, samples=128)`.
+
+    bounds: (low, high), each [A], for continuous actions: defaults to the action codec's bounds (recorded by
+    wm-collect from the environment); may narrow them, never widen them. goal: a uint8 frame [H, W, 3] (or
+    [1, H, W, 3]) to plan towards instead of predicted rewards; required for a model without heads. arrays: what
+    the planner computes on, `numpy` (the default on a CPU) or `torch` tensors on the rollout's device (the
+    default on a GPU); see plan_distributions.Arrays.
+    """
+
+    def __init__(
+        self,
+        rollout: Rollout,
+        settings: PlannerSettings | None = None,
+        *,
+        bounds: tuple[Any, Any] | None = None,
+        goal: Any = None,
+        arrays: str | None = None,
+        **overrides,
+    ):
+        names = [f.name for f in dataclasses.fields(PlannerSettings)]
+        unknown = sorted(set(overrides) - set(names))
+        if unknown:
+            raise ValueError(f"planner: unknown setting(s) {unknown}; expected {names}")
+        self.settings = dataclasses.replace(settings or PlannerSettings(), **overrides)
+        self.settings.check()
+        s = self.settings
+        if s.samples > rollout.max_batch:
+            raise ValueError(
+                f"planner: samples={s.samples} exceeds the rollout's maximum batch {rollout.max_batch} (each "
+                "iteration imagines all samples in one call); lower samples or export with a larger --max-batch"
+            )
+        self.rollout = rollout
+        self.xp = Arrays(torch.device(rollout.device), arrays)
+        self.codec = rollout.codec
+        self.discrete = self.codec.mode == "discrete"
+        self.distribution: Gaussian | Categorical
+        if self.discrete:
+            if bounds is not None:
+                raise ValueError(
+                    f"planner: bounds apply to continuous actions; this model's {self.codec.dim} actions are discrete"
+                )
+            if self.codec.dim * s.min_prob >= 1:
+                raise ValueError(
+                    f"planner: min_prob={s.min_prob} x {self.codec.dim} actions must be < 1 (the floor would exceed "
+                    "the uniform distribution)"
+                )
+            self.distribution = Categorical(self.xp, self.codec.dim, s.horizon, s.min_prob)
+            self.low = self.high = None
+        else:
+            self.low, self.high = action_bounds(self.codec, bounds)
+            self.distribution = Gaussian(self.xp, self.low, self.high, s.horizon, s.min_std, s.max_std)
+        self.discounts = self.xp.asarray(s.discount ** np.arange(s.horizon, dtype=np.float32))  # [H]
+        self.goal: Any = None  # [1, S]
+        self.has_heads = rollout.has_heads
+        if goal is not None:
+            self.set_goal(goal)
+        elif not self.has_heads:
+            raise ValueError(
+                "planner: this model predicts no rewards (it was trained without model.heads) and no goal frame was "
+                "given; train with `model: heads: true` or pass goal= (a frame to plan towards)"
+            )
+        self.rng = np.random.default_rng(s.seed)  # on the host: the same draws whatever the device
+        self.last_plan: Plan | None = None
+        self._replay: Any = None  # [R, H, ...] shifted elites of the previous tick
+
+    def __repr__(self) -> str:
+        objective = "goal" if self.goal is not None else "reward"
+        backend = self.rollout.backend_name
+        return f"Planner({self.codec.mode}, objective={objective}, {self.settings}, backend={backend})"
+
+    # --- the API ------------------------------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None) -> None:
+        """Forget the previous plan (call at the start of an episode); reseed the generator when `seed` is given."""
+        self.distribution.reset()
+        self._replay = None
+        self.last_plan = None
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+
+    def set_goal(self, frame) -> None:
+        """Plan towards `frame` (uint8 [H, W, 3] or [1, H, W, 3], numpy or torch) from now on; None goes back to
+        predicted rewards (a model with heads only)."""
+        if frame is None:
+            if not self.has_heads:
+                raise ValueError("planner: set_goal(None) needs a model with reward heads; this one has none")
+            self.goal = None
+            return
+        if frame.ndim == 3:
+            frame = frame[None]
+        mean, _ = self.rollout.encode(frame)
+        self.goal = self.xp.asarray(mean)  # [1, S]
+
+    def warmup(self) -> None:
+        """Allocate the rollout's buffers for this planner's batch and horizon before the first tick."""
+        self.rollout.warmup(self.settings.samples, self.settings.horizon, frames=False)
+
+    def act(self, state: LatentState) -> np.ndarray | int:
+        """The action to take in `state` (a LatentState of batch 1, from `Rollout.observe`): float32 [A] in the
+        environment's units, or an int for discrete actions. The plan behind it is `last_plan`."""
+        return self.plan(state).action
+
+    def plan(self, state: LatentState) -> Plan:
+        """One tick of planning from `state` -> the chosen Plan (also kept as `last_plan`)."""
+        s, xp, dist = self.settings, self.xp, self.distribution
+        start = self._start(state)
+        dist.begin()
+        replay = self._replay
+        for iteration in range(s.iterations):
+            fresh = dist.sample(s.samples - (0 if replay is None else len(replay)), self.rng)
+            candidates = fresh if replay is None else xp.cat([replay, fresh])  # [N, H, ...]
+            trajectory = self.rollout.imagine(start, dist.to_actions(candidates))
+            values = self._values(trajectory)  # [N]
+            bad = xp.count_nonfinite(values)
+            if bad:
+                raise ValueError(
+                    f"planner: the model predicted non-finite values for {bad} of {s.samples} candidates (iteration "
+                    f"{iteration}); its weights or the observed state may be corrupt"
+                )
+            elite_values, elite_index = xp.top(values, s.elites)  # best first
+            weights = xp.softmax(s.temperature * elite_values)  # exp(t (v - best)) / sum
+            dist.refit(candidates[elite_index], weights)
+        chosen = self._draw(xp.numpy(weights), xp.numpy(elite_index))
+        order = [chosen, *range(chosen), *range(chosen + 1, s.elites)][: s.replay]  # the chosen one first
+        self._replay = shift(candidates[elite_index[order]]) if s.replay else None
+        dist.end()
+        index = int(elite_index[chosen])
+        reward, cont = trajectory.reward, trajectory.cont
+        self.last_plan = Plan(
+            actions=xp.numpy(dist.to_actions(candidates[index])).copy(),
+            value=float(values[index]),
+            z=xp.numpy(trajectory.z[index]).copy(),
+            reward=None if reward is None else xp.numpy(reward[index]).copy(),
+            cont=None if cont is None else xp.numpy(cont[index]).copy(),
+        )
+        return self.last_plan
+
+    # --- internals ----------------------------------------------------------------------------------------
+
+    def _start(self, state: LatentState) -> LatentState:
+        """A LatentState of batch 1 -> the same state repeated for every candidate, as tensors on the device."""
+        if not isinstance(state, LatentState):
+            raise ValueError(f"planner: expected a LatentState (from Rollout.observe), got {type(state).__name__}")
+        if state.batch != 1:
+            raise ValueError(f"planner: plans for one state at a time; got a state of batch {state.batch}")
+        if state.is_initial:
+            raise ValueError("planner: the state has seen no frame yet; observe one first (Rollout.observe)")
+        xp = self.xp
+        h, z = xp.asarray(state.h), xp.asarray(state.z)
+        for name, x, width in (("state.h", h, self.rollout.dims.deter), ("state.z", z, self.rollout.dims.latent)):
+            if tuple(x.shape) != (1, width):
+                raise ValueError(f"planner: {name} must have shape [1, {width}], got {list(x.shape)}")
+            if xp.count_nonfinite(x):
+                raise ValueError(f"planner: {name} contains NaN or infinite values")
+        n = self.settings.samples
+        return LatentState(xp.expand(h, n), xp.expand(z, n))  # [1, D] -> [N, D] without a copy
+
+    def _values(self, trajectory: Trajectory):
+        """[N]: the objective of each candidate (see the module docstring)."""
+        xp = self.xp
+        if self.goal is not None:
+            distance = xp.norm(trajectory.z - self.goal[:, None], axis=-1)  # [N, H, S] -> [N, H]
+            return -(distance * self.discounts).sum(-1)
+        reward, cont = trajectory.reward, trajectory.cont  # [N, H]
+        if cont is None:
+            return (reward * self.discounts).sum(-1)
+        # Reward k is received after action k: weighted by the chance that the episode outlived actions 0..k-1.
+        alive = xp.cumprod(xp.cat([xp.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
+        return (reward * alive * self.discounts).sum(-1)
+
+    def _draw(self, weights: np.ndarray, elite_index: np.ndarray) -> int:
+        """The position among the elites of one drawn with probability `weights` (Gumbel-max on the planner's
+        generator). The noise belongs to the candidate, not to its rank, so two backends whose values differ in
+        the last digits (and may order two nearly equal elites either way) still draw the same candidate."""
+        gumbel = self.rng.gumbel(size=self.settings.samples)[elite_index]
+        with np.errstate(divide="ignore"):  # a weight that underflowed to 0 is never drawn: log 0 = -inf
+            return int(np.argmax(np.log(weights) + gumbel))
+
+
+def action_bounds(codec, bounds: tuple[Any, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The planner's continuous bounds: the codec's (low, high), or `bounds` within them -> float32 [A] each.
+    ValueError on a width that is not the codec's, low >= high, non-finite bounds, bounds outside the codec's,
+    or no bounds at all."""
+    A = codec.dim
+    recorded = tuple(codec.low), tuple(codec.high)
+    if recorded[0] and (len(recorded[0]) != A or len(recorded[1]) != A):
+        raise ValueError(
+            f"planner: the action codec's bounds have widths {len(recorded[0])} and {len(recorded[1])}, expected {A}"
+        )
+    if bounds is None:
+        if not recorded[0]:
+            raise ValueError(
+                "planner: the action codec records no action bounds (a model from before they were recorded); pass "
+                f"bounds=(low, high), each of width {A}"
+            )
+        low, high = (np.asarray(b, np.float32) for b in recorded)
+    else:
+        low, high = (np.asarray(b, np.float32).reshape(-1) for b in bounds)
+        if low.shape != (A,) or high.shape != (A,):
+            raise ValueError(f"planner: bounds must be (low, high) of width {A} each, got {low.size} and {high.size}")
+        if recorded[0]:
+            wide_low, wide_high = (np.asarray(b, np.float32) for b in recorded)
+            if (low < wide_low).any() or (high > wide_high).any():
+                raise ValueError(
+                    f"planner: bounds low={low.tolist()} high={high.tolist()} reach outside the action codec's "
+                    f"low={wide_low.tolist()} high={wide_high.tolist()} (the environment's action space)"
+                )
+    got = f"got low={low.tolist()} high={high.tolist()}"
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        raise ValueError(f"planner: action bounds must be finite, {got}")
+    if not (low < high).all():
+        raise ValueError(f"planner: action bounds need low < high in every dimension, {got}")
+    return low, high
