@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from wm_deploy import LatentState, Planner, Rollout
+from wm_deploy.plan_distributions import Arrays, Gaussian
 
 BOUNDS = ([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0])  # CarRacing's: steering, gas, brake
 GOAL = np.zeros((64, 64, 3), np.uint8)  # any frame: the hand-built encoder maps every frame to the target's latent
@@ -263,3 +264,19 @@ def test_planner_refuses_a_state_of_several_frames_or_none(continuous_rollout):
         planner.act(state)
     with pytest.raises(ValueError, match="has seen no frame"):
         planner.act(continuous_rollout.initial(1))
+
+
+def test_data_prior_searches_near_the_training_actions_and_bounds_prior_the_whole_box():
+    # CarRacing's codec: steering in [-1, 1], gas and brake in [0, 1]; the training actions brake rarely.
+    low, high = np.array([-1.0, 0.0, 0.0], np.float32), np.array([1.0, 1.0, 1.0], np.float32)
+    mean, std = np.array([-0.14, 0.26, 0.011], np.float32), np.array([0.56, 0.18, 0.066], np.float32)
+    xp = Arrays(torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    data = Gaussian(xp, low, high, horizon=4, min_std=0.05, max_std=1.0, prior=(mean, 2 * std))
+    actions = data.to_actions(data.sample(4096, rng)).reshape(-1, 3)  # [N*H, A]
+    assert ((actions >= low) & (actions <= high)).all()
+    assert abs(actions[:, 1].mean() - 0.26) < 0.05 and actions[:, 1].std() < 2 * 0.18 + 0.02
+    assert np.quantile(actions[:, 2], 0.9) < 0.2  # brake stays near what the model has seen
+    box = Gaussian(xp, low, high, horizon=4, min_std=0.05, max_std=1.0)
+    actions = box.to_actions(box.sample(4096, rng)).reshape(-1, 3)
+    assert abs(actions[:, 2].mean() - 0.5) < 0.05 and np.quantile(actions[:, 2], 0.9) > 0.8

@@ -10,7 +10,7 @@ import click
 
 from wm_core.errors import error_line
 
-from .planner import PlannerSettings
+from .planner import PRIORS, PlannerSettings
 
 EXIT_BAD_INPUT = 2
 """a path, an option, a model that does not fit the environment, a failed write: one line on stderr"""
@@ -44,6 +44,12 @@ DEFAULTS = PlannerSettings()
 @click.option("--replay", type=click.IntRange(min=0), default=DEFAULTS.replay, help="Shifted elites replayed.")
 @click.option("--temperature", type=float, default=DEFAULTS.temperature, help="Elite weights exp(T (v - best)).")
 @click.option("--discount", type=float, default=DEFAULTS.discount, help="Discount of predicted rewards.")
+@click.option(
+    "--prior",
+    type=click.Choice(PRIORS),
+    default=DEFAULTS.prior,
+    help="Continuous actions: start the search at the training actions (data) or the whole box (bounds).",
+)
 @click.option(
     "--goal",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -81,6 +87,7 @@ def control_command(
     replay: int,
     temperature: float,
     discount: float,
+    prior: str,
     goal: Path | None,
     no_references: bool,
     reference_policy: str | None,
@@ -99,6 +106,7 @@ def control_command(
         replay=replay,
         temperature=temperature,
         discount=discount,
+        prior=prior,
         seed=seed,
     )
     try:

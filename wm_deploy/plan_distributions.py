@@ -58,6 +58,9 @@ class Arrays:
     def sqrt(self, x):
         return np.sqrt(x) if self.kind == "numpy" else x.sqrt()
 
+    def minimum(self, a, b):
+        return np.minimum(a, b) if self.kind == "numpy" else torch.minimum(a, b)
+
     def expand(self, x, count: int):
         """[1, ...] -> [count, ...] without a copy."""
         if self.kind == "numpy":
@@ -101,23 +104,32 @@ def shift(sequences):
 class Gaussian:
     """N(mean, std) per step and dimension in u-space, clamped to [-1, 1]; std between min_std and max_std."""
 
-    def __init__(self, xp: Arrays, low, high, horizon: int, min_std: float, max_std: float):
+    def __init__(self, xp: Arrays, low, high, horizon: int, min_std: float, max_std: float, prior=None):
+        """prior: (mean, std) [A] each in raw units, where a fresh plan starts and the widest the std gets (per
+        dimension, within min_std and max_std); None: the middle of the bounds and max_std."""
         self.xp = xp
         self.low, self.high = xp.asarray(low), xp.asarray(high)  # [A]
         self.half_range = 0.5 * (self.high - self.low)
         self.min_std, self.max_std = min_std, max_std
         self.shape = (horizon, len(low))  # [H, A]
+        center, ceiling = np.zeros(len(low), np.float32), np.full(len(low), max_std, np.float32)
+        if prior is not None:
+            half_range = 0.5 * (np.asarray(high, np.float32) - np.asarray(low, np.float32))
+            center = np.clip((np.asarray(prior[0], np.float32) - low) / half_range - 1.0, -1.0, 1.0)
+            ceiling = np.clip(np.asarray(prior[1], np.float32) / half_range, min_std, max_std)
+        self.center = xp.asarray(np.broadcast_to(center, self.shape).copy())  # [H, A]
+        self.ceiling = xp.asarray(np.broadcast_to(ceiling, self.shape).copy())  # [H, A]
         self.reset()
 
     def reset(self) -> None:
-        """Forget the previous plan: the next tick starts from the middle of the bounds."""
-        self.mean = self.xp.asarray(np.zeros(self.shape, np.float32))
-        self.std = self.xp.asarray(np.full(self.shape, self.max_std, np.float32))
+        """Forget the previous plan: the next tick starts from the prior's centre."""
+        self.mean = self.center + 0.0  # a copy
+        self.std = self.ceiling + 0.0
 
     def begin(self) -> None:
         """Start a tick from the (already shifted) mean with the widest std. TD-MPC2 resets the std every step
         too: a std that shrank onto last tick's elites would hide what changed since."""
-        self.std = self.xp.asarray(np.full(self.shape, self.max_std, np.float32))
+        self.std = self.ceiling + 0.0
 
     def sample(self, count: int, rng: np.random.Generator):
         """-> u [count, H, A] in [-1, 1]."""
@@ -129,7 +141,7 @@ class Gaussian:
         w = weights[:, None, None]  # [K] -> [K, 1, 1]
         self.mean = (w * elites).sum(0)
         variance = (w * (elites - self.mean) ** 2).sum(0)
-        self.std = self.xp.clip(self.xp.sqrt(variance), self.min_std, self.max_std)
+        self.std = self.xp.minimum(self.xp.clip(self.xp.sqrt(variance), self.min_std, self.max_std), self.ceiling)
 
     def end(self) -> None:
         """After a tick: shift the mean one step for the next tick's warm start."""

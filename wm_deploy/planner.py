@@ -40,6 +40,10 @@ from .plan_distributions import Arrays, Categorical, Gaussian, shift
 from .rollout import Rollout
 from .state import LatentState, Trajectory
 
+PRIORS = ("data", "bounds")
+DATA_PRIOR_SCALE = 2.0
+"""prior `data`: the search's std is capped at this many training stds per action dimension"""
+
 
 @dataclass(frozen=True)
 class PlannerSettings:
@@ -61,6 +65,11 @@ class PlannerSettings:
     """continuous: ceiling of the std, and the std every tick starts from (same units). TD-MPC2 starts at 2 and
     iterates 6 times; with 3 iterations a start at 1 converged closer on the hand-built test model (tests/
     conftest.py), and clips fewer samples to the bounds"""
+    prior: str = "data"
+    """continuous: where each search starts. `data`: at the training actions' mean, its std capped at
+    DATA_PRIOR_SCALE x theirs (the action codec's statistics): the model has only seen those actions, and a
+    search over the whole box (CarRacing's brake at 0.5 is 7 training stds out) finds the futures it gets most
+    wrong. `bounds`: the middle of the bounds with max_std, as TD-MPC2"""
     min_prob: float = 0.02
     """discrete: floor of each action's probability per step, so no action is ruled out for good"""
     discount: float = 0.99
@@ -78,6 +87,7 @@ class PlannerSettings:
             (0 <= self.replay <= min(self.elites, self.samples - 1), "replay must be in [0, min(elites, samples - 1)]"),
             (math.isfinite(self.temperature) and self.temperature > 0, "temperature must be finite and > 0"),
             (0 < self.min_std <= self.max_std < math.inf, "std bounds need 0 < min_std <= max_std < inf"),
+            (self.prior in PRIORS, f"prior must be one of {PRIORS}"),
             (0 <= self.min_prob < 1, "min_prob must be in [0, 1)"),
             (0 < self.discount <= 1, "discount must be in (0, 1]"),
         ]
@@ -160,7 +170,10 @@ class Planner:
             self.low = self.high = None
         else:
             self.low, self.high = action_bounds(self.codec, bounds)
-            self.distribution = Gaussian(self.xp, self.low, self.high, s.horizon, s.min_std, s.max_std)
+            prior = None
+            if s.prior == "data":
+                prior = (np.asarray(self.codec.mean), DATA_PRIOR_SCALE * np.asarray(self.codec.std))
+            self.distribution = Gaussian(self.xp, self.low, self.high, s.horizon, s.min_std, s.max_std, prior)
         self.discounts = self.xp.asarray(s.discount ** np.arange(s.horizon, dtype=np.float32))  # [H]
         self.goal: Any = None  # [1, S]
         self.has_heads = rollout.has_heads
