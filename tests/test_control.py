@@ -119,12 +119,16 @@ def test_bounds_come_from_the_environment_and_must_match_the_recorded_ones(untra
 
 
 def test_recording_policy_is_read_from_the_data_meta_json(tmp_path):
-    (tmp_path / "meta.json").write_text(json.dumps({"format": "wm-episodes", "policy": "random"}))
+    meta = {"format": "wm-episodes", "format_version": 1}
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "policy": "random"}))
     assert recording_policy("CarRacing-v3", "unused", data=tmp_path) == ("random", str(tmp_path / "meta.json"))
     name, where = recording_policy("CarRacing-v3", tmp_path / "no-such-checkpoint.pt")
     assert name == "carracing-driver" and "no meta.json" in where
-    (tmp_path / "meta.json").write_text(json.dumps({"policy": "autopilot"}))
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "policy": "autopilot"}))
     with pytest.raises(ValueError, match="policy 'autopilot' is not one of"):
+        recording_policy("CarRacing-v3", "unused", data=tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({"policy": "random"}))
+    with pytest.raises(ValueError, match="not a dataset meta.json"):
         recording_policy("CarRacing-v3", "unused", data=tmp_path)
 
 

@@ -14,7 +14,6 @@ This module computes and returns a `ControlResult`; wm_deploy.control_report wri
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from wm_core import envs
+from wm_core.dataset_meta import META, read_meta
 
 from .planner import Planner, PlannerSettings
 from .rollout import Rollout
@@ -77,19 +77,14 @@ def recording_policy(env_id: str, source: str | Path, data: str | Path | None = 
     wm-collect uses for `env_id`."""
     folders = [Path(data)] if data is not None else _training_data(Path(source))
     for folder in folders:
-        meta = folder / "meta.json"
-        if meta.is_file():
-            try:
-                name = json.loads(meta.read_text())["policy"]
-            except (OSError, ValueError, KeyError, TypeError) as error:
-                raise ValueError(
-                    f"{meta}: cannot read the recording policy ({type(error).__name__}: {error})"
-                ) from None
+        meta, file = read_meta(folder), folder / META
+        if meta is not None:
+            name = meta.get("policy")
             if name not in envs.POLICIES:
-                raise ValueError(f"{meta}: policy {name!r} is not one of {sorted(envs.POLICIES)}")
-            return name, f"{meta}"
+                raise ValueError(f"{file}: policy {name!r} is not one of {sorted(envs.POLICIES)}")
+            return name, f"{file}"
         if data is not None:
-            raise FileNotFoundError(f"{meta}: no meta.json in the data folder (written by wm-collect)")
+            raise FileNotFoundError(f"{file}: no meta.json in the data folder (written by wm-collect)")
     return envs.policy_for(env_id), f"wm-collect's policy for {env_id} (no meta.json found)"
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from wm_core.dataset_meta import META, build_meta, meta_bytes
 from wm_core.envs import POLICIES, describe_action_space, make_env, policy_for, render_frame, resize, skip_start
 from wm_core.publish import atomic_write_bytes, naming_failed_writes
 
 from .data import npz_to_store, save_episode
-from .dataset_meta import META, build_meta, meta_bytes
 
 
 def record_episode(

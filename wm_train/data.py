@@ -6,7 +6,7 @@ an episode store (wm_train.store, converted from such a folder by `npz_to_store`
 their frames left on disk, for datasets larger than memory. `data.path` may name either: a folder holding
 `store.json` is a store. Episodes recorded by `wm-collect` also hold `reward` float32 [T] and `terminated` bool
 [T] (what env.step(action[t]) returned; a time-limit truncation is not terminated), which `model.heads` trains
-on, and their folder a meta.json (wm_train.dataset_meta) that gives the action bounds. Episode files may hold
+on, and their folder a meta.json (wm_core.dataset_meta) that gives the action bounds. Episode files may hold
 other per-step arrays [T, ...] (an object's position): `wm-eval --probe KEY` measures how well the latents
 predict them.
 """
@@ -22,10 +22,10 @@ import torch
 
 from wm_core.actions import ActionCodec
 from wm_core.config import Config
+from wm_core.dataset_meta import META, box_bounds, read_meta
 from wm_core.publish import atomic_write
 
 from . import store
-from .dataset_meta import META, box_bounds, read_meta
 
 HEAD_ARRAYS = ("reward", "terminated")
 """the per-step arrays model.heads trains on (an episode store keeps them too)"""

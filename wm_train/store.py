@@ -9,7 +9,7 @@ A store is a folder:
     <name>.<key>.npy           per-step arrays [T] kept with the episode (`reward`, `terminated`: what
                                 model.heads trains on), listed per episode under "arrays"; absent in stores
                                 converted from episodes without them
-    meta.json                  the source folder's meta.json (wm_train.dataset_meta), when it has one
+    meta.json                  the source folder's meta.json (wm_core.dataset_meta), when it has one
 
 The per-step arrays and meta.json are optional additions to format version 1: a reader that predates them
 ignores them, and a store without them reads as one whose episodes hold none.
