@@ -159,6 +159,11 @@ def make_trainer(cfg: Config, variant: str) -> Trainer:
             coupled = CoupledWorldModel(cfg.model)
         coupled.load_state_dict(trainer.model.state_dict())
         trainer.model = coupled.to(trainer.device)
+        # What train_step runs forward and backward (the Trainer's model, or DDP around it): it must be the
+        # coupled model too, or the optimiser below would step parameters that never receive a gradient.
+        if trainer.dist.enabled:
+            raise ValueError("the coupled baseline trains in one process; run the ablation without torchrun")
+        trainer.train_model = coupled
         t = cfg.train
         trainer.optimizer = torch.optim.AdamW(coupled.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     return trainer

@@ -50,6 +50,15 @@ def test_every_variant_starts_from_the_same_weights_and_rng(ablation, carracing_
     assert coupled.optimizer.param_groups[0]["params"][0] is next(coupled.model.parameters())
 
 
+def test_coupled_trainer_steps_the_coupled_model(ablation, carracing_dir, tmp_path, tiny_config):
+    trainer = ablation.make_trainer(tiny_config(carracing_dir, tmp_path), "coupled")
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    out = trainer.train_step()
+    assert out.loss > out.recon_loss + out.kld + out.rssm_loss  # the coupled objective: its pixel prediction term
+    for name, p in trainer.model.named_parameters():
+        assert not torch.equal(p, before[name]), f"{name} did not move"
+
+
 def test_only_the_overshooting_variant_trains_with_k(ablation, tmp_path):
     args = ablation.parse_args(["--overshooting", "4", "--out", str(tmp_path)])
     ks = {v: ablation.run_config(args, tmp_path, "continuous", 3, v, 0).train.overshooting for v in ablation.VARIANTS}
