@@ -8,15 +8,15 @@ seeds): final train and validation losses and their gap, open-loop pixel MSE on 
 1, 5, 10 and 30, the action identifiability ratio, and a closed-loop return column (empty until the package has
 a planner). One invocation covers one environment and one data regime:
 
-    python benchmarks/isolation_ablation.py --env CarRacing-v3 --regime budget   # ~25 min on 2 CPU cores
-    python benchmarks/isolation_ablation.py --env CarRacing-v3 --regime small    # ~15 min
+    python benchmarks/isolation_ablation.py --env CarRacing-v3 --regime budget   # ~12 min on 2 CPU cores
+    python benchmarks/isolation_ablation.py --env CarRacing-v3 --regime small    # ~20 min
     python benchmarks/isolation_ablation.py --env ALE/Pong-v5 --regime budget
     python benchmarks/isolation_ablation.py --env ALE/Pong-v5 --regime small
     python benchmarks/isolation_ablation.py --data data/carracing                  # your own episodes
     python benchmarks/isolation_ablation.py --quick                                # smoke test, < 1 min
 
 Regimes: `budget` records 40 episodes of 150 steps (8 held out) and trains 12 epochs, the budget of the first
-study; `small` records 12 (4 held out, so 8 trained on) and trains 40 epochs (each frame seen 40 times against
+study; `small` records 12 (4 held out, so 8 trained on) and trains 80 epochs (each frame seen 80 times against
 12), where a model has a chance to memorise its few episodes. Explicit flags override a regime's values. The
 outputs (results.json, results.md, open_loop.png, a wm-eval report per run) go to --out, by default
 runs/isolation_ablation/<env>_<regime>.
@@ -58,7 +58,7 @@ class Args:
     regime: str = field(
         default="budget",
         metadata={
-            "help": "budget (40 episodes, 12 epochs) or small (8 trained on, 40 epochs); sets the defaults below"
+            "help": "budget (40 episodes, 12 epochs) or small (8 trained on, 80 epochs); sets the defaults below"
         },
     )
     data: str = field(default="", metadata={"help": "episode folder; empty: record --env into OUT/data"})
@@ -94,7 +94,7 @@ class Args:
 
 # What --regime small changes: at most 8 training episodes, trained for many more epochs (a third of 12 held
 # out keeps enough validation sequences of 35 frames for the open-loop and action measures).
-SMALL: dict[str, object] = dict(episodes=12, val_fraction=1 / 3, epochs=40)
+SMALL: dict[str, object] = dict(episodes=12, val_fraction=1 / 3, epochs=80)
 
 QUICK: dict[str, object] = dict(
     episodes=4,
