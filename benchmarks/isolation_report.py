@@ -98,7 +98,14 @@ def markdown(results: dict) -> str:
         if name not in summary[variant]:
             return "–"
         mean, std = summary[variant][name]
+        digits = max(digits, enough_digits(name))
         return f"{mean:.{digits}f} ± {std:.{digits}f}" if seeds > 1 else f"{mean:.{digits}f}"
+
+    def enough_digits(name: str) -> int:
+        """Decimals that show the column's smallest mean to 2 significant digits (Pong's pixel MSEs are ~4e-4,
+        where CarRacing's 4 decimals would hide every difference)."""
+        means = [abs(summary[v][name][0]) for v in VARIANTS if name in summary[v] and summary[v][name][0]]
+        return 1 - int(np.floor(np.log10(min(means)))) if means else 0
 
     steps = [s for s in HEADLINE_STEPS if s <= args["horizon"]]
     open_loop_columns = [(f"MSE@{s}", f"mse@{s}", 4, "") for s in steps]
@@ -140,15 +147,23 @@ def markdown(results: dict) -> str:
         ("loss_gap_pct", ".1f"),
         ("rssm_gap_pct", ".1f"),
         ("open_loop_gap_pct", ".1f"),
-        (f"mse@{steps[-1]}", ".4f"),
+        (f"mse@{steps[-1]}", ""),
         ("ratio_shuffled", ".3f"),
     )
     for seed in range(seeds):
         row = {r["variant"]: r for r in runs if r["seed"] == seed}
-        cells = [" / ".join(f"{row[v]['metrics'][name]:{fmt}}" for v in VARIANTS) for name, fmt in per_seed]
+        cells = [" / ".join(number(row[v]["metrics"][name], fmt) for v in VARIANTS) for name, fmt in per_seed]
         cells.append(" / ".join(f"{row[v]['seconds'] / 60:.1f}" for v in VARIANTS))
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def number(value: float, fmt: str) -> str:
+    """`value` in format `fmt`; an empty fmt: 3 significant digits in fixed point (0.0144, 0.000467)."""
+    if fmt:
+        return f"{value:{fmt}}"
+    decimals = max(0, 2 - int(np.floor(np.log10(abs(value))))) if value else 0
+    return f"{value:.{decimals}f}"
 
 
 def closed_loop_note(results: dict) -> str:
@@ -181,7 +196,7 @@ def targets(results: dict) -> list[dict]:
     last = max(s for s in HEADLINE_STEPS if s <= results["args"]["horizon"])
     if results["args"]["regime"] == "budget":
         checks = [
-            ("overshooting beats coupled on MSE@{last}", "overshooting", f"mse@{last}", False, ".4f"),
+            ("overshooting beats coupled on MSE@{last}", "overshooting", f"mse@{last}", False, ""),
             (
                 "overshooting beats coupled on the action ratio (true/shuffled)",
                 "overshooting",
@@ -202,7 +217,8 @@ def targets(results: dict) -> list[dict]:
         name = name.format(last=last).replace("overshooting", label("overshooting", K), 1)
         ours, coupled, wins, seeds = _compare(runs, variant, "coupled", metric, by_size)
         met = ours < coupled
-        text = f"{name}: {'met' if met else 'NOT met'}, {ours:{fmt}} vs {coupled:{fmt}} ({wins}/{seeds} seeds)"
+        verdict = "met" if met else "NOT met"
+        text = f"{name}: {verdict}, {number(ours, fmt)} vs {number(coupled, fmt)} ({wins}/{seeds} seeds)"
         found.append(dict(name=name, met=met, ours=ours, coupled=coupled, wins=wins, seeds=seeds, text=text))
     return found
 

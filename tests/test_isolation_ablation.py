@@ -105,6 +105,7 @@ def test_targets_compare_means_and_count_gaps_by_their_size(ablation):
     found = {t["name"]: t for t in isolation_report.targets(dict(args=args, runs=budget))}
     mse = found["isolated + overshooting K=3 beats coupled on MSE@30"]
     assert not mse["met"] and mse["wins"] == 1 and "NOT met, 0.0120 vs 0.0115 (1/2 seeds)" in mse["text"]
+    assert isolation_report.number(0.000467, "") == "0.000467"  # Pong's pixel MSEs keep their digits
     assert not found["isolated + overshooting K=3 beats coupled on the action ratio (true/shuffled)"]["met"]
     assert found["isolated + overshooting K=3 keeps a lower validation loss than coupled"]["met"]
 
