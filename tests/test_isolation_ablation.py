@@ -147,7 +147,7 @@ def test_quick_ablation_writes_the_table_and_the_plot(episodes, request, tmp_pat
         assert "mse@10" not in summary  # beyond the quick horizon of 5
         assert "closed_loop_return" not in summary  # no planner: no number
     table = (tmp_path / "results.md").read_text()
-    assert "| isolated |" in table and "| coupled |" in table and "| isolated + overshooting K=3 |" in table
+    assert "| isolated |" in table and "| coupled |" in table and "| isolated + overshooting K=5 |" in table
     assert "MSE@5" in table and "closed-loop return" in table and "**Targets**" in table
     assert (tmp_path / "open_loop.png").stat().st_size > 0
     assert (tmp_path / "runs" / "overshooting_seed0" / "eval" / "report.json").is_file()
