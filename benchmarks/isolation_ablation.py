@@ -8,8 +8,8 @@ seeds): final train and validation losses and their gap, open-loop pixel MSE on 
 1, 5, 10 and 30, the action identifiability ratio, and a closed-loop return column (empty until the package has
 a planner). One invocation covers one environment and one data regime:
 
-    python benchmarks/isolation_ablation.py --env CarRacing-v3 --regime budget   # ~12 min on 2 CPU cores
-    python benchmarks/isolation_ablation.py --env CarRacing-v3 --regime small    # ~20 min
+    python benchmarks/isolation_ablation.py --env CarRacing-v3 --regime budget   # ~10 min on 2 CPU cores
+    python benchmarks/isolation_ablation.py --env CarRacing-v3 --regime small    # ~12-16 min
     python benchmarks/isolation_ablation.py --env ALE/Pong-v5 --regime budget
     python benchmarks/isolation_ablation.py --env ALE/Pong-v5 --regime small
     python benchmarks/isolation_ablation.py --data data/carracing                  # your own episodes
