@@ -2,7 +2,9 @@
 
 A frame is one image of one training window (batch_size x seq_len per optimiser step, batch_size being the
 global batch of all processes). The timing covers the whole step (batch assembly from the episodes, forward,
-backward, the gradient all-reduce under DDP, clipping, AdamW), after warm-up steps.
+backward, the gradient all-reduce under DDP, clipping, AdamW), after warm-up steps. It also reports the
+process's CPU time per step (all its threads), which depends less than the wall time on what else a shared
+machine runs.
 
     python benchmarks/train_throughput.py [--config configs/carracing.yaml] [--steps 20] [--device cuda]
         [--nproc N] [--data FOLDER]
@@ -81,7 +83,8 @@ def main(argv=None) -> None:
     for run in runs:
         print(
             f"{run['processes']} process(es): {run['frames_per_s']:.0f} frames/s "
-            f"({run['ms_per_step']:.0f} ms/step over {args.steps} steps)"
+            f"({run['ms_per_step']:.0f} ms/step over {args.steps} steps; "
+            f"{run['cpu_ms_per_step']:.0f} ms of CPU time per step)"
         )
     print(f"peak resident memory {peak_gib:.2f} GiB (largest single process)")
     if args.nproc > 1 and not device.startswith("cuda"):
@@ -98,6 +101,7 @@ def main(argv=None) -> None:
             "steps": args.steps,
             "frames_per_s": single["frames_per_s"],
             "ms_per_step": single["ms_per_step"],
+            "cpu_ms_per_step": single["cpu_ms_per_step"],
             "peak_rss_gib": peak_gib,
             "processes": runs,
         }
@@ -114,16 +118,19 @@ def time_steps(cfg, steps: int, warmup: int, distributed=None) -> dict:
             sync()
             trainer.dist.barrier()
             start = time.perf_counter()
+            cpu_start = time.process_time()
         trainer.train_step()
     sync()
     trainer.dist.barrier()
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     frames = steps * cfg.train.batch_size * cfg.data.seq_len
     return {
         "processes": trainer.dist.world_size,
         "device": str(trainer.device),
         "frames_per_s": frames / seconds,
         "ms_per_step": seconds / steps * 1e3,
+        "cpu_ms_per_step": cpu_seconds / steps * 1e3,
     }
 
 
