@@ -67,7 +67,8 @@ def test_every_tensorrt_tensor_address_is_256_byte_aligned(batch, steps, latent,
     """Defect 3: per-step slices of a time-major buffer were only 4-byte aligned at small batches."""
     dims = Dims(deter=37, latent=latent, action=action, frame=(16, 16, 3))
     ws = Workspace.allocate(TorchOps(torch.device("cpu")), dims, batch, steps, frames=True, align=TENSOR_ALIGNMENT)
-    bindings = tensor_addresses(ws)
+    bindings = tensor_addresses(ws, heads=True)
+    assert [name for name, _ in bindings["steps"][0]][-2:] == ["reward", "cont"]
     addresses = [a for step in bindings["steps"] for _, a in step] + [
         a for graph in ("encoder", "decoder") for _, a in bindings[graph]
     ]
