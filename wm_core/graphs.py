@@ -122,8 +122,7 @@ class PriorStepGraph(nn.Module):
         h_next, prior_mean, prior_std = self.rssm.step(h, z, action)
         if self.heads is None:
             return h_next, prior_mean, prior_std
-        reward, cont_logit = self.heads(torch.cat([h_next, prior_mean], dim=-1))
-        return h_next, prior_mean, prior_std, reward, torch.sigmoid(cont_logit)
+        return h_next, prior_mean, prior_std, *self.heads.predict(h_next, prior_mean)
 
 
 class DecoderGraph(nn.Module):

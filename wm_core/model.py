@@ -163,6 +163,12 @@ class Heads(nn.Module):
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.reward(features).squeeze(-1), self.cont(features).squeeze(-1)  # [N, 1] -> [N]
 
+    def predict(self, h: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a rollout reports for the state (h [N, D], z [N, S]): reward [N] and the probability [N] that the
+        episode goes on."""
+        reward, cont_logit = self(torch.cat([h, z], dim=-1))
+        return reward, torch.sigmoid(cont_logit)
+
 
 class WorldModel(nn.Module):
     def __init__(

@@ -86,8 +86,7 @@ class HalfPrecisionPriorStep(nn.Module):
         prior_mean, prior_std = gaussian_params(raw, self.min_std)
         if self.heads is None:
             return h_next, prior_mean, prior_std
-        reward, cont_logit = self.heads(torch.cat([h_next, prior_mean], dim=-1))
-        return h_next, prior_mean, prior_std, reward, torch.sigmoid(cont_logit)
+        return h_next, prior_mean, prior_std, *self.heads.predict(h_next, prior_mean)
 
 
 def _mm_float32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
