@@ -10,12 +10,13 @@ Parts, each timed (the summary says where the time went):
 2. rollout latency on CUDA (benchmarks/rollout_latency.py) for every backend variant present, B in {1, 64,
    1024, 4096}, H in {15, 50};
 3. training throughput of the default config on CUDA (benchmarks/train_throughput.py);
-4. the targets of the GPU issue, met or not, from those numbers.
+4. control ticks with the planner on CUDA (benchmarks/planner_speed.py --quick: torch eager, CUDA graphs, bf16);
+5. the targets of the GPU issue, met or not, from those numbers.
 
 It runs with the machine's own `python3` and packages (no venv, no pip, no network). Files written to --out:
-gpu_tests.log, rollout_latency.json, rollout_latency.md, train_throughput.json, gpu_check.md (the summary),
-gpu_check.json. --dry-run runs the same parts on the CPU with a tiny model and a few cells, so this script
-cannot rot between GPU sessions (tests/test_gpu_check.py runs it).
+gpu_tests.log, rollout_latency.json, rollout_latency.md, train_throughput.json, planner_speed.json,
+gpu_check.md (the summary), gpu_check.json. --dry-run runs the same parts on the CPU with a tiny model and a
+few cells, so this script cannot rot between GPU sessions (tests/test_gpu_check.py runs it).
 """
 
 from __future__ import annotations
@@ -122,9 +123,11 @@ def main(argv=None) -> int:
     if args.dry_run:
         device, batches, horizons, variants = "cpu", "1,4", "15", "torch,torch-bf16,onnxruntime,torch-cudagraphs"
         latency_extra, train = ["--size", "tiny"], ["--config", "configs/tiny.yaml", "--steps", "2", "--warmup", "1"]
+        planner = ["--size", "tiny", "--cells", "32x4x1", "--backends", "torch"]
     else:
         device, batches, horizons, variants = "cuda", "1,64,1024,4096", "15,50", VARIANTS
         latency_extra, train = [], ["--config", "configs/carracing.yaml", "--steps", "30", "--warmup", "5"]
+        planner = []
     parts = [
         run_part(
             "CUDA tests",
@@ -142,6 +145,11 @@ def main(argv=None) -> int:
             [python, "benchmarks/train_throughput.py", "--device", device, "--json",
              str(out / "train_throughput.json"), *train],
         ),
+        run_part(
+            "planner ticks",
+            [python, "benchmarks/planner_speed.py", "--device", device, "--quick", "--json",
+             str(out / "planner_speed.json"), *planner],
+        ),
     ]  # fmt: skip
     latency_file = out / "rollout_latency.json"
     latency = json.loads(latency_file.read_text()) if latency_file.is_file() else {}
@@ -155,6 +163,14 @@ def main(argv=None) -> int:
         train_figures = json.loads(train_file.read_text())
         text += f"\nTraining throughput ({train_figures['config']}, {train_figures['device']}): "
         text += f"{train_figures['frames_per_s']:.0f} frames/s, {train_figures['ms_per_step']:.1f} ms/step.\n"
+    planner_file = out / "planner_speed.json"
+    if planner_file.is_file():
+        rows = json.loads(planner_file.read_text())["rows"]
+        text += "\nControl ticks with the planner (observe + plan, ms p50): "
+        text += ", ".join(
+            f"{r['backend']} {r['samples']}x{r['horizon']}x{r['iterations']} {r['ms_p50']:.1f}" for r in rows
+        )
+        text += ".\n"
     (out / "gpu_check.md").write_text(text)
     report = {"environment": env, "parts": parts, "targets": targets, "dry_run": args.dry_run}
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")

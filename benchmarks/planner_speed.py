@@ -5,15 +5,16 @@ iterations, on onnxruntime and torch eager in the same run.
     python benchmarks/planner_speed.py --quick           # the default setting and two neighbours: ~1 minute
     python benchmarks/planner_speed.py --artifacts runs/carracing/artifacts --json out.json
     python benchmarks/planner_speed.py --cells 256x12x3,512x8x2     # chosen cells only
+    python benchmarks/planner_speed.py --device cuda --quick      # torch eager, CUDA graphs and bf16 on a GPU
 
 What a tick includes: `Rollout.observe` of one 64x64 frame (encoder and one prior step) and `Planner.act` on the
 state it returns (`iterations` batched `imagine` calls of `samples` x `horizon`, the planner's sampling, scoring
 and refits, the chosen action copied out) -- everything a controller adds to the environment's step. The
 backends take turns in blocks of ticks (benchmarks/timing.py), so a busy machine slows both alike; each cell
 reports the median and 90th percentile of single ticks, ticks/s = 1 / median, and the speed-up over torch
-eager. Without --artifacts a randomly initialised model with reward and continuation heads (--size, default
-`default`) is saved and exported to a temporary folder; timings do not depend on the weights. The planner's
-budget: one tick at the default settings (PlannerSettings) <= 100 ms on 2 CPU cores with onnxruntime.
+eager (the first backend). Without --artifacts a randomly initialised model with reward and continuation heads
+(--size, default `default`) is saved and exported to a temporary folder; timings do not depend on the weights.
+The planner's budget: one tick at the default settings (PlannerSettings) <= 100 ms on 2 CPU cores with onnxruntime.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import numpy as np
 import torch
 
 from wm_deploy import LatentState, Planner, PlannerSettings, Rollout
+from wm_deploy.loading import VARIANTS
 
 from timing import Sampling, cpu_name, random_checkpoint, summarise, time_calls
 
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = {"cpu": "torch,onnxruntime", "cuda": "torch,torch-cudagraphs,torch-bf16"}
+"""the default --backends by --device (names of wm_deploy.loading.VARIANTS); torch eager first: the baseline"""
 GRID = {"samples": (128, 256, 512), "horizon": (8, 12, 16), "iterations": (2, 3, 4)}
 """--full: every combination; the default grid varies one setting at a time around the defaults"""
 FULL = Sampling(min_calls=10, max_calls=400, budget_s=3.0, warmup_calls=3)
@@ -44,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifacts", type=Path, help="artifact folder of a model with heads (default: a fresh one)")
     parser.add_argument("--size", default="default", choices=("tiny", "small", "default"))
+    parser.add_argument("--device", default="cpu", choices=tuple(BACKENDS), help="where the model runs")
+    parser.add_argument("--backends", help=f"comma-separated, first the baseline (default by device: {BACKENDS})")
     parser.add_argument("--quick", action="store_true", help="the default setting and two neighbours, fewer calls")
     parser.add_argument("--full", action="store_true", help="every combination of the grid (27 cells)")
     parser.add_argument("--cells", help="these cells only: SAMPLESxHORIZONxITERATIONS,... e.g. 256x12x3,128x8x2")
@@ -106,20 +111,23 @@ def main() -> None:
 
             checkpoint = random_checkpoint(Path(scratch), args.size, heads=True)
             folder = export_artifacts(checkpoint, Path(scratch) / "artifacts", decoder=False)
-        rollouts = {name: Rollout.load(folder, backend=name, device="cpu") for name in BACKENDS}
-        if not rollouts["torch"].has_heads:
+        names = (args.backends or BACKENDS[args.device]).split(",")
+        rollouts = {name: load_variant(folder, name, args.device) for name in names}
+        if not rollouts[names[0]].has_heads:
             raise SystemExit(f"{folder}: the model has no reward heads; export one trained with model.heads")
         cells = settings_grid(args.quick, args.full, args.cells)
         print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
-        print(f"{rollouts['onnxruntime']!r}\n")
+        if args.device == "cuda":
+            print(torch.cuda.get_device_name())
+        print("\n".join(repr(r) for r in rollouts.values()) + "\n")
         rows = []
         for settings in cells:
             planners = {name: Planner(r, settings, bounds=BOUNDS) for name, r in rollouts.items()}
             for planner in planners.values():
                 planner.warmup()
-            calls = {name: tick_call(rollouts[name], planners[name]) for name in BACKENDS}
+            calls = {name: tick_call(rollouts[name], planners[name]) for name in names}
             seconds = time_calls(calls, lambda: None, sampling)
-            for name in BACKENDS:
+            for name in names:
                 stats = summarise(seconds[name])
                 rows.append(
                     {
@@ -134,12 +142,24 @@ def main() -> None:
                         "calls": stats["calls"],
                     }
                 )
-            torch_ms = rows[-1]["ms_p50"]
-            for row in rows[-len(BACKENDS) :]:
+            torch_ms = rows[-len(names)]["ms_p50"]
+            for row in rows[-len(names) :]:
                 row["speedup_vs_torch"] = torch_ms / row["ms_p50"]
-            print(format_rows(rows[-len(BACKENDS) :], header=len(rows) == len(BACKENDS)), flush=True)
+            print(format_rows(rows[-len(names) :], header=len(rows) == len(names)), flush=True)
     if args.json is not None:
-        args.json.write_text(json.dumps({"cpu": cpu_name(), "cores": os.cpu_count(), "rows": rows}, indent=1))
+        machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "device": args.device}
+        if args.device == "cuda":
+            machine["gpu"] = torch.cuda.get_device_name()
+        args.json.write_text(json.dumps({**machine, "rows": rows}, indent=1))
+
+
+def load_variant(folder: Path, name: str, device: str) -> Rollout:
+    if name not in VARIANTS:
+        raise SystemExit(f"--backends: unknown {name!r}; expected some of {list(VARIANTS)}")
+    backend, options = VARIANTS[name]
+    if name == "torch-cudagraphs" and device != "cuda":
+        raise SystemExit("--backends: CUDA graphs need --device cuda")
+    return Rollout.load(folder, backend=backend, device=device, **options)
 
 
 def format_rows(rows: list[dict], header: bool) -> str:

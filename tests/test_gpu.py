@@ -4,7 +4,8 @@ The torch backend on CUDA, with and without CUDA graphs, at B = 1, 33, 256: sing
 50-step `imagine` with the mean and with shared noise, each against the same checkpoint on CPU in float32.
 Single steps must agree to the export gate's 1e-4; a 50-step open loop to the larger of 1e-4 and DRIFT_FACTOR
 times float32's own drift from float64 over that rollout (the gate's rule, wm_export/parity.py). Half
-precision (bf16, fp16) gets TensorRT fp16's 1e-2 on latents over 15 steps.
+precision (bf16, fp16) gets TensorRT fp16's 1e-2 on latents over 15 steps. The reward and continuation heads
+follow the same rules, and the planner, computing with torch tensors on the GPU, picks the CPU's actions.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 from wm_core import ActionCodec, Config, WorldModel, load_checkpoint, save_checkpoint
-from wm_deploy import LatentState, Rollout
+from wm_deploy import LatentState, Planner, Rollout
 from wm_deploy.backends.torch_backend import TorchBackend
 from wm_deploy.loading import Options, open_source, resolve_device, unavailable
 from wm_export.parity import DRIFT_FACTOR
@@ -39,6 +40,16 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     cfg = Config()
     path = tmp_path_factory.mktemp("gpu") / "default.pt"
+    save_checkpoint(path, WorldModel(cfg.model), cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3))
+    return path
+
+
+@pytest.fixture(scope="module")
+def heads_checkpoint(tmp_path_factory):
+    """The same, with reward and continuation heads."""
+    torch.manual_seed(0)
+    cfg = Config.from_dict({"model": {"heads": True}})
+    path = tmp_path_factory.mktemp("gpu") / "heads.pt"
     save_checkpoint(path, WorldModel(cfg.model), cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3))
     return path
 
@@ -146,6 +157,39 @@ def test_half_precision_stays_within_1e_2_over_15_steps(checkpoint, cpu, precisi
     close(got.z, want.z, HALF_TOLERANCE, f"{precision} z (15 steps)")
     close(got.h, want.h, HALF_TOLERANCE, f"{precision} h (15 steps)")
     close(gpu.encode(x["frames"])[0], cpu.encode(x["frames"])[0], HALF_TOLERANCE, f"{precision} encoder")
+
+
+@pytest.mark.parametrize("variant", ["eager", "cudagraphs", "bf16"])
+def test_reward_and_continuation_on_cuda_match_the_cpu_reference(heads_checkpoint, variant):
+    options = {"eager": {"cuda_graphs": False}, "cudagraphs": {}, "bf16": {"precision": "bf16"}}[variant]
+    gpu = Rollout.load(heads_checkpoint, backend="torch", device="cuda", **options)
+    cpu = Rollout.load(heads_checkpoint, backend="torch", device="cpu")
+    tolerance = HALF_TOLERANCE if variant == "bf16" else LATENT_TOLERANCE
+    for batch in (1, 256):
+        x = inputs(batch, 15, seed=batch)
+        state = LatentState(x["h"], x["z"])
+        got, want = gpu.imagine(state, x["actions"]), cpu.imagine(state, x["actions"])
+        assert got.reward is not None and got.cont is not None and got.reward.shape == (batch, 15)
+        close(got.reward, want.reward, tolerance, f"{variant} reward B={batch} (15 steps)")
+        close(got.cont, want.cont, tolerance, f"{variant} continuation B={batch} (15 steps)")
+
+
+@pytest.mark.parametrize("mode", ["continuous", "discrete"])
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["eager", "cudagraphs"])
+def test_the_planner_on_cuda_acts_as_on_the_cpu(planner_model, planner_targets, mode, cuda_graphs):
+    """Torch tensors on the GPU against numpy on the CPU, from the same host-side draws."""
+    model, _, codec = planner_model(mode)
+    bounds = None if mode == "discrete" else ([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    frame = np.zeros((1, 64, 64, 3), np.uint8)
+    actions = {}
+    for device in ("cpu", "cuda"):
+        rollout = Rollout.from_model(model.to(device), codec, device, cuda_graphs=cuda_graphs)
+        planner = Planner(rollout, bounds=bounds, horizon=3, samples=256, iterations=6, seed=0)
+        assert planner.xp.kind == ("torch" if device == "cuda" else "numpy")
+        state = rollout.observe(rollout.initial(1), frame)
+        actions[device] = np.asarray([planner.act(state) for _ in range(3)])
+    np.testing.assert_allclose(actions["cuda"], actions["cpu"], atol=1e-4)
+    np.testing.assert_allclose(actions["cuda"][-1], planner_targets[mode], atol=0.1)
 
 
 class SyncingBackend(TorchBackend):

@@ -27,3 +27,12 @@ def test_planner_speed_quick_times_both_backends_per_setting(tmp_path):
     assert all(r["ms_p50"] > 0 and r["ticks_per_s"] == 1e3 / r["ms_p50"] for r in rows)
     assert not any(r["default"] for r in rows)
     assert "| 64 | 6 | 2 | onnxruntime |" in completed.stdout and "| 32 | 4 | 1 | torch |" in completed.stdout
+    assert all(r["speedup_vs_torch"] == 1.0 for r in rows if r["backend"] == "torch")
+
+
+def test_planner_speed_names_a_backend_it_does_not_know():
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--size", "tiny", "--backends", "torch,onnx"], capture_output=True, text=True
+    )
+    assert completed.returncode != 0
+    assert "--backends: unknown 'onnx'" in completed.stderr and "Traceback" not in completed.stderr
