@@ -30,6 +30,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = "torch,torch-cudagraphs,torch-tf32,torch-bf16,torch-fp16,onnxruntime,tensorrt-fp32,tensorrt-fp16"
 TARGETS = [
@@ -122,7 +124,11 @@ def main(argv=None) -> int:
     python = sys.executable
     if args.dry_run:
         device, batches, horizons, variants = "cpu", "1,4", "15", "torch,torch-bf16,onnxruntime,torch-cudagraphs"
-        latency_extra, train = ["--size", "tiny"], ["--config", "configs/tiny.yaml", "--steps", "2", "--warmup", "1"]
+        # the tiny model with the heads that configs/carracing.yaml trains (its random frames need rewards too)
+        tiny = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+        (out / "tiny_heads.yaml").write_text(yaml.safe_dump({**tiny, "model": {**tiny["model"], "heads": True}}))
+        latency_extra = ["--size", "tiny"]
+        train = ["--config", str(out / "tiny_heads.yaml"), "--steps", "2", "--warmup", "1"]
         planner = ["--size", "tiny", "--cells", "32x4x1", "--backends", "torch"]
     else:
         device, batches, horizons, variants = "cuda", "1,64,1024,4096", "15,50", VARIANTS

@@ -163,7 +163,8 @@ def _random_episodes(folder: Path, cfg) -> str:
             action = rng.integers(0, dim, 200)
         else:
             action = rng.standard_normal((200, dim)).astype(np.float32)
-        save_episode(folder / f"episode_{i:05d}.npz", obs, action)
+        reward, terminated = rng.standard_normal(200).astype(np.float32), np.zeros(200, bool)  # for model.heads
+        save_episode(folder / f"episode_{i:05d}.npz", obs, action, reward=reward, terminated=terminated)
     print(f"no episodes at the config's data.path: timing on random frames in {folder}", file=sys.stderr)
     return str(folder)
 
