@@ -42,7 +42,7 @@ import torch
 from isolation_report import VARIANTS, markdown, plot_open_loop, summarise, table_metrics
 
 from wm_core.checkpoint import load_checkpoint
-from wm_core.config import Config
+from wm_core.config import SEED_LOSS, Config
 from wm_core.losses import WorldModelOutput, gaussian_kl, reconstruction_loss
 from wm_core.model import WorldModel
 from wm_train.evaluate import evaluate_model, write_report
@@ -195,6 +195,7 @@ def run_config(args: Args, data: Path, action_mode: str, action_dim: int, varian
                 "seed": seed,
                 "threads": 1,
                 "overshooting": args.overshooting if variant == "overshooting" else 1,
+                **SEED_LOSS,  # every design on the plain VAE loss: the coupled baseline has no other
             },
         }
     )

@@ -1,8 +1,10 @@
 import warnings
 
 import pytest
+import torch
 
-from wm_core.config import MODEL_PRESETS
+from wm_core import ActionCodec, WorldModel, load_checkpoint, save_checkpoint
+from wm_core.config import MODEL_PRESETS, SEED_LOSS
 from wm_train import Config, load_config
 
 
@@ -104,10 +106,20 @@ def test_config_round_trips_through_a_dict():
     assert Config.from_dict(cfg.to_dict()) == cfg
 
 
-def test_anti_collapse_options_default_to_the_plain_loss_and_old_configs_load_without_them():
+def test_anti_collapse_options_default_on_and_seed_loss_turns_them_off():
     train = Config().train
-    assert (train.free_nats, train.kl_warmup_steps, train.recon_change_weight) == (0.0, 0, 0.0)
-    old = Config().to_dict()
-    for key in ("free_nats", "kl_warmup_steps", "recon_change_weight"):
-        del old["train"][key]  # what a checkpoint saved before these keys holds
-    assert Config.from_dict(old) == Config()
+    assert (train.free_nats, train.kl_warmup_steps, train.recon_change_weight) == (0.5, 0, 20.0)
+    plain = Config.from_dict({"train": SEED_LOSS}).train
+    assert (plain.free_nats, plain.kl_warmup_steps, plain.recon_change_weight) == (0.0, 0, 0.0)
+
+
+def test_a_checkpoint_saved_without_the_anti_collapse_keys_loads_with_the_plain_loss(tmp_path):
+    cfg = Config.from_dict({"model": {"size": "tiny"}})
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, WorldModel(cfg.model), cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3))
+    payload = torch.load(path, weights_only=False)
+    for key in SEED_LOSS:
+        del payload["config"]["train"][key]  # what a checkpoint saved before these keys holds
+    torch.save(payload, path)
+    loaded = load_checkpoint(path)[1].train
+    assert {key: getattr(loaded, key) for key in SEED_LOSS} == SEED_LOSS

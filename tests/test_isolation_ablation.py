@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from wm_core.config import SEED_LOSS
 from wm_train import Config
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -51,7 +52,7 @@ def test_every_variant_starts_from_the_same_weights_and_rng(ablation, carracing_
 
 
 def test_coupled_trainer_steps_the_coupled_model(ablation, carracing_dir, tmp_path, tiny_config):
-    trainer = ablation.make_trainer(tiny_config(carracing_dir, tmp_path), "coupled")
+    trainer = ablation.make_trainer(tiny_config(carracing_dir, tmp_path, **SEED_LOSS), "coupled")
     before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
     out = trainer.train_step()
     assert out.loss > out.recon_loss + out.kld + out.rssm_loss  # the coupled objective: its pixel prediction term
@@ -63,6 +64,14 @@ def test_only_the_overshooting_variant_trains_with_k(ablation, tmp_path):
     args = ablation.parse_args(["--overshooting", "4", "--out", str(tmp_path)])
     ks = {v: ablation.run_config(args, tmp_path, "continuous", 3, v, 0).train.overshooting for v in ablation.VARIANTS}
     assert ks == {"isolated": 1, "overshooting": 4, "coupled": 1}
+
+
+def test_every_variant_trains_on_the_plain_vae_loss(ablation, tmp_path):
+    """The coupled design has no anti-collapse options: the study compares designs on the seed's loss."""
+    args = ablation.parse_args(["--out", str(tmp_path)])
+    for variant in ablation.VARIANTS:
+        train = ablation.run_config(args, tmp_path, "continuous", 3, variant, 0).train
+        assert {key: getattr(train, key) for key in SEED_LOSS} == SEED_LOSS
 
 
 def test_small_regime_trains_longer_on_at_most_8_episodes_and_refuses_more(ablation, carracing_dir, tmp_path):

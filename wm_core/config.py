@@ -64,6 +64,11 @@ class ModelConfig:
     they change nothing else); needs episodes with `reward` and `terminated` arrays"""
 
 
+SEED_LOSS = {"free_nats": 0.0, "kl_warmup_steps": 0, "recon_change_weight": 0.0}
+"""`train` values that give the plain VAE loss: the earlier defaults (CHANGELOG), what a checkpoint saved without
+these keys trained with (load_checkpoint reads it so), and the loss the isolation study compares designs on"""
+
+
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/carracing"
@@ -84,13 +89,15 @@ class TrainConfig:
     """the KL's weight ramps linearly from 0 to `beta` over this many optimiser steps (KL annealing, Bowman et
     al. 2016), so the decoder learns to use the latents before the KL pulls them to the prior; 0: `beta` from
     the first step"""
-    free_nats: float = 0.0
+    free_nats: float = 0.5
     """KL floor per latent dimension, in nats: a dimension whose batch-mean KL to N(0, I) is below it gets no
     KL gradient (free bits, Kingma et al. 2016; PlaNet floors the total at 3). Against posterior collapse;
     0: the plain KL"""
-    recon_change_weight: float = 0.0
+    recon_change_weight: float = 20.0
     """each pixel's squared error is weighted by 1 + this x its distance from the window's median frame, so a
-    small moving object counts against a static background (wm_core.losses.change_weights); 0: uniform"""
+    small moving object counts against a static background (wm_core.losses.change_weights); 0: uniform.
+    With free_nats, this default keeps a 3x3 dot and Pong's paddles in the latents where the plain loss
+    collapses (README, "Small objects"); SEED_LOSS turns both off"""
     rssm_scale: float = 1.0
     """weight of the RSSM loss in the total"""
     overshooting: int = 1

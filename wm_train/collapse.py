@@ -32,10 +32,10 @@ STALL_EPOCHS = 2
 
 COLLAPSE_CHECKLIST = (
     "posterior collapse: {reason}. The latents carry almost nothing about the frames; the decoder draws the "
-    "mean image. Check that the frames differ from each other, then try train.free_nats=0.5 (a KL floor per "
-    "latent dimension), train.kl_warmup_steps=2000 (ramp the KL in), a lower train.beta (e.g. 0.1), longer "
-    "training, and for small objects on a plain background train.recon_change_weight=20; none of them is a sure "
-    'fix (README, "Small objects", has what each did on a small-object scene).'
+    "mean image. Check that the frames differ from each other, then try longer training, a larger "
+    "train.recon_change_weight (e.g. 100: small objects on a plain background), a higher train.free_nats (e.g. "
+    "1.0, a KL floor per latent dimension), a longer train.kl_warmup_steps (e.g. 2000) or a lower train.beta "
+    '(e.g. 0.1); none of them is a sure fix (README, "Small objects", has what each did on small-object scenes).'
 )
 
 
