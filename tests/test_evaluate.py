@@ -52,6 +52,7 @@ def test_report_has_every_metric_for_every_horizon_step_on_both_splits(report):
         assert all(len(values) == HORIZON for values in per_step)
         assert np.isfinite(np.concatenate(per_step)).all()
         assert all(v > 0 for v in metrics.open_loop.pixel_mse + metrics.open_loop.latent_kl)
+        assert metrics.open_loop.reward_r2 is None  # a model without heads
         assert set(metrics.losses) == {
             "loss",
             "recon_loss",
@@ -139,6 +140,35 @@ def test_a_model_blind_to_actions_has_ratio_one_and_no_spread():
     assert actions.spread == pytest.approx([0.0] * HORIZON, abs=1e-6)
     # Blind persistence is exactly the repeat-last-frame baseline.
     np.testing.assert_allclose(metrics.pixel_mse, metrics.copy_last_mse, rtol=1e-6)
+
+
+class BrightnessHeads(torch.nn.Module):
+    """Reads the reward off the state: the brightness the latent holds (the reward of _rewarded below)."""
+
+    def predict(self, h, z):
+        return z[..., 0], torch.ones_like(z[..., 0])
+
+
+def _rewarded(episodes: EpisodeSet) -> EpisodeSet:
+    """The reward after action t is the brightness it sets, action[t] (the heads' targets, reward_window 1)."""
+    episodes.rewards = [a[:, 0].copy() for a in episodes.actions]
+    episodes.continues = [np.ones(len(a), np.float32) for a in episodes.actions]
+    return episodes
+
+
+@pytest.mark.parametrize("uses_actions", [True, False], ids=["true dynamics", "blind"])
+def test_imagined_rewards_are_scored_against_the_heads_targets_per_step(uses_actions):
+    sequences = sequences_of(_rewarded(_brightness_episodes()), CONTEXT + HORIZON, 64, "val")
+    model = BrightnessModel(uses_actions)
+    model.heads = BrightnessHeads()
+    metrics, _, _ = open_loop(model, IDENTITY_CODEC, sequences, CONTEXT, HORIZON)
+    assert metrics.reward_r2 is not None and len(metrics.reward_r2) == HORIZON
+    if uses_actions:  # every imagined state holds the brightness its action set: the reward exactly
+        assert metrics.reward_r2 == pytest.approx([1.0] * HORIZON, abs=1e-6)
+    else:  # stuck at the last context frame: no better than the targets' mean
+        assert max(metrics.reward_r2) < 0.1
+    without = open_loop(BrightnessModel(uses_actions), IDENTITY_CODEC, sequences, CONTEXT, HORIZON)[0]
+    assert without.reward_r2 is None  # no heads, nothing to score
 
 
 def test_teacher_forced_losses_with_a_seed_repeat_and_leave_the_callers_rng_alone():

@@ -56,6 +56,8 @@ class Sequences:
     """every raw action of the split, for the random-action comparison"""
     episodes: int
     """episodes with at least L frames"""
+    rewards: list[np.ndarray] | None = None
+    """with model.heads: N arrays float32 [L], the reward head's targets (EpisodeSet.rewards)"""
 
 
 def sequences_of(episodes: EpisodeSet, length: int, max_sequences: int, split: str) -> Sequences:
@@ -79,6 +81,7 @@ def sequences_of(episodes: EpisodeSet, length: int, max_sequences: int, split: s
         episode=np.array([e for e, _ in spans]),
         action_pool=np.concatenate(episodes.actions),
         episodes=sum(len(obs) >= length for obs in episodes.obs),
+        rewards=None if episodes.rewards is None else [episodes.rewards[e][s : s + length] for e, s in spans],
     )
 
 
@@ -146,8 +149,10 @@ def open_loop(
             "shuffled_latent_mse",
             "random_latent_mse",
             "spread",
+            "reward_se",
         )
     }
+    reward_targets = []  # with heads: every target the imagined rewards are compared with
     recon_sum = torch.zeros((), dtype=torch.float64)
     moments = torch.zeros(2, model.cfg.latent_dim, dtype=torch.float64)  # sum and sum of squares per dimension
     frames_seen = 0
@@ -166,13 +171,12 @@ def open_loop(
         target, target_mean, target_std = obs[:, future], post_mean[:, future], post_std[:, future]
 
         def rollout(encoded: torch.Tensor, h=h, z=z):
-            prior_mean, prior_std, _ = model.rssm.imagine(h, z, encoded)
-            return prior_mean, prior_std
+            return model.rssm.imagine(h, z, encoded)  # prior means, stds [B, F, S], h [B, F, D]
 
         def per_step(values: torch.Tensor) -> torch.Tensor:  # [B, F, ...] -> mean per step, summed over B: [F]
             return values.flatten(2).mean(-1).sum(0).double().cpu()
 
-        true_mean, true_std = rollout(actions[:, context - 1 : context - 1 + horizon])
+        true_mean, true_std, true_h = rollout(actions[:, context - 1 : context - 1 + horizon])
         predicted = model.decode(true_mean)  # [B, F, S] -> [B, F, 3, H, W]
         sums["pixel_mse"] += per_step((predicted - target).pow(2))
         sums["latent_kl"] += gaussian_kl(target_mean, target_std, true_mean, true_std).sum(0).double().cpu()
@@ -186,13 +190,22 @@ def open_loop(
             )[0]
             for k in range(donors.shape[1])
         ]
-        random_mean, _ = rollout(imagined_actions(list(random_actions[ids])))
+        random_mean = rollout(imagined_actions(list(random_actions[ids])))[0]
         for name, other_mean in (("shuffled", shuffled[0]), ("random", random_mean)):
             sums[f"{name}_pixel_mse"] += per_step((model.decode(other_mean) - target).pow(2))
             sums[f"{name}_latent_mse"] += per_step((other_mean - target_mean).pow(2))
         # The true actions and action_samples - 1 shuffled ones from the same state: [K, B, F, S].
         alternatives = torch.stack([true_mean, *shuffled])
         sums["spread"] += alternatives.std(0, unbiased=False).mean(-1).sum(0).double().cpu()
+
+        if model.heads is not None and sequences.rewards is not None:
+            # the state after action t predicts reward target t (WorldModel.head_losses)
+            rewards = np.stack([sequences.rewards[i][context - 1 : context - 1 + horizon] for i in ids])
+            target_reward = torch.from_numpy(rewards).to(device)  # [B, F]
+            sums["reward_se"] += (
+                (model.heads.predict(true_h, true_mean)[0] - target_reward).pow(2).sum(0).double().cpu()
+            )
+            reward_targets.append(target_reward.flatten().double().cpu())
 
         flat = post_mean.flatten(0, 1).double().cpu()  # [B, L, S] -> [B*L, S]
         moments += torch.stack([flat.sum(0), flat.pow(2).sum(0)])
@@ -208,6 +221,7 @@ def open_loop(
     variance = (moments[1] / frames_seen - (moments[0] / frames_seen).pow(2)).clamp(min=0)
     latent_scale = float(variance.sqrt().mean())
     spread = [s / latent_scale if latent_scale > 0 else 0.0 for s in mean["spread"]]
+    reward_variance = float(torch.cat(reward_targets).var(unbiased=False)) if reward_targets else 0.0
     metrics = OpenLoopMetrics(
         pixel_mse=mean["pixel_mse"],
         latent_kl=mean["latent_kl"],
@@ -216,6 +230,7 @@ def open_loop(
         recon_mse=float(recon_sum) / n,
         growth=error_ratio(mean["pixel_mse"][-1:], mean["pixel_mse"][:1]),
         vs_copy_last=error_ratio(mean["pixel_mse"][-1:], mean["copy_last_mse"][-1:]),
+        reward_r2=[1 - se / reward_variance for se in mean["reward_se"]] if reward_variance > 0 else None,
     )
     action_metrics = ActionMetrics(
         shuffled_pixel_mse=mean["shuffled_pixel_mse"],

@@ -30,6 +30,9 @@ class OpenLoopMetrics:
     """pixel_mse at the last step / at step 1: how much the error grows over the horizon"""
     vs_copy_last: float
     """pixel_mse / copy_last_mse at the last step: below 1, the rollout still beats repeating a frame"""
+    reward_r2: list[float] | None = None
+    """with reward heads: R² of the imagined reward against the head's target (the mean of the next
+    train.reward_window rewards), 1 - squared error / variance of the split's targets; None without heads"""
 
 
 @dataclass
@@ -173,6 +176,9 @@ def summary_lines(report: EvalReport) -> list[str]:
         f"true/random {act.ratio_random:.3f}; spread across action sequences {act.spread_mean:.3f} of the latent "
         "scale (ratio 1 and spread 0: actions ignored)",
     ]
+    if ol.reward_r2 is not None:
+        r2 = ", ".join(f"step {s} {ol.reward_r2[s - 1]:.2f}" for s in steps)
+        lines.append(f"reward head, R² of the imagined reward: {r2} (what a planner scores candidates on)")
     lat = metrics.latents
     lines.append(
         f"latents: {lat.active_dims}/{lat.latent_dim} dimensions vary across frames (std of the posterior means "
