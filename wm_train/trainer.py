@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from wm_core.checkpoint import read_checkpoint, save_checkpoint
-from wm_core.config import Config, TrainConfig
+from wm_core.config import SEED_LOSS, Config, TrainConfig
 from wm_core.losses import WorldModelOutput
 from wm_core.model import WorldModel
 from wm_core.publish import atomic_write_bytes
@@ -32,6 +32,16 @@ from .distributed import Distributed, setup
 from .eval_metrics import open_loop_mse, teacher_forced_sums
 from .preview import save_preview
 
+LOSS_KEYS = (
+    "beta",
+    "free_nats",
+    "kl_warmup_steps",
+    "recon_change_weight",
+    "rssm_scale",
+    "overshooting",
+    "reward_window",
+)
+"""train keys that shape the loss: --resume refuses a config that changes one (more epochs, a new lr are fine)"""
 LOG_NAMES = {"loss": "loss", "recon_loss": "rec", "kld": "kld", "rssm_loss": "rssm", "one_step": "1step"}
 
 RSSM_ZERO_CHECKLIST = (
@@ -143,6 +153,13 @@ class Trainer:
         if state["config"]["model"] != self.cfg.to_dict()["model"]:
             raise ValueError(
                 f"{path} was trained with model config {state['config']['model']}, not {self.cfg.to_dict()['model']}"
+            )
+        saved = {**SEED_LOSS, **state["config"]["train"]}  # saved before the anti-collapse defaults: the plain loss
+        changed = [f"{key}={saved[key]!r}" for key in LOSS_KEYS if saved.get(key) != getattr(self.cfg.train, key)]
+        if changed:
+            raise ValueError(
+                f"{path} was trained with train.{', train.'.join(changed)}; set the same in the config to resume "
+                "it with the loss it started with"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
