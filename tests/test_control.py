@@ -16,6 +16,7 @@ from wm_core import envs
 from wm_deploy import PlannerSettings, Rollout
 from wm_deploy.control import PLANNER, planner_bounds, recording_policy, run_control
 from wm_deploy.control_report import write_report
+from wm_train.data import load_episode
 
 FAST = PlannerSettings(horizon=3, samples=16, iterations=1, elites=4, replay=2)
 """a planner setting that makes a tick cheap: these tests check the loop, not the plans"""
@@ -66,6 +67,33 @@ def test_wm_control_end_to_end_writes_the_report_plot_and_video(heads_artifacts,
         assert gif.n_frames == 4 and gif.size == (2 * 3 * 64, 14 + 3 * 64)  # real | imagined, 3x, under a header
     with Image.open(out / "returns.png") as plot:
         assert plot.format == "PNG"
+
+
+def test_wm_control_saves_the_planner_episodes_as_training_episodes(heads_artifacts, tmp_path):
+    folder = tmp_path / "data"
+    settings = ["--horizon", "2", "--samples", "8", "--iterations", "1", "--elites", "2", "--replay", "1"]
+    command = [str(heads_artifacts), "--episodes", "2", "--steps", "5", "--seed", "7", "--no-references"]
+    command += ["--no-video", "--no-progress", "--out", str(tmp_path / "control"), "--save-episodes", str(folder)]
+    result = wm_control(*command, *settings)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote 2 planner episode(s) to {folder}" in result.stdout
+    for seed in (7, 8):
+        path = folder / f"planner_{seed:05d}.npz"
+        obs, action = load_episode(path, "continuous", 3, 64)  # what training reads
+        with np.load(path) as episode:
+            reward, terminated = episode["reward"], episode["terminated"]
+        assert obs.shape == (5, 64, 64, 3) and action.shape == (5, 3) and reward.shape == terminated.shape == (5,)
+        assert action[:, 1:].min() >= 0 and np.abs(action[:, 0]).max() <= 1  # CarRacing's box
+        assert terminated.dtype == bool and not terminated.any() and np.isfinite(reward).all()
+    again = wm_control(*command, *settings)  # the same seeds into the same folder
+    assert again.returncode == 2 and "already holds planner_00007.npz, planner_00008.npz" in again.stderr
+    other = tmp_path / "pong"
+    other.mkdir()
+    header = {"format": "wm-episodes", "format_version": 1}
+    (other / "meta.json").write_text(json.dumps({**header, "env_id": "ALE/Pong-v5", "frame_size": 64}))
+    mismatch = wm_control(*command[:-1], str(other), *settings)
+    assert mismatch.returncode == 2 and "episodes of ALE/Pong-v5 at 64 px, not CarRacing-v3" in mismatch.stderr
+    assert not list(other.glob("*.npz"))  # refused before any episode ran
 
 
 def test_wm_control_refuses_bad_input_in_one_line(heads_artifacts, tiny_artifacts, tmp_path):

@@ -69,6 +69,13 @@ DEFAULTS = PlannerSettings()
     default=None,
     help="Episode folder whose meta.json names the recording policy. Default: the training config's data.path.",
 )
+@click.option(
+    "--save-episodes",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Also write the planner's episodes as training episodes (planner_SEED.npz: frames, actions, rewards, "
+    "terminations) into this folder, e.g. a copy of the training data, to retrain on what the planner did.",
+)
 @click.option("--video/--no-video", default=True, help="Record the first planner episode as real | imagined GIF.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def control_command(
@@ -92,6 +99,7 @@ def control_command(
     no_references: bool,
     reference_policy: str | None,
     data: Path | None,
+    save_episodes: Path | None,
     video: bool,
     progress: bool,
 ) -> None:
@@ -112,7 +120,7 @@ def control_command(
     try:
         report_path, table = _run(
             source, env_id, episodes, steps, seed, backend, device, out_dir, settings, goal,
-            no_references, reference_policy, data, video, progress,
+            no_references, reference_policy, data, save_episodes, video, progress,
         )  # fmt: skip
     except (OSError, ValueError, ImportError) as error:
         click.echo(f"error: {error_line(error)}", err=True)
@@ -123,7 +131,7 @@ def control_command(
 
 def _run(
     source, env_id, episodes, steps, seed, backend, device, out_dir, settings, goal,
-    no_references, reference_policy, data, video, progress,
+    no_references, reference_policy, data, save_episodes, video, progress,
 ) -> tuple[Path, str]:  # fmt: skip
     import json
 
@@ -131,7 +139,7 @@ def _run(
 
     from wm_core import envs
 
-    from .control import recording_policy, run_control
+    from .control import check_episode_folder, recording_policy, run_control, save_planner_episodes
     from .control_report import format_table, write_report
     from .rollout import Rollout
 
@@ -147,6 +155,8 @@ def _run(
         else:
             name, reference_from = recording_policy(env_id, source, data)
         references = [name] + (["random"] if name != "random" else [])
+    if save_episodes is not None:
+        check_episode_folder(save_episodes, env_id, rollout.dims.frame[0], range(seed, seed + episodes))
     total = episodes * steps * (1 + len(references))
     with tqdm(total=total, desc=f"control {env_id}", unit="step", disable=not progress) as bar:
         result = run_control(
@@ -160,11 +170,16 @@ def _run(
             references=references,
             reference_from=reference_from,
             record=video,
+            keep_episodes=save_episodes is not None,
             source=source,
             on_step=bar.update,
         )
     path = write_report(result, out_dir if out_dir is not None else source.parent / "control")
-    return path, format_table(json.loads(path.read_text()))
+    table = format_table(json.loads(path.read_text()))
+    if save_episodes is not None:
+        saved = save_planner_episodes(result, save_episodes)
+        table += f"\nwrote {len(saved)} planner episode(s) to {save_episodes}"
+    return path, table
 
 
 def _read_goal(path: Path, size: int):

@@ -23,6 +23,7 @@ import numpy as np
 
 from wm_core import envs
 from wm_core.dataset_meta import META, read_meta
+from wm_core.episode_file import save_episode
 
 from .planner import Planner, PlannerSettings
 from .rollout import Rollout
@@ -49,6 +50,9 @@ class Episode:
     frames: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     """recorded planner episode only: per tick (real frame, decoded imagined frame at the planner's horizon),
     uint8 [H, W, 3] each at the model's frame size"""
+    transitions: dict[str, np.ndarray] | None = None
+    """planner episodes of run_control(keep_episodes=True): the arrays of an episode file (wm_core.episode_file),
+    obs at the model's frame size, action, reward, terminated"""
 
 
 @dataclass
@@ -139,6 +143,7 @@ def run_control(
     references: Sequence[str] = (),
     reference_from: str = "",
     record: bool = True,
+    keep_episodes: bool = False,
     source: str | Path = "",
     on_step: Callable[[], None] | None = None,
 ) -> ControlResult:
@@ -146,7 +151,8 @@ def run_control(
     same episodes for each policy named in `references` (keys of wm_core.envs.POLICIES; the first one is
     reported as the recording policy). The planner is reseeded with the episode's seed at its start, so a run is
     repeatable. `record`: keep the first planner episode's (real, imagined) frames for a video (needs the
-    decoder). `on_step` is called after every environment step (a progress bar)."""
+    decoder). `keep_episodes`: keep the planner episodes' transitions (Episode.transitions) to train on.
+    `on_step` is called after every environment step (a progress bar)."""
     if episodes < 1 or steps < 1:
         raise ValueError(f"episodes and steps must be >= 1, got episodes={episodes} steps={steps}")
     unknown = [name for name in references if name not in envs.POLICIES]
@@ -162,7 +168,9 @@ def run_control(
         skip = envs.skip_start(env_id)
         results: dict[str, list[Episode]] = {PLANNER: []}
         for i in range(episodes):
-            episode = planner_episode(env, rollout, planner, seed + i, steps, skip, record and i == 0, on_step)
+            episode = planner_episode(
+                env, rollout, planner, seed + i, steps, skip, record and i == 0, on_step, keep_episodes
+            )
             results[PLANNER].append(episode)
         for name in references:
             results[name] = [policy_episode(env, name, seed + i, steps, skip, on_step) for i in range(episodes)]
@@ -208,14 +216,17 @@ def planner_episode(
     skip: int,
     record: bool = False,
     on_step: Callable[[], None] | None = None,
+    keep: bool = False,
 ) -> Episode:
-    """One episode driven by `planner` (see the module docstring for what each part of a tick times)."""
+    """One episode driven by `planner` (see the module docstring for what each part of a tick times); `keep`:
+    with its transitions."""
     size = rollout.dims.frame[0]
     observation, total, done = _start(env, seed, skip)
     planner.reset(seed=seed)
     state, previous = rollout.initial(1), None
     seconds: list[tuple[float, float, float]] = []
     frames: list[tuple[np.ndarray, np.ndarray]] = []
+    kept: list[tuple[np.ndarray, object, float, bool]] = []
     terminated = False
     while not done and len(seconds) < steps:
         t0 = time.perf_counter()
@@ -232,9 +243,52 @@ def planner_episode(
         previous = np.asarray([action])  # [1, A] float32 or [1] int
         if record:
             frames.append((frame, imagined_frame(rollout, planner)))
+        if keep:
+            kept.append((frame, action, float(reward), bool(terminated)))
         if on_step is not None:
             on_step()
-    return Episode(PLANNER, seed, total, len(seconds), bool(terminated), _seconds(seconds), frames)
+    transitions = None
+    if keep:
+        obs, actions, rewards, ends = zip(*kept) if kept else ((), (), (), ())
+        transitions = {
+            "obs": np.asarray(obs, np.uint8).reshape(-1, size, size, 3),
+            "action": np.asarray(actions, np.int64 if rollout.codec.mode == "discrete" else np.float32),
+            "reward": np.asarray(rewards, np.float32),
+            "terminated": np.asarray(ends, bool),
+        }
+    return Episode(PLANNER, seed, total, len(seconds), bool(terminated), _seconds(seconds), frames, transitions)
+
+
+def episode_file_name(seed: int) -> str:
+    """The file a kept planner episode of environment seed `seed` goes to (beside wm-collect's episode_NNNNN)."""
+    return f"planner_{seed:05d}.npz"
+
+
+def check_episode_folder(folder: Path, env_id: str, frame_size: int, seeds: Sequence[int]) -> None:
+    """Before any episode runs: ValueError when `folder` holds episodes of another environment or frame size
+    (its meta.json), or already holds the file of one of `seeds`."""
+    meta = read_meta(folder)
+    if meta is not None and (meta.get("env_id"), meta.get("frame_size")) != (env_id, frame_size):
+        raise ValueError(
+            f"{folder / META}: episodes of {meta.get('env_id')} at {meta.get('frame_size')} px, not {env_id} at "
+            f"{frame_size} px; save into another folder"
+        )
+    taken = [name for name in map(episode_file_name, seeds) if (folder / name).exists()]
+    if taken:
+        raise ValueError(f"{folder} already holds {', '.join(taken)}; use other seeds or another folder")
+
+
+def save_planner_episodes(result: ControlResult, folder: Path) -> list[Path]:
+    """Write the kept planner episodes of `result` into `folder` as episode files, one per seed. A meta.json
+    there is left as it is (it describes the recording the folder started from)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for episode in result.episodes[PLANNER]:
+        assert episode.transitions is not None, "run_control(keep_episodes=True) keeps them"
+        path = folder / episode_file_name(episode.seed)
+        save_episode(path, **episode.transitions)
+        paths.append(path)
+    return paths
 
 
 def imagined_frame(rollout: Rollout, planner: Planner) -> np.ndarray:

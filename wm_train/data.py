@@ -23,7 +23,7 @@ import torch
 from wm_core.actions import ActionCodec
 from wm_core.config import Config
 from wm_core.dataset_meta import META, box_bounds, read_meta
-from wm_core.publish import atomic_write
+from wm_core.episode_file import save_episode  # noqa: F401  (wm_train.data.save_episode, as before)
 
 from . import store
 
@@ -33,12 +33,6 @@ HEAD_ARRAYS = ("reward", "terminated")
 # A window of an episode: (obs uint8 [T, H, W, 3], action [T, ...]) and, with model.heads, the heads' targets
 # (reward float32 [T], continue float32 [T]).
 Window = tuple[np.ndarray, ...]
-
-
-def save_episode(path: str | Path, obs: np.ndarray, action: np.ndarray, **per_step: np.ndarray) -> None:
-    """Write one episode atomically (temporary file + rename), so a crash never leaves half a file. `per_step`
-    are further arrays [T, ...] stored under their names (e.g. reward=...)."""
-    atomic_write(path, lambda file: np.savez_compressed(file, obs=obs, action=action, **per_step))  # type: ignore[arg-type]  # numpy stubs type **kwds as the allow_pickle flag
 
 
 def load_per_step(path: Path, key: str, frames: int) -> np.ndarray:
