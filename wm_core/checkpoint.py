@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .actions import ActionCodec
-from .config import SEED_LOSS, Config
+from .config import Config, saved_config
 from .model import WorldModel
 from .publish import atomic_write
 
@@ -72,10 +72,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
     """-> (model in eval mode, Config, extras) where extras holds `action_codec` (ActionCodec) and every other
     entry of the checkpoint except the weights and the config."""
     payload = read_checkpoint(path, map_location)
-    raw = payload["config"]
-    # saved before the anti-collapse defaults: such a run trained with the plain loss
-    raw = {**raw, "train": {**SEED_LOSS, **raw.get("train", {})}}
-    cfg = Config.from_dict(raw, source=str(path))
+    cfg = saved_config(payload["config"], source=str(path))
     model = WorldModel(cfg.model)
     model.load_state_dict(payload["model"])
     model.to(map_location).eval()

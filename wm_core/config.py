@@ -234,6 +234,12 @@ def _check_values(cfg: Config, source: str) -> None:
         )
 
 
+def saved_config(raw: dict, source: str = "checkpoint") -> Config:
+    """The Config a checkpoint holds. One saved before the anti-collapse keys existed trained with the plain loss:
+    its missing keys read as SEED_LOSS, not as today's defaults."""
+    return Config.from_dict({**raw, "train": {**SEED_LOSS, **raw.get("train", {})}}, source=source)
+
+
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML config; `overrides` are `section.key=value` strings (values parsed as YAML)."""
     path = Path(path)

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from wm_core.checkpoint import read_checkpoint, save_checkpoint
-from wm_core.config import SEED_LOSS, Config, TrainConfig
+from wm_core.config import Config, TrainConfig, saved_config
 from wm_core.losses import WorldModelOutput
 from wm_core.model import WorldModel
 from wm_core.publish import atomic_write_bytes
@@ -154,8 +154,10 @@ class Trainer:
             raise ValueError(
                 f"{path} was trained with model config {state['config']['model']}, not {self.cfg.to_dict()['model']}"
             )
-        saved = {**SEED_LOSS, **state["config"]["train"]}  # saved before the anti-collapse defaults: the plain loss
-        changed = [f"{key}={saved[key]!r}" for key in LOSS_KEYS if saved.get(key) != getattr(self.cfg.train, key)]
+        saved = saved_config(state["config"], str(path)).train
+        changed = [
+            f"{key}={getattr(saved, key)!r}" for key in LOSS_KEYS if getattr(saved, key) != getattr(self.cfg.train, key)
+        ]
         if changed:
             raise ValueError(
                 f"{path} was trained with train.{', train.'.join(changed)}; set the same in the config to resume "
