@@ -50,6 +50,10 @@ from wm_train.trainer import Trainer
 
 REGIMES = ("budget", "small")
 SMALL_MAX_TRAIN_EPISODES = 8
+REWARD_WINDOW = 10
+"""the heads' reward target, the mean reward of the next 10 steps, as in configs/carracing.yaml and pong.yaml"""
+CLOSED_LOOP_SEED = 100
+"""closed-loop episodes use seeds 100, 101, ...: the control benchmark's (README, "Control"), none recorded"""
 
 
 @dataclass
@@ -81,8 +85,13 @@ class Args:
     horizon: int = field(default=30, metadata={"help": "steps imagined open loop"})
     max_sequences: int = field(default=64, metadata={"help": "evaluated sequences per split, at most"})
     closed_loop_episodes: int = field(
-        default=0, metadata={"help": "episodes the planner drives with each model (0: no closed-loop column)"}
+        default=0,
+        metadata={
+            "help": "episodes the planner drives with each model (0: no closed-loop column); every variant then "
+            "trains reward and continuation heads"
+        },
     )
+    closed_loop_steps: int = field(default=300, metadata={"help": "controlled steps per closed-loop episode"})
     workers: int = field(
         default=3,
         metadata={
@@ -187,7 +196,8 @@ def run_config(args: Args, data: Path, action_mode: str, action_dim: int, varian
                 "seq_len": args.seq_len,
                 "val_fraction": args.val_fraction,
             },
-            "model": {"size": args.size, "action_dim": action_dim},
+            # Heads only for the closed-loop column: building them draws from the RNG the training shares.
+            "model": {"size": args.size, "action_dim": action_dim, "heads": args.closed_loop_episodes > 0},
             "train": {
                 "out_dir": str(Path(args.out) / "runs" / f"{variant}_seed{seed}"),
                 "epochs": args.epochs,
@@ -195,6 +205,7 @@ def run_config(args: Args, data: Path, action_mode: str, action_dim: int, varian
                 "seed": seed,
                 "threads": 1,
                 "overshooting": args.overshooting if variant == "overshooting" else 1,
+                "reward_window": REWARD_WINDOW,
                 **SEED_LOSS,  # every design on the plain VAE loss: the coupled baseline has no other
             },
         }
@@ -228,7 +239,9 @@ def train_and_evaluate(job: tuple[Args, Config, str]) -> dict:
     )
     write_report(report, Path(cfg.train.out_dir) / "eval", overwrite=True)
     metrics = table_metrics(report)
-    metrics["closed_loop_return"] = closed_loop_return(checkpoint, args.env, args.closed_loop_episodes, cfg.train.seed)
+    closed_loop = closed_loop_return(checkpoint, args.env, args.closed_loop_episodes, args.closed_loop_steps)
+    if closed_loop is not None:
+        metrics["closed_loop_return"] = closed_loop
     val = report.splits["val"].open_loop
     return dict(
         variant=variant,
@@ -245,20 +258,54 @@ def train_and_evaluate(job: tuple[Args, Config, str]) -> dict:
     )
 
 
-def closed_loop_return(checkpoint: Path, env: str, episodes: int, seed: int) -> float | None:
-    """The hook for the closed-loop column: the mean return over `episodes` episodes of `env` when the planner
-    (the same settings for every variant) acts on the model of `checkpoint`, so that "better model" is measured
-    where users feel it. None when episodes is 0.
-
-    Not wired yet: it needs a planner in wm_deploy and models trained with reward and continuation heads
-    (model.heads, which the coupled baseline's forward does not train yet); until both exist, asking for
-    episodes is an error rather than a made-up number."""
+def closed_loop_return(checkpoint: Path, env: str, episodes: int, steps: int) -> float | None:
+    """The closed-loop column: the mean return over `episodes` episodes of `env` (at most `steps` controlled steps,
+    seeds CLOSED_LOOP_SEED, ...) when wm_deploy's planner, at its default settings for every variant, acts on the
+    model of `checkpoint` (torch backend, this process's threads). None when episodes is 0."""
     if episodes == 0:
         return None
-    raise ValueError(
-        f"--closed-loop-episodes {episodes}: the closed-loop return needs a planner (wm_deploy.Planner) driving "
-        f"models with reward heads; this version of the ablation does not wire one in, use 0"
-    )
+    from wm_deploy import Rollout
+    from wm_deploy.control import PLANNER, run_control
+
+    rollout = Rollout.load(checkpoint, backend="torch", device="cpu")
+    result = run_control(rollout, env, episodes=episodes, steps=steps, seed=CLOSED_LOOP_SEED, record=False)
+    return float(np.mean([e.episode_return for e in result.episodes[PLANNER]]))
+
+
+def check_closed_loop_env(env: str, action_mode: str, action_dim: int) -> None:
+    """Before any training: the environment the planner will drive takes the data's actions (--env names it; with
+    --data, the episodes may come from another one)."""
+    from wm_core import envs
+
+    game = envs.make_env(env)
+    space = game.action_space
+    game.close()
+    mode, dim = ("discrete", int(space.n)) if hasattr(space, "n") else ("continuous", int(space.shape[0]))
+    if (mode, dim) != (action_mode, action_dim):
+        raise ValueError(
+            f"--env {env} takes {mode} actions of width {dim}, the episodes hold {action_mode} actions of width "
+            f"{action_dim}: name the environment they were recorded in"
+        )
+
+
+def reference_returns(env: str, data: Path, episodes: int, steps: int) -> dict[str, float]:
+    """Mean returns of the random policy and of the policy that recorded `data`, on the closed-loop episodes."""
+    from wm_core import envs
+    from wm_core.dataset_meta import read_meta
+    from wm_deploy.control import policy_episode
+
+    recorder = (read_meta(data) or {}).get("policy", envs.policy_for(env))
+    game, skip = envs.make_env(env), envs.skip_start(env)
+    try:
+        returns = {
+            name: [
+                policy_episode(game, name, CLOSED_LOOP_SEED + i, steps, skip).episode_return for i in range(episodes)
+            ]
+            for name in dict.fromkeys(["random", recorder])
+        }
+    finally:
+        game.close()
+    return {name: float(np.mean(values)) for name, values in returns.items()}
 
 
 def prepare_data(args: Args) -> Path:
@@ -341,8 +388,6 @@ def run_all(args: Args, jobs: list[tuple[Args, Config, str]]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.closed_loop_episodes:
-        closed_loop_return(Path(), args.env, args.closed_loop_episodes, 0)  # fail before the training, not after
     start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -350,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     recorded = time.perf_counter()
     check_regime(args, data)
     action_mode, action_dim = action_space_of(data)
+    if args.closed_loop_episodes:
+        check_closed_loop_env(args.env, action_mode, action_dim)
     jobs = [
         (args, run_config(args, data, action_mode, action_dim, v, seed), v)
         for seed in range(args.seeds)
@@ -359,6 +406,11 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("last.pt", "best.pt", "metrics.jsonl"):
             (Path(cfg.train.out_dir) / name).unlink(missing_ok=True)
     print(f"data ready in {recorded - start:.0f} s: {data}; {len(jobs)} runs on {args.workers} worker(s)", flush=True)
+    references = (
+        reference_returns(args.env, data, args.closed_loop_episodes, args.closed_loop_steps)
+        if args.closed_loop_episodes
+        else {}
+    )
     runs = run_all(args, jobs)
     results = dict(
         args=dataclasses.asdict(args),
@@ -370,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         val_episodes=runs[0]["episodes"]["val"],
         optimiser_steps=runs[0]["optimiser_steps"],
         summary=summarise(runs),
+        closed_loop_references=references,
         runs=runs,
     )
     plot = plot_open_loop(results, out / "open_loop.png")

@@ -167,9 +167,14 @@ def number(value: float, fmt: str) -> str:
 
 
 def closed_loop_note(results: dict) -> str:
-    if results["args"]["closed_loop_episodes"]:
-        return f"mean return of the planner over {results['args']['closed_loop_episodes']} episodes"
-    return "not measured, the package has no planner yet (see closed_loop_return)"
+    args = results["args"]
+    if not args["closed_loop_episodes"]:
+        return "not measured (--closed-loop-episodes 0)"
+    references = ", ".join(f"{name} {value:.1f}" for name, value in results.get("closed_loop_references", {}).items())
+    return (
+        f"mean return of wm_deploy's planner at its default settings over {args['closed_loop_episodes']} episodes "
+        f"of {args['closed_loop_steps']} steps, seeds from 100; on the same episodes: {references}"
+    )
 
 
 def _per_seed(runs: list[dict], variant: str, metric: str, by_size: bool) -> dict[int, float]:

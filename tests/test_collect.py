@@ -6,7 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from wm_core.envs import POLICIES, describe_action_space, make_env, policy_for, render_frame, skip_start
+from wm_core.envs import (
+    POLICIES,
+    describe_action_space,
+    make_env,
+    policy_for,
+    render_frame,
+    road_offset,
+    skip_start,
+)
 from wm_train.collect import collect, record_episode
 from wm_train.data import episode_paths, read_meta
 
@@ -99,3 +107,34 @@ def test_action_spaces_as_plain_data():
     for space in (gymnasium.spaces.MultiDiscrete([2, 3]), gymnasium.spaces.Discrete(4, start=1)):
         with pytest.raises(ValueError, match="is not supported: episodes need a 1-d Box or a Discrete space"):
             describe_action_space(space)
+
+
+def test_collect_records_the_policy_it_is_given_and_refuses_an_unknown_one(tmp_path):
+    collect("CarRacing-v3", tmp_path, episodes=1, steps=4, seed=7, workers=1, progress=False, policy="random")
+    assert read_meta(tmp_path)["policy"] == "random"
+    with pytest.raises(ValueError, match="policy must be one of .*got 'driver'"):
+        collect("CarRacing-v3", tmp_path / "b", episodes=1, steps=4, workers=1, progress=False, policy="driver")
+    assert not (tmp_path / "b").exists()
+
+
+def test_explorer_holds_random_excursions_and_varies_its_speed():
+    _, action, _, _ = record_episode("CarRacing-v3", seed=2000, steps=250, frame_size=16, policy="carracing-explorer")
+    changes = np.flatnonzero(np.any(action[1:] != action[:-1], axis=1))
+    longest_hold = np.diff(np.concatenate([[-1], changes, [len(action) - 1]])).max()
+    assert longest_hold >= 6  # an excursion: one action held for 6-31 steps (the driver's steering never repeats)
+    _, driven, _, _ = record_episode("CarRacing-v3", seed=2000, steps=250, frame_size=16)
+
+    def speed_changes(gas):  # spread of the gas averaged over 20 steps: held levels differ, i.i.d. noise averages out
+        return np.convolve(gas, np.ones(20) / 20, mode="valid").std()
+
+    assert speed_changes(action[:, 1]) > 2 * speed_changes(driven[:, 1])
+
+
+def test_road_offset_steers_towards_the_nearest_road_ahead():
+    grass = np.tile(np.array([100, 220, 100], np.uint8), (96, 96, 1))
+    assert road_offset(grass) == 0.0  # no road in sight: straight on
+    frame = grass.copy()
+    frame[30:40, 70:80] = 105  # a road patch ahead, to the right of the car (column 48), above the row ahead
+    assert road_offset(frame) == pytest.approx((74.5 - 48) / 12)
+    frame[60, 20:30] = 105  # the row ahead shows road to the left: it wins
+    assert road_offset(frame) == pytest.approx((24.5 - 48) / 12)

@@ -92,10 +92,19 @@ def test_small_regime_trains_longer_on_at_most_8_episodes_and_refuses_more(ablat
         ablation.parse_args(["--regime", "tiny"])
 
 
-def test_closed_loop_column_stays_empty_without_a_planner(ablation, tmp_path):
-    assert ablation.closed_loop_return(tmp_path / "last.pt", "CarRacing-v3", 0, 0) is None
-    with pytest.raises(ValueError, match="needs a planner"):
-        ablation.closed_loop_return(tmp_path / "last.pt", "CarRacing-v3", 2, 0)
+def test_closed_loop_refuses_an_environment_of_other_actions_before_training(ablation):
+    ablation.check_closed_loop_env("ALE/Pong-v5", "discrete", 6)
+    with pytest.raises(ValueError, match="--env CarRacing-v3 takes continuous actions of width 3, the episodes hold"):
+        ablation.check_closed_loop_env("CarRacing-v3", "discrete", 6)
+
+
+def test_closed_loop_column_trains_heads_only_when_asked(ablation, tmp_path):
+    assert ablation.closed_loop_return(tmp_path / "last.pt", "CarRacing-v3", 0, 10) is None
+    for flags, heads in (([], False), (["--closed-loop-episodes", "2"], True)):
+        args = ablation.parse_args(["--out", str(tmp_path), *flags])
+        assert all(
+            ablation.run_config(args, tmp_path, "continuous", 3, v, 0).model.heads == heads for v in ablation.VARIANTS
+        )
 
 
 def test_targets_compare_means_and_count_gaps_by_their_size(ablation):
@@ -130,17 +139,25 @@ def test_targets_compare_means_and_count_gaps_by_their_size(ablation):
     assert not found["isolated has a smaller validation gap than coupled (open-loop MSE, |gap| %)"]["met"]  # a tie
 
 
-@pytest.mark.parametrize("episodes", ["carracing_dir", "pong_dir"])
-def test_quick_ablation_writes_the_table_and_the_plot(episodes, request, tmp_path):
+@pytest.mark.parametrize(
+    ("env", "episodes", "closed_loop"), [("CarRacing-v3", "carracing_dir", 0), ("ALE/Pong-v5", "pong_dir", 2)]
+)
+def test_quick_ablation_writes_the_table_and_the_plot(env, episodes, closed_loop, request, tmp_path):
     result = subprocess.run(
         [
             sys.executable,
             str(SCRIPT),
             "--quick",
+            "--env",
+            env,
             "--data",
             str(request.getfixturevalue(episodes)),
             "--out",
             str(tmp_path),
+            "--closed-loop-episodes",
+            str(closed_loop),
+            "--closed-loop-steps",
+            "5",
         ],
         capture_output=True,
         text=True,
@@ -154,9 +171,12 @@ def test_quick_ablation_writes_the_table_and_the_plot(episodes, request, tmp_pat
         summary = results["summary"][variant]
         assert {"loss_gap_pct", "rssm_gap_pct", "mse@1", "mse@5", "ratio_shuffled"} <= set(summary)
         assert "mse@10" not in summary  # beyond the quick horizon of 5
-        assert "closed_loop_return" not in summary  # no planner: no number
+        assert ("closed_loop_return" in summary) == bool(closed_loop)
     table = (tmp_path / "results.md").read_text()
     assert "| isolated |" in table and "| coupled |" in table and "| isolated + overshooting K=5 |" in table
     assert "MSE@5" in table and "closed-loop return" in table and "**Targets**" in table
+    if closed_loop:  # the planner's return beside the random policy's on the same episodes
+        assert set(results["closed_loop_references"]) == {"random"}  # Pong's recording policy is random too
+        assert "on the same episodes: random " in table
     assert (tmp_path / "open_loop.png").stat().st_size > 0
     assert (tmp_path / "runs" / "overshooting_seed0" / "eval" / "report.json").is_file()

@@ -23,8 +23,17 @@ FORMAT = "wm-episodes"
 FORMAT_VERSION = 1
 
 
-def build_meta(env_id: str, action_space, frame_size: int, seed: int, episodes: int, steps: int, frames: int) -> dict:
-    """The meta.json of a collection recorded by wm-collect from `env_id`."""
+def build_meta(
+    env_id: str,
+    action_space,
+    frame_size: int,
+    seed: int,
+    episodes: int,
+    steps: int,
+    frames: int,
+    policy: str | None = None,
+) -> dict:
+    """The meta.json of a collection recorded by wm-collect from `env_id` with `policy` (None: policy_for)."""
     from importlib.metadata import PackageNotFoundError, version
 
     import gymnasium
@@ -41,7 +50,7 @@ def build_meta(env_id: str, action_space, frame_size: int, seed: int, episodes: 
         "env_id": env_id,
         "action_space": describe_action_space(action_space),
         "frame_size": frame_size,
-        "policy": policy_for(env_id),
+        "policy": policy or policy_for(env_id),
         "seed": seed,
         "episodes": episodes,
         "steps": steps,

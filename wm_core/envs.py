@@ -82,6 +82,12 @@ class RandomPolicy:
         return self.action
 
 
+def road_pixels(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [..., 3] -> bool [...]: CarRacing's grey road (not grass, kerbs or the car)."""
+    rgb = pixels.astype(np.int16)
+    return (np.abs(rgb[..., 0] - rgb[..., 1]) < 12) & (rgb[..., 0] > 80) & (rgb[..., 0] < 140)
+
+
 class CarRacingDriver:
     """Steers toward the road's centre a few rows ahead of the car, with noise, so the car drives the
     track and the data holds turns, speed changes and varied actions."""
@@ -93,8 +99,7 @@ class CarRacingDriver:
         self.noise = 0.0
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
-        row = frame[self.ROW_AHEAD].astype(np.int16)  # [96, 3] at the state resolution
-        grey = (np.abs(row[:, 0] - row[:, 1]) < 12) & (row[:, 0] > 80) & (row[:, 0] < 140)
+        grey = road_pixels(frame[self.ROW_AHEAD])  # [96] at the state resolution
         offset = (np.flatnonzero(grey).mean() - self.CAR_COLUMN) / 12.0 if grey.any() else 0.0
         self.noise = 0.9 * self.noise + 0.1 * self.rng.normal(0.0, 1.0)
         steer = np.clip(offset + self.noise, -1.0, 1.0)
@@ -103,11 +108,56 @@ class CarRacingDriver:
         return np.array([steer, gas, brake], dtype=np.float32)
 
 
+class CarRacingExplorer(CarRacingDriver):
+    """The driver, interrupted by excursions: every EXCURSION_EVERY steps on average, a random action (any
+    steering, gas and brake) held for 5-30 steps takes the car off its line, often off the road, and the driver
+    then steers back to the nearest road it sees. Its speed changes too (a gas level held 20-60 steps). The
+    lane-following driver's data hardly leaves the road or changes speed, which is what a planner tries first
+    (README, "Control"); these episodes show the model what such actions do."""
+
+    EXCURSION_EVERY = 60
+
+    def __init__(self, rng: np.random.Generator):
+        super().__init__(rng)
+        self.excursion: np.ndarray | None = None
+        self.steps_left = 0
+        self.gas, self.gas_steps = 0.3, 0
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        if self.steps_left > 0:
+            self.steps_left -= 1
+            assert self.excursion is not None  # set with steps_left
+            return self.excursion.copy()
+        if self.rng.random() < 1.0 / self.EXCURSION_EVERY:  # held for this step and 5-30 more
+            brake = self.rng.uniform(0.0, 0.8) if self.rng.random() < 0.3 else 0.0
+            self.excursion = np.array([self.rng.uniform(-1, 1), self.rng.uniform(0, 1), brake], dtype=np.float32)
+            self.steps_left = int(self.rng.integers(5, 31))
+            return self.excursion.copy()
+        if self.gas_steps == 0:
+            self.gas, self.gas_steps = float(self.rng.uniform(0.05, 0.6)), int(self.rng.integers(20, 61))
+        self.gas_steps -= 1
+        action = super().__call__(frame)
+        action[0] = np.clip(road_offset(frame) + self.noise, -1.0, 1.0)
+        action[1] = self.gas
+        return action
+
+
+def road_offset(frame: np.ndarray) -> float:
+    """Steering towards the road: the offset of the road's centre from the car, in CarRacingDriver's units, on
+    the row ahead when it shows road, else on the nearest row above the car that does; 0 when none does."""
+    grey = road_pixels(frame[: CarRacingDriver.ROW_AHEAD + 1])  # [61, 96]: the rows ahead of the car
+    seen = np.flatnonzero(grey.any(axis=1))
+    if not len(seen):
+        return 0.0
+    return (np.flatnonzero(grey[seen[-1]]).mean() - CarRacingDriver.CAR_COLUMN) / 12.0
+
+
 # name -> factory(env_id, action space, rng) -> a policy: frame uint8 [H, W, 3] at the environment's resolution
 # -> an action of the space. The name is what meta.json records, so a dataset says how it was acted in.
 POLICIES: dict[str, Callable[[str, Any, np.random.Generator], Callable[[np.ndarray], Any]]] = {
     "random": lambda env_id, space, rng: RandomPolicy(space, rng),
     "carracing-driver": lambda env_id, space, rng: CarRacingDriver(rng),
+    "carracing-explorer": lambda env_id, space, rng: CarRacingExplorer(rng),
 }
 
 

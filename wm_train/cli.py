@@ -80,17 +80,23 @@ def train_command(config_path, overrides, resume, progress):
 @click.option("--frame-size", default=64, help="Frames are resized to FRAME_SIZE x FRAME_SIZE.")
 @click.option("--workers", default=2, help="Processes recording episodes in parallel.")
 @click.option("--store", is_flag=True, help="Write an episode store (see wm-store) at OUT instead of .npz files.")
+@click.option(
+    "--policy",
+    default=None,
+    help="The policy that acts, a name in wm_core.envs.POLICIES (carracing-driver, carracing-explorer, random). "
+    "Default: the lane-following driver for CarRacing, random held actions elsewhere.",
+)
 @click.option("--progress/--no-progress", default=True)
 @user_errors_to_exit
-def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers, store, progress):
+def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers, store, policy, progress):
     """Record episodes from the gymnasium environment ENV_ID (e.g. CarRacing-v3, ALE/Pong-v5)."""
     from .collect import collect, collect_to_store
 
     if store:
-        count = collect_to_store(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress)
+        count = collect_to_store(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress, policy)
         click.echo(f"wrote {count} episodes to the store {out_dir}")
         return
-    paths = collect(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress)
+    paths = collect(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress, policy)
     click.echo(f"wrote {len(paths)} episodes to {out_dir}")
 
 

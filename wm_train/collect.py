@@ -22,20 +22,21 @@ from .data import npz_to_store, save_episode
 
 
 def record_episode(
-    env_id: str, seed: int, steps: int, frame_size: int
+    env_id: str, seed: int, steps: int, frame_size: int, policy: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """-> obs uint8 [T, frame_size, frame_size, 3], action [T, A] float32 or [T] int64, reward float32 [T] and
+    """Play `policy` (a name in wm_core.envs.POLICIES; None: wm-collect's policy for `env_id`) for one episode
+    -> obs uint8 [T, frame_size, frame_size, 3], action [T, A] float32 or [T] int64, reward float32 [T] and
     terminated bool [T], where reward[t] and terminated[t] are what env.step(action[t]) returned (a time-limit
     truncation ends the recording but is not terminated: the world did not end there)."""
     env = make_env(env_id)
     rng = np.random.default_rng(seed)
-    policy = POLICIES[policy_for(env_id)](env_id, env.action_space, rng)
+    act = POLICIES[policy or policy_for(env_id)](env_id, env.action_space, rng)
     observation, _ = env.reset(seed=seed)
     skip = skip_start(env_id)
     frames, actions, rewards, ends = [], [], [], []
     for t in range(skip + steps):
         frame = render_frame(env, observation)
-        action = policy(frame)
+        action = act(frame)
         observation, reward, terminated, truncated, _ = env.step(action)
         if t >= skip:
             frames.append(resize(frame, frame_size))
@@ -55,8 +56,8 @@ def record_episode(
 
 
 def _record_to_file(args) -> tuple[Path, int]:
-    env_id, seed, steps, frame_size, path = args
-    obs, action, reward, terminated = record_episode(env_id, seed, steps, frame_size)
+    env_id, seed, steps, frame_size, policy, path = args
+    obs, action, reward, terminated = record_episode(env_id, seed, steps, frame_size, policy)
     save_episode(path, obs, action, reward=reward, terminated=terminated)
     return path, len(obs)
 
@@ -70,13 +71,18 @@ def collect(
     frame_size: int = 64,
     workers: int = 2,
     progress: bool = True,
+    policy: str | None = None,
 ) -> list[Path]:
-    """Record `episodes` episodes of at most `steps` steps into `out_dir/episode_XXXXX.npz`, then describe them in
+    """Record `episodes` episodes of at most `steps` steps played by `policy` (a name in wm_core.envs.POLICIES;
+    None: wm_core.envs.policy_for(env_id)) into `out_dir/episode_XXXXX.npz`, then describe them in
     `out_dir/meta.json` (written once they are all there, so it never describes episodes that failed)."""
     if episodes < 1 or steps < 1:
         raise ValueError(f"episodes and steps must be >= 1, got episodes={episodes} steps={steps}")
     if frame_size < 16 or frame_size % 16:
         raise ValueError(f"frame_size must be a multiple of 16, got {frame_size}")
+    policy = policy or policy_for(env_id)
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {policy!r}")
     env = make_env(env_id)  # fail fast, in this process, on an unknown environment or a missing extra
     action_space = env.action_space
     env.close()
@@ -84,7 +90,7 @@ def collect(
     out_dir = Path(out_dir)
     with naming_failed_writes(out_dir):  # before minutes of recording, not after
         out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(env_id, seed + i, steps, frame_size, out_dir / f"episode_{i:05d}.npz") for i in range(episodes)]
+    jobs = [(env_id, seed + i, steps, frame_size, policy, out_dir / f"episode_{i:05d}.npz") for i in range(episodes)]
     bar = tqdm(total=episodes, desc=f"collect {env_id}", unit="ep", disable=not progress)
     results: Iterable[tuple[Path, int]]
     if workers <= 1:
@@ -101,7 +107,7 @@ def collect(
     bar.close()
     if workers > 1:
         pool.shutdown()
-    meta = build_meta(env_id, action_space, frame_size, seed, episodes, steps, frames)
+    meta = build_meta(env_id, action_space, frame_size, seed, episodes, steps, frames, policy)
     atomic_write_bytes(out_dir / META, meta_bytes(meta))
     return paths
 
@@ -115,6 +121,7 @@ def collect_to_store(
     frame_size: int = 64,
     workers: int = 2,
     progress: bool = True,
+    policy: str | None = None,
 ) -> int:
     """Record episodes as `collect` does into an episode store at `store_dir` (through a temporary .npz folder
     beside it, deleted afterwards); the store keeps their rewards, terminations and meta.json. -> the number of
@@ -123,5 +130,5 @@ def collect_to_store(
     with naming_failed_writes(store_dir):
         store_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{store_dir.name}.", suffix=".npz", dir=store_dir.parent) as scratch:
-        collect(env_id, scratch, episodes, steps, seed, frame_size, workers, progress)
+        collect(env_id, scratch, episodes, steps, seed, frame_size, workers, progress, policy)
         return npz_to_store(scratch, store_dir)
