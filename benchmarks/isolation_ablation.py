@@ -170,8 +170,12 @@ class CoupledWorldModel(WorldModel):
 
 def make_trainer(cfg: Config, variant: str) -> Trainer:
     """A Trainer for `variant`; every variant starts from the same initial weights (the coupled one copies the
-    isolated model's), and the isolated ones differ by cfg.train.overshooting only."""
+    isolated model's), and the isolated ones differ by cfg.train.overshooting only. With heads (the closed-loop
+    column) every other initial weight and the training noise are those of the run without heads."""
+    without_heads = rng_without_heads(cfg) if cfg.model.heads else None
     trainer = Trainer(cfg, progress=False)
+    if without_heads is not None:
+        torch.set_rng_state(without_heads)
     if variant == "coupled":
         with torch.random.fork_rng(devices=[]):  # building it must not move the RNG both variants then share
             coupled = CoupledWorldModel(cfg.model)
@@ -187,6 +191,16 @@ def make_trainer(cfg: Config, variant: str) -> Trainer:
     return trainer
 
 
+def rng_without_heads(cfg: Config) -> torch.Tensor:
+    """The torch RNG state in which a Trainer leaves a model built for `cfg` without heads. The heads are built
+    last and draw their weights from the stream the training then reads its noise from: restoring this state
+    after them keeps the closed-loop runs' other numbers those of the runs without heads."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        WorldModel(dataclasses.replace(cfg.model, heads=False))
+        return torch.get_rng_state()
+
+
 def run_config(args: Args, data: Path, action_mode: str, action_dim: int, variant: str, seed: int) -> Config:
     return Config.from_dict(
         {
@@ -196,7 +210,6 @@ def run_config(args: Args, data: Path, action_mode: str, action_dim: int, varian
                 "seq_len": args.seq_len,
                 "val_fraction": args.val_fraction,
             },
-            # Heads only for the closed-loop column: building them draws from the RNG the training shares.
             "model": {"size": args.size, "action_dim": action_dim, "heads": args.closed_loop_episodes > 0},
             "train": {
                 "out_dir": str(Path(args.out) / "runs" / f"{variant}_seed{seed}"),

@@ -3,6 +3,7 @@ the overshooting one trains with K > 1, the regimes keep their promises, the tar
 round, and the --quick run produces the table and the plot end to end on a continuous and a discrete
 environment."""
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -49,6 +50,21 @@ def test_every_variant_starts_from_the_same_weights_and_rng(ablation, carracing_
         assert torch.equal(coupled.model.state_dict()[name], tensor)
         assert torch.equal(overshooting.model.state_dict()[name], tensor)
     assert coupled.optimizer.param_groups[0]["params"][0] is next(coupled.model.parameters())
+
+
+@pytest.mark.parametrize("variant", ["isolated", "coupled"])
+def test_heads_for_the_closed_loop_change_no_other_weight_nor_the_training_noise(
+    ablation, variant, carracing_dir, tmp_path, tiny_config
+):
+    plain = ablation.make_trainer(tiny_config(carracing_dir, tmp_path / "a"), variant)
+    noise = torch.get_rng_state()
+    cfg = tiny_config(carracing_dir, tmp_path / "b")
+    headed = ablation.make_trainer(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, heads=True)), variant)
+    assert torch.equal(torch.get_rng_state(), noise)
+    weights = headed.model.state_dict()
+    assert any(name.startswith("heads.") for name in weights)
+    for name, tensor in plain.model.state_dict().items():
+        assert torch.equal(weights[name], tensor)
 
 
 def test_coupled_trainer_steps_the_coupled_model(ablation, carracing_dir, tmp_path, tiny_config):
