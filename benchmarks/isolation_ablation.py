@@ -66,6 +66,10 @@ class Args:
         },
     )
     data: str = field(default="", metadata={"help": "episode folder; empty: record --env into OUT/data"})
+    policy: str = field(
+        default="",
+        metadata={"help": "the recording policy (wm_core.envs.POLICIES); empty: wm-collect's for --env"},
+    )
     episodes: int = field(default=40, metadata={"help": "episodes recorded"})
     steps: int = field(default=150, metadata={"help": "steps per recorded episode"})
     seeds: int = field(default=3, metadata={"help": "training seeds per variant (0 .. seeds-1)"})
@@ -329,10 +333,21 @@ def prepare_data(args: Args) -> Path:
 
     folder = Path(args.out) / "data"
     settings = dict(env=args.env, episodes=args.episodes, steps=args.steps, seed=0)
+    if args.policy:  # only then: folders recorded before the option stay valid
+        settings["policy"] = args.policy
     marker = folder / ".complete.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings:
         return folder
-    collect(args.env, folder, args.episodes, args.steps, seed=0, workers=max(1, args.workers), progress=False)
+    collect(
+        args.env,
+        folder,
+        args.episodes,
+        args.steps,
+        seed=0,
+        workers=max(1, args.workers),
+        progress=False,
+        policy=args.policy or None,
+    )
     marker.write_text(json.dumps(settings))
     return folder
 
@@ -368,7 +383,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
     args = Args(**{**defaults, **given})
     if not args.out:
         slug = args.env.split("/")[-1].split("-")[0].lower()  # CarRacing-v3 -> carracing, ALE/Pong-v5 -> pong
-        args.out = f"runs/isolation_ablation/{slug}_{args.regime}" + ("_quick" if args.quick else "")
+        policy = f"_{args.policy}" if args.policy else ""
+        args.out = f"runs/isolation_ablation/{slug}_{args.regime}{policy}" + ("_quick" if args.quick else "")
     return args
 
 

@@ -97,6 +97,7 @@ def test_small_regime_trains_longer_on_at_most_8_episodes_and_refuses_more(ablat
         "pong_budget"
     )
     assert ablation.parse_args(["--regime", "small", "--epochs", "5"]).epochs == 5  # an explicit flag wins
+    assert ablation.parse_args(["--policy", "carracing-explorer"]).out.endswith("carracing_budget_carracing-explorer")
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(12):  # the regime's 12 episodes hold 8 out of 12 for training; 12 with a tenth held out: 11
