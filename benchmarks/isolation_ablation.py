@@ -5,13 +5,15 @@ Three variants -- isolated (one-step RSSM loss), isolated + overshooting (train.
 train on the same episodes, from the same initial weights, with the same seed, optimiser and number of steps;
 all are then measured by `wm_train.evaluate` (the functions behind `wm-eval`). Per variant (mean ± std over
 seeds): final train and validation losses and their gap, open-loop pixel MSE on validation episodes at horizons
-1, 5, 10 and 30, the action identifiability ratio, and a closed-loop return column (empty until the package has
-a planner). One invocation covers one environment and one data regime:
+1, 5, 10 and 30, the action identifiability ratio, and with --closed-loop-episodes N the mean return of the
+planner driving the environment with each model. One invocation covers one environment and one data regime:
 
     python benchmarks/isolation_ablation.py --env CarRacing-v3 --regime budget   # ~10 min on 2 CPU cores
     python benchmarks/isolation_ablation.py --env CarRacing-v3 --regime small    # ~12-16 min
     python benchmarks/isolation_ablation.py --env ALE/Pong-v5 --regime budget
     python benchmarks/isolation_ablation.py --env ALE/Pong-v5 --regime small
+    python benchmarks/isolation_ablation.py --closed-loop-episodes 3                # + closed loop, ~15 min
+    python benchmarks/isolation_ablation.py --policy carracing-explorer             # recorded by another policy
     python benchmarks/isolation_ablation.py --data data/carracing                  # your own episodes
     python benchmarks/isolation_ablation.py --quick                                # smoke test, < 1 min
 
@@ -95,7 +97,7 @@ class Args:
             "trains reward and continuation heads"
         },
     )
-    closed_loop_steps: int = field(default=300, metadata={"help": "controlled steps per closed-loop episode"})
+    closed_loop_steps: int = field(default=1000, metadata={"help": "controlled steps per closed-loop episode"})
     workers: int = field(
         default=3,
         metadata={

@@ -110,7 +110,7 @@ class CarRacingDriver:
 
 class CarRacingExplorer(CarRacingDriver):
     """The driver, interrupted by excursions: every EXCURSION_EVERY steps on average, a random action (any
-    steering, gas and brake) held for 5-30 steps takes the car off its line, often off the road, and the driver
+    steering, gas and brake) held for 6-31 steps takes the car off its line, often off the road, and the driver
     then steers back to the nearest road it sees. Its speed changes too (a gas level held 20-60 steps). The
     lane-following driver's data hardly leaves the road or changes speed, which is what a planner tries first
     (README, "Control"); these episodes show the model what such actions do."""
