@@ -31,14 +31,14 @@ def build_meta(
     episodes: int,
     steps: int,
     frames: int,
-    policy: str | None = None,
+    policy: str,
 ) -> dict:
-    """The meta.json of a collection recorded by wm-collect from `env_id` with `policy` (None: policy_for)."""
+    """The meta.json of a collection recorded by wm-collect from `env_id` with `policy` (a name in POLICIES)."""
     from importlib.metadata import PackageNotFoundError, version
 
     import gymnasium
 
-    from wm_core.envs import describe_action_space, policy_for, skip_start
+    from wm_core.envs import describe_action_space, skip_start
 
     try:
         package = version("wm")
@@ -50,7 +50,7 @@ def build_meta(
         "env_id": env_id,
         "action_space": describe_action_space(action_space),
         "frame_size": frame_size,
-        "policy": policy or policy_for(env_id),
+        "policy": policy,
         "seed": seed,
         "episodes": episodes,
         "steps": steps,
