@@ -59,12 +59,6 @@ def create_session(
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: the "some nodes were not assigned" notes are expected
-    import os
-
-    if os.environ.get("WM_ORT_NO_ARENA"):
-        options.enable_cpu_mem_arena = False
-    if os.environ.get("WM_ORT_NO_PATTERN"):
-        options.enable_mem_pattern = False
     if device is None or device.type != "cuda":
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
