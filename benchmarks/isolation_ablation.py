@@ -150,6 +150,7 @@ class CoupledWorldModel(WorldModel):
         recon_change_weight: float = 0.0,
         rewards: torch.Tensor | None = None,
         continues: torch.Tensor | None = None,
+        head_overshooting: int = 1,
     ):
         if overshooting != 1 or free_nats or recon_change_weight:
             raise ValueError(
@@ -168,7 +169,7 @@ class CoupledWorldModel(WorldModel):
             one_step = (predicted - obs[:, 1:]).pow(2).mean()
         # The heads (model.heads) learn on detached features as in WorldModel, so that both variants' heads are
         # fitted alike for the closed-loop comparison.
-        reward_loss, cont_loss = self.head_losses(hs, prior_mean, rewards, continues)
+        reward_loss, cont_loss = self.head_losses(hs, prior_mean, actions, rewards, continues, head_overshooting)
         loss = recon_loss + beta * kld + rssm_scale * (rssm_loss + prediction_loss) + reward_loss + cont_loss
         zero = torch.zeros((), device=obs.device)
         return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step, zero, reward_loss, cont_loss)

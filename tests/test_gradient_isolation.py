@@ -108,7 +108,7 @@ def _head_targets(batch):
 @pytest.mark.parametrize("options", LOSS_OPTIONS.values(), ids=LOSS_OPTIONS.keys())
 def test_head_losses_train_the_heads_alone(random_batch, options):
     model = _model_with_heads()
-    out = model(*random_batch, overshooting=3, **_head_targets(random_batch), **options)
+    out = model(*random_batch, overshooting=3, head_overshooting=4, **_head_targets(random_batch), **options)
     assert out.reward_loss > 0 and out.cont_loss > 0
     (out.reward_loss + out.cont_loss).backward()
     for module in (model.encoder, model.decoder, model.rssm):
@@ -119,7 +119,9 @@ def test_head_losses_train_the_heads_alone(random_batch, options):
 @pytest.mark.parametrize("options", LOSS_OPTIONS.values(), ids=LOSS_OPTIONS.keys())
 def test_with_heads_the_total_reaches_each_module_only_through_its_own_loss(random_batch, options):
     model = _model_with_heads()
-    out = model(*random_batch, rssm_scale=0.7, overshooting=3, **_head_targets(random_batch), **options)
+    out = model(
+        *random_batch, rssm_scale=0.7, overshooting=3, head_overshooting=4, **_head_targets(random_batch), **options
+    )
     checks = {
         model.rssm: 0.7 * (out.rssm_loss + 2 * out.overshooting) / 3,
         model.heads: out.reward_loss + out.cont_loss,

@@ -7,7 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
+from wm_core.config import Config
 from wm_core.graphs import build_graphs, graph_specs
 from wm_core.manifest import has_heads, load_manifest
 from wm_deploy import LatentState, Rollout
@@ -110,3 +112,45 @@ def test_training_with_heads_fits_the_heads_and_logs_their_losses(carracing_conf
     assert "rew=" in history[-1].log_line("val") and "rew=" in capsys.readouterr().out
     rollout = Rollout.load(cfg.train.out_dir + "/best.pt", backend="torch", device="cpu")
     assert rollout.has_heads and rollout.codec.low and rollout.codec.high
+
+
+def test_head_overshooting_trains_the_heads_on_the_states_a_planner_imagines(untrained_model):
+    """head losses at distance K = the mean over k = 1..K of each head's loss on the state k steps open loop
+    after every start, checked against a plain loop over starts and RSSM.imagine (what Rollout.imagine runs)."""
+    model, _, _ = untrained_model(heads=True)
+    torch.manual_seed(0)
+    B, T, K = 2, 7, 3
+    z = torch.randn(B, T, model.cfg.latent_dim)
+    actions = torch.randn(B, T, model.cfg.action_dim)
+    rewards, continues = torch.randn(B, T), (torch.rand(B, T) > 0.2).float()
+    with torch.no_grad():
+        prior_mean, _, hs = model.rssm.observe(z, actions, states=True)
+        reward_loss, cont_loss = model.head_losses(hs, prior_mean, actions, rewards, continues, distance=K)
+        per_k = []
+        for k in range(1, K + 1):
+            rewards_k, logits_k, targets = [], [], []
+            for t in range(T - k):  # from the teacher-forced state after action t, actions t+1..t+k-1 open loop
+                h, mean = hs[:, t], prior_mean[:, t]
+                if k > 1:
+                    means, _, h_ahead = model.rssm.imagine(h, mean, actions[:, t + 1 : t + k])
+                    h, mean = h_ahead[:, -1], means[:, -1]
+                reward, logit = model.heads(torch.cat([h, mean], -1))
+                rewards_k.append(reward)
+                logits_k.append(logit)
+                targets.append(t + k - 1)  # the state follows action t + k - 1
+            reward, logit = torch.stack(rewards_k, 1), torch.stack(logits_k, 1)
+            per_k.append(
+                (
+                    (reward - rewards[:, targets]).pow(2).mean(),
+                    F.binary_cross_entropy_with_logits(logit, continues[:, targets]),
+                )
+            )
+    torch.testing.assert_close(reward_loss, torch.stack([r for r, _ in per_k]).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cont_loss, torch.stack([c for _, c in per_k]).mean(), rtol=1e-5, atol=1e-6)
+    one = model.head_losses(hs, prior_mean, actions, rewards, continues, distance=1)
+    assert not torch.allclose(one[0], reward_loss)  # the open-loop states do add terms
+
+
+def test_head_overshooting_longer_than_a_window_is_refused():
+    with pytest.raises(ValueError, match=r"train.head_overshooting must be in \[1, data.seq_len - 1 = 7\], got 8"):
+        Config.from_dict({"data": {"seq_len": 8}, "train": {"head_overshooting": 8}})

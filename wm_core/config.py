@@ -107,6 +107,10 @@ class TrainConfig:
     """with model.heads: the reward head's target at step t is the mean reward over steps t .. t+n-1 of the
     episode (per-step rewards such as CarRacing's tile events are nearly unpredictable from a frame; their
     n-step mean, the rate of progress, is not)"""
+    head_overshooting: int = 1
+    """with model.heads: the heads also learn on the states 2..K steps open loop after every step of a window
+    (prior means fed back, true actions), the states a planner imagines; their losses are the mean over the
+    distances 1..K. 1: the teacher-forced one-step states only"""
     seed: int = 0
     """seeds model init, window sampling and the reparameterisation noise"""
     device: str = "cpu"
@@ -212,6 +216,11 @@ def _check_values(cfg: Config, source: str) -> None:
             1 <= cfg.train.overshooting < cfg.data.seq_len,
             f"train.overshooting must be in [1, data.seq_len - 1 = {cfg.data.seq_len - 1}], "
             f"got {cfg.train.overshooting}",
+        ),
+        (
+            1 <= cfg.train.head_overshooting < cfg.data.seq_len,
+            f"train.head_overshooting must be in [1, data.seq_len - 1 = {cfg.data.seq_len - 1}], "
+            f"got {cfg.train.head_overshooting}",
         ),
         (cfg.train.reward_window >= 1, f"train.reward_window must be >= 1, got {cfg.train.reward_window}"),
         (cfg.train.kl_warmup_steps >= 0, f"train.kl_warmup_steps must be >= 0, got {cfg.train.kl_warmup_steps}"),

@@ -120,9 +120,9 @@ class RSSM(nn.Module):
         ahead of every step t of a window, all starts at once.
 
         h [B, T-1, D] and z [B, T-1, S] are the teacher-forced state and prior mean one step after each start t
-        (what `observe` returns); actions [B, T, A]. -> for k = 2..distance, prior mean, std [B, T-k, S] of
-        steps k..T-1, each predicted k steps open loop (prior means fed back, true actions) from step k - 1
-        before it."""
+        (what `observe` returns); actions [B, T, A]. -> for k = 2..distance, the GRU state h [B, T-k, D] and prior
+        mean, std [B, T-k, S] of steps k..T-1, each predicted k steps open loop (prior means fed back, true
+        actions) from step k - 1 before it."""
         B, T = actions.shape[:2]
         priors = []
         for k in range(2, distance + 1):
@@ -130,7 +130,7 @@ class RSSM(nn.Module):
             h, z = h[:, :n], z[:, :n]
             h_next, mean, std = self.step(h.flatten(0, 1), z.flatten(0, 1), actions[:, k - 1 : k - 1 + n].flatten(0, 1))
             h, z, std = (x.view(B, n, -1) for x in (h_next, mean, std))  # [B*n, ...] -> [B, n, ...]
-            priors.append((z, std))
+            priors.append((h, z, std))
         return priors
 
     def imagine(self, h: torch.Tensor, z: torch.Tensor, actions: torch.Tensor):
@@ -208,21 +208,30 @@ class WorldModel(nn.Module):
         self,
         hs: torch.Tensor,
         prior_mean: torch.Tensor,
+        actions: torch.Tensor,
         rewards: torch.Tensor | None,
         continues: torch.Tensor | None,
+        distance: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The heads' losses on the teacher-forced states: hs [B, T-1, D] and prior_mean [B, T-1, S] after actions
-        0..T-2 (what RSSM.observe returns), targets rewards, continues [B, T] -> (reward_loss, cont_loss); zeros
-        for a model without heads or without targets."""
+        """The heads' losses on the states 1..`distance` steps open loop after every step of the window: hs
+        [B, T-1, D] and prior_mean [B, T-1, S] after actions 0..T-2 (what RSSM.observe returns), actions [B, T, A],
+        targets rewards, continues [B, T] -> (reward_loss, cont_loss), each the mean over the distances; zeros for
+        a model without heads or without targets."""
         if self.heads is None or rewards is None or continues is None:
             zero = torch.zeros((), device=hs.device)
             return zero, zero
-        # Detached: keeps the head losses out of the RSSM (and so out of the encoder). The features are the
-        # teacher-forced prior ones [h_t+1, prior mean of z_t+1], what a planner's imagined states look like.
-        features = torch.cat([hs, prior_mean], dim=-1).detach()  # [B, T-1, D + S]
-        reward, cont_logit = self.heads(features)  # [B, T-1] each
-        reward_loss = (reward - rewards[:, :-1]).pow(2).mean()
-        return reward_loss, F.binary_cross_entropy_with_logits(cont_logit, continues[:, :-1])
+        # Detached: keeps the head losses out of the RSSM (and so out of the encoder). Distance 1 is the
+        # teacher-forced prior [h_t+1, prior mean of z_t+1]; distances 2..K feed prior means back as a planner's
+        # imagination does (TD-MPC trains its reward head along such latent rollouts too).
+        with torch.no_grad():  # the open-loop states feed the heads only: no graph through the RSSM
+            ahead = [(h, mean) for h, mean, _ in self.rssm.overshoot(hs, prior_mean, actions, distance)]
+        reward_losses, cont_losses = [], []
+        for k, (h, mean) in enumerate([(hs, prior_mean), *ahead], start=1):  # state k..T-1 follows action k-1..T-2
+            features = torch.cat([h, mean], dim=-1).detach()  # [B, T-k, D + S]
+            reward, cont_logit = self.heads(features)  # [B, T-k] each
+            reward_losses.append((reward - rewards[:, k - 1 : -1]).pow(2).mean())
+            cont_losses.append(F.binary_cross_entropy_with_logits(cont_logit, continues[:, k - 1 : -1]))
+        return torch.stack(reward_losses).mean(), torch.stack(cont_losses).mean()
 
     def forward(
         self,
@@ -235,12 +244,13 @@ class WorldModel(nn.Module):
         recon_change_weight: float = 0.0,
         rewards: torch.Tensor | None = None,
         continues: torch.Tensor | None = None,
+        head_overshooting: int = 1,
     ):
         """obs float32 [B, T, C, H, W] in [0, 1], encoded actions [B, T, A] -> WorldModelOutput. `overshooting`:
         K, the open-loop distance the RSSM is also trained at (1: one-step predictions only). `free_nats` and
         `recon_change_weight` shape the VAE loss only (see TrainConfig); 0 leaves it plain. With heads,
         `rewards` [B, T] (the reward-head target after action t) and `continues` [B, T] (1 - terminated) train
-        them; without these the head losses are 0."""
+        them on the states 1..`head_overshooting` steps open loop; without these the head losses are 0."""
         mean, std = self.encode(obs)
         z = mean + std * torch.randn_like(std)
         recon = self.decode(z)
@@ -260,7 +270,7 @@ class WorldModel(nn.Module):
         # weights every distance alike (its beta_d = 1/D): the RSSM term is the mean over k = 1..K.
         overshoot_kls = [
             gaussian_kl(mu_detached[:, k:], std_detached[:, k:], mean_k, std_k).mean()
-            for k, (mean_k, std_k) in enumerate(self.rssm.overshoot(hs, prior_mean, actions, overshooting), start=2)
+            for k, (_, mean_k, std_k) in enumerate(self.rssm.overshoot(hs, prior_mean, actions, overshooting), start=2)
         ]
         overshoot = torch.stack(overshoot_kls).mean() if overshoot_kls else torch.zeros((), device=obs.device)
 
@@ -269,6 +279,6 @@ class WorldModel(nn.Module):
 
         dynamics = (rssm_loss + len(overshoot_kls) * overshoot) / (1 + len(overshoot_kls))
         loss = recon_loss + beta * kl_loss + rssm_scale * dynamics
-        reward_loss, cont_loss = self.head_losses(hs, prior_mean, rewards, continues)
+        reward_loss, cont_loss = self.head_losses(hs, prior_mean, actions, rewards, continues, head_overshooting)
         loss = loss + reward_loss + cont_loss
         return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step, overshoot, reward_loss, cont_loss)

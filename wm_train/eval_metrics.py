@@ -298,6 +298,7 @@ def teacher_forced_sums(
             recon_change_weight=train.recon_change_weight,
             rewards=rewards,
             continues=continues,
+            head_overshooting=train.head_overshooting,
         )
         for name, value in out.scalars().items():
             sums[name] = sums.get(name, 0.0) + value * len(chunk)

@@ -40,6 +40,7 @@ LOSS_KEYS = (
     "rssm_scale",
     "overshooting",
     "reward_window",
+    "head_overshooting",
 )
 """train keys that shape the loss: --resume refuses a config that changes one (more epochs, a new lr are fine)"""
 LOG_NAMES = {"loss": "loss", "recon_loss": "rec", "kld": "kld", "rssm_loss": "rssm", "one_step": "1step"}
@@ -230,6 +231,7 @@ class Trainer:
             recon_change_weight=t.recon_change_weight,
             rewards=rewards,
             continues=continues,
+            head_overshooting=t.head_overshooting,
         )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
