@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from wm_train import Config, WorldModel
+from wm_train.trainer import clip_gradients
 
 # WorldModel.forward's loss options, as the trainer passes them: the plain loss, each option, all at once.
 # beta=0 is the first step of a KL warm-up.
@@ -135,3 +136,17 @@ def test_with_heads_the_total_reaches_each_module_only_through_its_own_loss(rand
             if module is model.encoder and "free_nats" in options:
                 continue  # the floored KL is in `loss`, the logged kld is the true one: compared elsewhere
             torch.testing.assert_close(total, expected, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("per_part", [True, False], ids=["per_part", "global"])
+def test_clipping_per_part_keeps_the_vae_loss_out_of_the_rssm_step(random_batch, per_part):
+    # The VAE loss has no gradient on the RSSM, but a global clip norm would let it shrink the RSSM's step.
+    clipped = []
+    for vae_scale in (1.0, 1000.0):
+        model = _model()
+        out = model(*random_batch)
+        (out.loss + (vae_scale - 1.0) * out.recon_loss).backward()
+        clip_gradients(model, max_norm=1.0, per_part=per_part)
+        clipped.append(_grads(model.rssm))
+    same = all(torch.equal(a, b) for a, b in zip(*clipped))
+    assert same == per_part

@@ -193,6 +193,14 @@ class WorldModel(nn.Module):
         self.rssm = RSSM(cfg.latent_dim, cfg.action_dim, cfg.deter_dim, cfg.hidden_dim, cfg.min_std)
         self.heads = Heads(cfg.deter_dim, cfg.latent_dim, cfg.hidden_dim) if cfg.heads else None
 
+    def parts(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters each loss trains, grouped as the isolation separates them (VAE: encoder and decoder;
+        RSSM; heads), so that the trainer can clip each group's gradient on its own."""
+        groups = {"vae": [*self.encoder.parameters(), *self.decoder.parameters()], "rssm": [*self.rssm.parameters()]}
+        if self.heads is not None:
+            groups["heads"] = [*self.heads.parameters()]
+        return groups
+
     def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [B, T, C, H, W] -> posterior mean, std [B, T, S]."""
         B, T = obs.shape[:2]

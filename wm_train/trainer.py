@@ -103,6 +103,16 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
+def clip_gradients(model: WorldModel, max_norm: float, per_part: bool) -> None:
+    """Clip the gradient norm of each part (model.parts()) to `max_norm`, or of all parameters together.
+
+    Per part keeps the isolation through the optimiser: with one global norm, the decoder's gradient (hundreds,
+    against the RSSM's tens and the heads' few) decides how far the RSSM and the heads move on every step."""
+    groups = model.parts().values() if per_part else [list(model.parameters())]
+    for params in groups:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
 class Trainer:
     def __init__(self, cfg: Config, progress: bool = True, dist: Distributed | None = None):
         self.cfg = cfg
@@ -235,7 +245,7 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        clip_gradients(self.model, t.grad_clip, t.grad_clip_per_part)
         self.optimizer.step()
         self.steps_done += 1
         return out
