@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from wm_core.actions import ActionCodec
 from wm_deploy import LatentState, Planner, Rollout
 from wm_deploy.plan_distributions import Arrays, Gaussian
+from wm_deploy.planner import DATA_PRIOR_SCALE
 
 BOUNDS = ([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0])  # CarRacing's: steering, gas, brake
 GOAL = np.zeros((64, 64, 3), np.uint8)  # any frame: the hand-built encoder maps every frame to the target's latent
@@ -240,6 +242,7 @@ def test_planner_refuses_more_samples_than_the_rollout_takes_at_once(planner_mod
         (dict(temperature=float("nan")), "temperature must be finite"),
         (dict(min_std=0.5, max_std=0.1), "min_std <= max_std"),
         (dict(discount=1.5), "discount must be in"),
+        (dict(action_penalty=-0.1), "action_penalty must be finite and >= 0"),
         (dict(samplez=3), r"unknown setting\(s\) \['samplez'\]"),
     ],
 )
@@ -280,3 +283,37 @@ def test_data_prior_searches_near_the_training_actions_and_bounds_prior_the_whol
     box = Gaussian(xp, low, high, horizon=4, min_std=0.05, max_std=1.0)
     actions = box.to_actions(box.sample(4096, rng)).reshape(-1, 3)
     assert abs(actions[:, 2].mean() - 0.5) < 0.05 and np.quantile(actions[:, 2], 0.9) > 0.8
+
+
+def test_action_penalty_holds_the_search_near_the_training_actions_where_rewards_tie(planner_model):
+    # Every candidate earns the same reward here, as the brake does in a model that never saw it. The search starts
+    # in the middle of the box (brake 0.5, 3.5 training stds out): without the penalty nothing brings it back.
+    model, _, _ = planner_model("continuous")
+    with torch.no_grad():
+        model.heads.reward[2].weight.zero_()  # the predicted reward: REWARD_AT_TARGET whatever the actions
+    mean, std = np.array([0.0, 0.36, 0.04]), np.array([0.7, 0.21, 0.13])  # CarRacing's training actions
+    codec = ActionCodec("continuous", 3, tuple(mean), tuple(std), *BOUNDS)
+    rollout = Rollout.from_model(model, codec)
+    state = observed(rollout)
+    beyond = {}
+    for penalty in (0.0, 1.0):
+        planner = Planner(rollout, **{**SETTINGS, "prior": "bounds", "action_penalty": penalty})
+        actions = np.stack([planner.act(state) for _ in range(5)])  # [ticks, A]
+        beyond[penalty] = (np.abs(actions - mean) / std - DATA_PRIOR_SCALE).max()
+    assert beyond[0.0] > 0.5, "without the penalty the search should stay where it started, far from the data"
+    assert beyond[1.0] < 0.2, f"the penalty should hold every action within {DATA_PRIOR_SCALE} training stds"
+
+
+def test_action_penalty_is_zero_within_the_training_actions_and_grows_squared_beyond(continuous_rollout):
+    planner = planner_on(continuous_rollout, horizon=2, discount=0.5, action_penalty=3.0)
+    mean, std = (np.asarray(x, np.float32) for x in (continuous_rollout.codec.mean, continuous_rollout.codec.std))
+    inside = np.broadcast_to(mean + 1.9 * std, (1, 2, 3))  # [N, H, A]
+    outside = (mean + (DATA_PRIOR_SCALE + np.array([0.0, 0.0, 1.0])) * std)[None, None].repeat(2, 1)
+    assert planner._penalty(inside)[0] == 0.0
+    assert planner._penalty(outside)[0] == pytest.approx(3.0 * (1.0 + 0.5))  # 1 std beyond, squared, discounted
+
+
+def test_action_penalty_refuses_discrete_actions(planner_model):
+    model, _, codec = planner_model("discrete")
+    with pytest.raises(ValueError, match="action_penalty applies to continuous actions"):
+        Planner(Rollout.from_model(model, codec), action_penalty=0.1)

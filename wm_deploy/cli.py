@@ -45,6 +45,12 @@ DEFAULTS = PlannerSettings()
 @click.option("--temperature", type=float, default=DEFAULTS.temperature, help="Elite weights exp(T (v - best)).")
 @click.option("--discount", type=float, default=DEFAULTS.discount, help="Discount of predicted rewards.")
 @click.option(
+    "--action-penalty",
+    type=float,
+    default=DEFAULTS.action_penalty,
+    help="Continuous actions: value lost per step and squared training std beyond 2 stds of the training actions.",
+)
+@click.option(
     "--prior",
     type=click.Choice(PRIORS),
     default=DEFAULTS.prior,
@@ -94,6 +100,7 @@ def control_command(
     replay: int,
     temperature: float,
     discount: float,
+    action_penalty: float,
     prior: str,
     goal: Path | None,
     no_references: bool,
@@ -114,6 +121,7 @@ def control_command(
         replay=replay,
         temperature=temperature,
         discount=discount,
+        action_penalty=action_penalty,
         prior=prior,
         seed=seed,
     )
