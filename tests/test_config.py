@@ -124,13 +124,3 @@ def test_a_checkpoint_saved_without_the_anti_collapse_keys_loads_with_the_plain_
     loaded = load_checkpoint(path)[1].train
     assert {key: getattr(loaded, key) for key in SEED_LOSS} == SEED_LOSS
 
-
-def test_a_checkpoint_saved_before_per_part_clipping_reads_as_clipped_globally(tmp_path):
-    cfg = Config.from_dict({"model": {"size": "tiny"}})
-    assert cfg.train.grad_clip_per_part
-    path = tmp_path / "old.pt"
-    save_checkpoint(path, WorldModel(cfg.model), cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3))
-    payload = torch.load(path, weights_only=False)
-    del payload["config"]["train"]["grad_clip_per_part"]  # what a checkpoint saved before the key holds
-    torch.save(payload, path)
-    assert not load_checkpoint(path)[1].train.grad_clip_per_part
