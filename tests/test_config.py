@@ -123,4 +123,3 @@ def test_a_checkpoint_saved_without_the_anti_collapse_keys_loads_with_the_plain_
     torch.save(payload, path)
     loaded = load_checkpoint(path)[1].train
     assert {key: getattr(loaded, key) for key in SEED_LOSS} == SEED_LOSS
-

@@ -304,13 +304,15 @@ def test_action_penalty_holds_the_search_near_the_training_actions_where_rewards
     assert beyond[1.0] < 0.2, f"the penalty should hold every action within {DATA_PRIOR_SCALE} training stds"
 
 
-def test_action_penalty_is_zero_within_the_training_actions_and_grows_squared_beyond(continuous_rollout):
-    planner = planner_on(continuous_rollout, horizon=2, discount=0.5, action_penalty=3.0)
+@pytest.mark.parametrize("arrays", ["numpy", "torch"])
+def test_action_penalty_is_zero_within_the_training_actions_and_grows_squared_beyond(continuous_rollout, arrays):
+    planner = planner_on(continuous_rollout, horizon=2, discount=0.5, action_penalty=3.0, arrays=arrays)
     mean, std = (np.asarray(x, np.float32) for x in (continuous_rollout.codec.mean, continuous_rollout.codec.std))
-    inside = np.broadcast_to(mean + 1.9 * std, (1, 2, 3))  # [N, H, A]
-    outside = (mean + (DATA_PRIOR_SCALE + np.array([0.0, 0.0, 1.0])) * std)[None, None].repeat(2, 1)
-    assert planner._penalty(inside)[0] == 0.0
-    assert planner._penalty(outside)[0] == pytest.approx(3.0 * (1.0 + 0.5))  # 1 std beyond, squared, discounted
+    inside = np.broadcast_to(mean + 1.9 * std, (1, 2, 3)).copy()  # [N, H, A]
+    outside = (mean - (DATA_PRIOR_SCALE + np.array([0.0, 0.0, 1.0])) * std)[None, None].repeat(2, 1)
+    assert float(planner._penalty(planner.xp.asarray(inside))[0]) == 0.0
+    penalty = float(planner._penalty(planner.xp.asarray(outside))[0])
+    assert penalty == pytest.approx(3.0 * (1.0 + 0.5))  # 1 std beyond in one dimension, squared, discounted
 
 
 def test_action_penalty_refuses_discrete_actions(planner_model):
