@@ -147,6 +147,7 @@ def _step_worker(rank: int, store: str, out: str) -> None:
         },
         Path(out) / f"step{rank}.pt",
     )
+    dist.barrier()  # neither rank tears gloo down while the other still talks to it (a rare SIGABRT otherwise)
     dist.destroy_process_group()
 
 
