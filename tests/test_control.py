@@ -69,6 +69,19 @@ def test_wm_control_end_to_end_writes_the_report_plot_and_video(heads_artifacts,
         assert plot.format == "PNG"
 
 
+def test_wm_control_plans_on_several_models_as_an_ensemble(heads_artifacts, tmp_path):
+    out = tmp_path / "ensemble"
+    settings = ["--horizon", "3", "--samples", "16", "--iterations", "1", "--elites", "4", "--replay", "2"]
+    result = wm_control(
+        str(heads_artifacts), str(heads_artifacts), "--episodes", "1", "--steps", "2", "--no-references",
+        "--no-video", "--out", str(out), "--no-progress", *settings,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "control.json").read_text())
+    assert report["backend"] == "2 x onnxruntime" and report["source"] == f"{heads_artifacts}, {heads_artifacts}"
+    assert report["policies"][PLANNER]["episodes"][0]["length"] == 2
+
+
 def test_wm_control_saves_the_planner_episodes_as_training_episodes(heads_artifacts, tmp_path):
     folder = tmp_path / "data"
     settings = ["--horizon", "2", "--samples", "8", "--iterations", "1", "--elites", "2", "--replay", "1"]

@@ -22,7 +22,7 @@ DEFAULTS = PlannerSettings()
     context_settings={"show_default": True},
     epilog=f"Exit codes: 0 success; {EXIT_BAD_INPUT} bad input or a failed write (one line on stderr).",
 )
-@click.argument("source", metavar="ARTIFACTS_OR_CKPT", type=click.Path(path_type=Path))
+@click.argument("sources", metavar="ARTIFACTS_OR_CKPT...", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--env", "env_id", default="CarRacing-v3", help="Gymnasium environment id.")
 @click.option("--episodes", type=click.IntRange(min=1), default=3, help="Episodes per policy.")
 @click.option("--steps", type=click.IntRange(min=1), default=1000, help="Most controlled steps per episode.")
@@ -85,7 +85,7 @@ DEFAULTS = PlannerSettings()
 @click.option("--video/--no-video", default=True, help="Record the first planner episode as real | imagined GIF.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def control_command(
-    source: Path,
+    sources: tuple[Path, ...],
     env_id: str,
     episodes: int,
     steps: int,
@@ -112,7 +112,8 @@ def control_command(
 ) -> None:
     """Drive a gymnasium environment with the world-model planner (MPPI/CEM on imagined rollouts) and compare it
     with the random policy and the policy that recorded the training data on the same seeds. Writes control.json
-    (returns, lengths, per-tick latency split into observe / plan / env), returns.png and episode.gif."""
+    (returns, lengths, per-tick latency split into observe / plan / env), returns.png and episode.gif. Several
+    models (trained alike, e.g. with different seeds) are planned on as an ensemble: their mean predicted reward."""
     settings = dict(
         horizon=horizon,
         samples=samples,
@@ -127,7 +128,7 @@ def control_command(
     )
     try:
         report_path, table = _run(
-            source, env_id, episodes, steps, seed, backend, device, out_dir, settings, goal,
+            sources, env_id, episodes, steps, seed, backend, device, out_dir, settings, goal,
             no_references, reference_policy, data, save_episodes, video, progress,
         )  # fmt: skip
     except (OSError, ValueError, ImportError) as error:
@@ -138,7 +139,7 @@ def control_command(
 
 
 def _run(
-    source, env_id, episodes, steps, seed, backend, device, out_dir, settings, goal,
+    sources, env_id, episodes, steps, seed, backend, device, out_dir, settings, goal,
     no_references, reference_policy, data, save_episodes, video, progress,
 ) -> tuple[Path, str]:  # fmt: skip
     import json
@@ -149,11 +150,14 @@ def _run(
 
     from .control import check_episode_folder, recording_policy, run_control, save_planner_episodes
     from .control_report import format_table, write_report
+    from .ensemble import Ensemble
     from .rollout import Rollout
 
     if reference_policy is not None and reference_policy not in envs.POLICIES:
         raise ValueError(f"--reference-policy must be one of {sorted(envs.POLICIES)}, got {reference_policy!r}")
-    rollout = Rollout.load(source, backend=backend, device=device, seed=seed)
+    rollouts = [Rollout.load(source, backend=backend, device=device, seed=seed) for source in sources]
+    rollout = rollouts[0] if len(rollouts) == 1 else Ensemble(rollouts)
+    source = sources[0]  # where the recording policy is looked up and the report goes by default
     goal_frame = None if goal is None else _read_goal(goal, rollout.dims.frame[0])
     references: list[str] = []
     reference_from = ""
@@ -179,7 +183,7 @@ def _run(
             reference_from=reference_from,
             record=video,
             keep_episodes=save_episodes is not None,
-            source=source,
+            source=", ".join(map(str, sources)),
             on_step=bar.update,
         )
     path = write_report(result, out_dir if out_dir is not None else source.parent / "control")

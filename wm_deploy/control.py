@@ -25,6 +25,7 @@ from wm_core import envs
 from wm_core.dataset_meta import META, read_meta
 from wm_core.episode_file import save_episode
 
+from .ensemble import Ensemble
 from .planner import Planner, PlannerSettings
 from .rollout import Rollout
 
@@ -105,7 +106,7 @@ def _training_data(source: Path) -> list[Path]:
         return []  # the training data cannot be traced: fall back to wm-collect's policy
 
 
-def planner_bounds(env, rollout: Rollout) -> tuple[np.ndarray, np.ndarray] | None:
+def planner_bounds(env, rollout: Rollout | Ensemble) -> tuple[np.ndarray, np.ndarray] | None:
     """Check that the model's actions are the environment's -> the bounds to give the Planner: None when the
     action codec records them (equal to the environment's), the environment's when it records none. ValueError
     naming both on a mismatch of kind, width or bounds."""
@@ -132,7 +133,7 @@ def planner_bounds(env, rollout: Rollout) -> tuple[np.ndarray, np.ndarray] | Non
 
 
 def run_control(
-    rollout: Rollout,
+    rollout: Rollout | Ensemble,
     env_id: str,
     *,
     episodes: int,
@@ -164,7 +165,7 @@ def run_control(
         planner = Planner(rollout, settings, bounds=planner_bounds(env, rollout), goal=goal)
         planner.warmup()
         rollout.warmup(1, 1)
-        record = record and rollout.backend.has_decoder
+        record = record and rollout.has_decoder
         skip = envs.skip_start(env_id)
         results: dict[str, list[Episode]] = {PLANNER: []}
         for i in range(episodes):
@@ -209,7 +210,7 @@ def _start(env, seed: int, skip: int) -> tuple[object, float, bool]:
 
 def planner_episode(
     env,
-    rollout: Rollout,
+    rollout: Rollout | Ensemble,
     planner: Planner,
     seed: int,
     steps: int,
@@ -291,7 +292,7 @@ def save_planner_episodes(result: ControlResult, folder: Path) -> list[Path]:
     return paths
 
 
-def imagined_frame(rollout: Rollout, planner: Planner) -> np.ndarray:
+def imagined_frame(rollout: Rollout | Ensemble, planner: Planner) -> np.ndarray:
     """The decoded latent at the horizon of the plan just chosen: uint8 [H, W, 3]."""
     assert planner.last_plan is not None  # called after act
     decoded = rollout.decode(planner.last_plan.z[-1:])  # [1, S] -> [1, H, W, 3] in [0, 1]

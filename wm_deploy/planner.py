@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .ensemble import Ensemble
 from .plan_distributions import Arrays, Categorical, Gaussian, shift
 from .rollout import Rollout
 from .state import LatentState, Trajectory
@@ -138,7 +139,7 @@ class Planner:
 
     def __init__(
         self,
-        rollout: Rollout,
+        rollout: Rollout | Ensemble,
         settings: PlannerSettings | None = None,
         *,
         bounds: tuple[Any, Any] | None = None,

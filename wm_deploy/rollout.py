@@ -159,6 +159,11 @@ class Rollout:
         return self.backend.has_heads
 
     @property
+    def has_decoder(self) -> bool:
+        """Whether `decode` works (the artifacts include the decoder)."""
+        return self.backend.has_decoder
+
+    @property
     def backend_name(self) -> str:
         return self.backend.name
 
@@ -266,7 +271,7 @@ class Rollout:
 
     def decode(self, z):
         """z [..., S] -> frames float32 [..., H, W, 3] in [0, 1] (needs the decoder in the artifacts)."""
-        if not self.backend.has_decoder:
+        if not self.has_decoder:
             raise ValueError("decode: these artifacts have no decoder (exported with --no-decoder)")
         kind = validation.array_kind(z, "z")
         if z.ndim < 2:
