@@ -25,6 +25,9 @@ import wm_core
 BLOCKS = 10
 """turns per callable within a time budget (see `time_calls`)"""
 MATMUL_SIZE = 2048
+CPU_HALF_MATMUL_SIZE = 256
+"""the half-precision peak's size on a CPU: one without native bfloat16 (no AVX-512 BF16) took 7 s for a 1024^2
+bfloat16 matmul (0.17 s in float32), so 2048^2 calls would run for minutes each"""
 
 
 @dataclass(frozen=True)
@@ -129,28 +132,29 @@ def format_time(us: float) -> str:
 
 
 class MatmulPeak:
-    """GFLOP/s of a MATMUL_SIZE^2 `torch.matmul` on a device. Sample it at the start and again between
-    measurements; the peak is the best call of all: a load that comes and goes during the run would otherwise
-    leave a peak taken at a busy moment below what the measured code reaches at quiet ones."""
+    """GFLOP/s of a MATMUL_SIZE^2 `torch.matmul` on a device (CPU_HALF_MATMUL_SIZE^2 in half precision on a
+    CPU). Sample it at the start and again between measurements; the peak is the best call of all: a load that
+    comes and goes during the run would otherwise leave a peak taken at a busy moment below what the measured
+    code reaches at quiet ones."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype):
-        n = MATMUL_SIZE
+        n = CPU_HALF_MATMUL_SIZE if device.type == "cpu" and dtype != torch.float32 else MATMUL_SIZE
         generator = torch.Generator(device).manual_seed(0)
         a, b = (torch.randn(n, n, device=device, dtype=dtype, generator=generator) for _ in range(2))
         out = torch.empty(n, n, device=device, dtype=dtype)
         self.call = {"matmul": lambda: torch.matmul(a, b, out=out)}
         self.sync = synchronizer(device)
-        self.dtype = dtype
+        self.dtype, self.size = dtype, n
         self.seconds: list[float] = []
 
     def sample(self, sampling: Sampling) -> None:
         self.seconds += time_calls(self.call, self.sync, sampling)["matmul"].tolist()
 
     def summary(self) -> dict:
-        flops = 2 * MATMUL_SIZE**3
+        flops = 2 * self.size**3
         return {
             "dtype": str(self.dtype).removeprefix("torch."),
-            "size": MATMUL_SIZE,
+            "size": self.size,
             "calls": len(self.seconds),
             "gflops": flops / min(self.seconds) / 1e9,
             "median_gflops": flops / np.median(self.seconds) / 1e9,

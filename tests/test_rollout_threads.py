@@ -1,5 +1,5 @@
 """Concurrency and memory of a long-lived Rollout: one Rollout hammered from several threads with mixed shapes
-(every result equals a sequential run), and workspaces freed as they leave the cache."""
+(every result equals a sequential run's, to the last bits), and workspaces freed as they leave the cache."""
 
 from __future__ import annotations
 
@@ -64,7 +64,9 @@ def test_concurrent_calls_each_see_only_their_own_inputs(tiny_artifacts, backend
         for thread_results, thread_expected in zip(results, expected):
             for got, want in zip(thread_results, thread_expected):
                 for a, b in zip(got, want):
-                    np.testing.assert_array_equal(a, b)
+                    # torch may split a reduction differently on another thread or a loaded machine (last-bit
+                    # differences, measured 3e-8); another call's inputs would change the results entirely
+                    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_an_evicted_workspace_is_freed_at_once(tiny_artifacts):
