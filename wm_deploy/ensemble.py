@@ -34,9 +34,10 @@ class Ensemble:
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 models, got {len(members)}")
         first = members[0]
+        mine = _contract(first)
         for i, member in enumerate(members[1:], 1):
-            mine, theirs = _contract(first), _contract(member)
-            if mine != theirs:
+            theirs = _contract(member)
+            if theirs != mine:
                 raise ValueError(f"ensemble member {i} does not fit member 0: {theirs} against {mine}")
             if member.device != first.device:
                 raise ValueError(f"ensemble member {i} runs on {member.device}, member 0 on {first.device}")
