@@ -74,11 +74,12 @@ def test_wm_control_plans_on_several_models_as_an_ensemble(heads_artifacts, tmp_
     settings = ["--horizon", "3", "--samples", "16", "--iterations", "1", "--elites", "4", "--replay", "2"]
     result = wm_control(
         str(heads_artifacts), str(heads_artifacts), "--episodes", "1", "--steps", "2", "--no-references",
-        "--no-video", "--out", str(out), "--no-progress", *settings,
+        "--no-video", "--out", str(out), "--no-progress", "--disagreement", "1", *settings,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "control.json").read_text())
     assert report["backend"] == "2 x onnxruntime" and report["source"] == f"{heads_artifacts}, {heads_artifacts}"
+    assert report["objective"] == "reward: mean - 1 x std of 2 models"
     assert report["policies"][PLANNER]["episodes"][0]["length"] == 2
 
 
@@ -119,7 +120,9 @@ def test_wm_control_refuses_bad_input_in_one_line(heads_artifacts, tiny_artifact
     assert discrete_on_box.returncode == 2 and "discrete actions" in discrete_on_box.stderr
     policy = wm_control(str(heads_artifacts), "--reference-policy", "driver", "--no-progress")
     assert policy.returncode == 2 and "--reference-policy must be one of" in policy.stderr
-    assert all("Traceback" not in r.stderr for r in (missing, no_heads, discrete_on_box, policy))
+    alone = wm_control(str(heads_artifacts), "--disagreement", "1", "--no-progress")
+    assert alone.returncode == 2 and "--disagreement needs several models" in alone.stderr
+    assert all("Traceback" not in r.stderr for r in (missing, no_heads, discrete_on_box, policy, alone))
 
 
 def test_planner_episodes_repeat_for_a_seed(heads_artifacts):

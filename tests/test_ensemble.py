@@ -1,6 +1,6 @@
 """An ensemble of rollouts (wm_deploy.ensemble): each member sees the same frames and actions in its own part of
-the state, the ensemble's reward is the members' mean, copies of one model plan exactly as that model, the control
-loop runs on it, and members that do not fit are refused.
+the state, the ensemble's reward is the members' mean (less the disagreement penalty), copies of one model plan
+exactly as that model, the control loop runs on it, and members that do not fit are refused.
 
 Dimensions: B batch, H horizon, D GRU state, S latent.
 """
@@ -53,6 +53,21 @@ def test_ensemble_imagines_each_member_in_its_part_and_averages_their_rewards(un
     np.testing.assert_allclose(trajectory.cont, (alone[0].cont + alone[1].cont) / 2, rtol=1e-6)
 
 
+def test_disagreement_scores_a_candidate_below_the_members_mean_by_their_spread(untrained_model):
+    members = [perturbed(untrained_model, seed) for seed in (1, 2, 3)]
+    frames = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    actions = np.random.default_rng(1).uniform(0, 1, (2, 4, 3)).astype(np.float32)  # [B, H, A]
+    alone = np.stack([m.imagine(m.observe(m.initial(2), frames), actions).reward for m in members])  # [M, B, H]
+    for group, weight, expected in (
+        (members[:2], 1.0, alone[:2].min(0)),  # two members, weight 1: the lesser reward
+        (members, 0.5, alone.mean(0) - 0.5 * alone.std(0)),
+    ):
+        ensemble = Ensemble(group, disagreement=weight)
+        reward = ensemble.imagine(ensemble.observe(ensemble.initial(2), frames), actions).reward
+        np.testing.assert_allclose(reward, expected, rtol=1e-5, atol=1e-6)
+    assert Ensemble(members, disagreement=0.5).objective == "reward: mean - 0.5 x std of 3 models"
+
+
 def test_an_ensemble_of_copies_plans_exactly_as_one_model(planner_model):
     model, _, codec = planner_model("continuous")
     one = Rollout.from_model(model, codec)
@@ -80,6 +95,8 @@ def test_ensemble_refuses_a_single_member_and_members_that_do_not_fit(untrained_
         Ensemble([continuous])
     with pytest.raises(ValueError, match="member 1 does not fit member 0"):
         Ensemble([continuous, Rollout.from_model(model, codec)])
+    with pytest.raises(ValueError, match="disagreement must be a finite number >= 0, got -1"):
+        Ensemble([continuous, continuous], disagreement=-1.0)
     with pytest.raises(ValueError, match=r"ensemble state must have h \[B, 64\]"):
         ensemble = Ensemble([continuous, continuous])
         ensemble.imagine(

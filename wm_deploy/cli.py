@@ -57,6 +57,12 @@ DEFAULTS = PlannerSettings()
     help="Continuous actions: start the search at the training actions (data) or the whole box (bounds).",
 )
 @click.option(
+    "--disagreement",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Several models: a candidate's reward is the members' mean less this many times their std.",
+)
+@click.option(
     "--goal",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
@@ -102,6 +108,7 @@ def control_command(
     discount: float,
     action_penalty: float,
     prior: str,
+    disagreement: float,
     goal: Path | None,
     no_references: bool,
     reference_policy: str | None,
@@ -113,7 +120,8 @@ def control_command(
     """Drive a gymnasium environment with the world-model planner (MPPI/CEM on imagined rollouts) and compare it
     with the random policy and the policy that recorded the training data on the same seeds. Writes control.json
     (returns, lengths, per-tick latency split into observe / plan / env), returns.png and episode.gif. Several
-    models (trained alike, e.g. with different seeds) are planned on as an ensemble: their mean predicted reward."""
+    models (trained alike, e.g. with different seeds) are planned on as an ensemble: their mean predicted reward, less
+    --disagreement times their std."""
     settings = dict(
         horizon=horizon,
         samples=samples,
@@ -128,7 +136,7 @@ def control_command(
     )
     try:
         report_path, table = _run(
-            sources, env_id, episodes, steps, seed, backend, device, out_dir, settings, goal,
+            sources, env_id, episodes, steps, seed, backend, device, out_dir, settings, disagreement, goal,
             no_references, reference_policy, data, save_episodes, video, progress,
         )  # fmt: skip
     except (OSError, ValueError, ImportError) as error:
@@ -139,7 +147,7 @@ def control_command(
 
 
 def _run(
-    sources, env_id, episodes, steps, seed, backend, device, out_dir, settings, goal,
+    sources, env_id, episodes, steps, seed, backend, device, out_dir, settings, disagreement, goal,
     no_references, reference_policy, data, save_episodes, video, progress,
 ) -> tuple[Path, str]:  # fmt: skip
     import json
@@ -155,8 +163,10 @@ def _run(
 
     if reference_policy is not None and reference_policy not in envs.POLICIES:
         raise ValueError(f"--reference-policy must be one of {sorted(envs.POLICIES)}, got {reference_policy!r}")
+    if disagreement and len(sources) == 1:
+        raise ValueError("--disagreement needs several models (an ensemble), got one")
     rollouts = [Rollout.load(source, backend=backend, device=device, seed=seed) for source in sources]
-    rollout = rollouts[0] if len(rollouts) == 1 else Ensemble(rollouts)
+    rollout = rollouts[0] if len(rollouts) == 1 else Ensemble(rollouts, disagreement)
     source = sources[0]  # where the recording policy is looked up and the report goes by default
     goal_frame = None if goal is None else _read_goal(goal, rollout.dims.frame[0])
     references: list[str] = []

@@ -64,7 +64,7 @@ class ControlResult:
     backend_detail: str
     settings: PlannerSettings
     objective: str
-    """`reward` (the model's heads) or `goal`"""
+    """`reward` (the model's heads), `goal`, or how an ensemble combines its members' rewards"""
     steps: int
     seed: int
     skip_start: int
@@ -183,7 +183,7 @@ def run_control(
         backend=rollout.backend_name,
         backend_detail=rollout.backend_detail,
         settings=planner.settings,
-        objective="goal" if planner.goal is not None else "reward",
+        objective=_objective(rollout, planner),
         steps=steps,
         seed=seed,
         skip_start=skip,
@@ -191,6 +191,12 @@ def run_control(
         reference_from=reference_from,
         episodes=results,
     )
+
+
+def _objective(rollout: Rollout | Ensemble, planner: Planner) -> str:
+    if planner.goal is not None:
+        return "goal"
+    return rollout.objective if isinstance(rollout, Ensemble) else "reward"
 
 
 def _start(env, seed: int, skip: int) -> tuple[object, float, bool]:

@@ -2,7 +2,9 @@
 predictions of models trained alike). Models of the same configuration and data but different training seeds
 can differ in how far their imagined rewards can be trusted (README, Control); where one model's error favours
 a wrong candidate, the others' seldom agree, so the mean reward ranks candidates more reliably than any one of
-them.
+them. Where the members disagree, the candidate likely leads to states that their data did not pin down (off the
+road, an action never recorded); `disagreement=λ` scores it λ times the members' std below their mean (the
+uncertainty penalty of MOPO, Yu et al. 2020), which with two members and λ = 1 is the lesser of their rewards.
 
     ensemble = Ensemble([Rollout.load(a, "onnxruntime") for a in ("runs/s0/artifacts", "runs/s1/artifacts")])
     planner = Planner(ensemble)              # the same Planner and control loop as for one Rollout
@@ -10,7 +12,8 @@ them.
 An Ensemble offers the part of the Rollout API that the planner and the control loop use. Its state is every
 member's state side by side: h [B, M*D] and z [B, M*S], member m's at columns m*D..(m+1)*D (and m*S..); each
 member observes the same frames and imagines the same actions in turn (M times one member's time), and
-`imagine` returns the members' mean reward and continuation. `decode` shows the first member's latent.
+`imagine` returns the members' mean reward (less the disagreement penalty) and mean continuation. `decode` shows
+the first member's latent.
 
 Dimensions: M members, B batch, H horizon, D GRU state, S latent (per member).
 """
@@ -18,6 +21,7 @@ Dimensions: M members, B batch, H horizon, D GRU state, S latent (per member).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,9 +34,11 @@ from .state import LatentState, Trajectory
 class Ensemble:
     """Rollouts of models that take the same actions and frames; see the module docstring."""
 
-    def __init__(self, members: Sequence[Rollout]):
+    def __init__(self, members: Sequence[Rollout], disagreement: float = 0.0):
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 models, got {len(members)}")
+        if not (math.isfinite(disagreement) and disagreement >= 0):
+            raise ValueError(f"ensemble disagreement must be a finite number >= 0, got {disagreement}")
         first = members[0]
         mine = _contract(first)
         for i, member in enumerate(members[1:], 1):
@@ -42,6 +48,7 @@ class Ensemble:
             if member.device != first.device:
                 raise ValueError(f"ensemble member {i} runs on {member.device}, member 0 on {first.device}")
         self.members = list(members)
+        self.disagreement = disagreement
         self.codec = first.codec
         self.device = first.device
         self.max_batch = min(member.max_batch for member in members)
@@ -59,8 +66,14 @@ class Ensemble:
     def backend_detail(self) -> str:
         return self.members[0].backend_detail
 
+    @property
+    def objective(self) -> str:
+        """How a candidate's reward comes from the members' (for reports)."""
+        penalty = f" - {self.disagreement:g} x std" if self.disagreement else ""
+        return f"reward: mean{penalty} of {len(self.members)} models"
+
     def __repr__(self) -> str:
-        return f"Ensemble({len(self.members)} x {self.members[0]!r})"
+        return f"Ensemble({len(self.members)} x {self.members[0]!r}, disagreement={self.disagreement:g})"
 
     def initial(self, batch: int, kind: str = "numpy") -> LatentState:
         return _join([member.initial(batch, kind) for member in self.members])
@@ -70,8 +83,8 @@ class Ensemble:
         return _join([m.observe(part, obs, prev_action) for m, part in zip(self.members, parts)])
 
     def imagine(self, state: LatentState, actions) -> Trajectory:
-        """The members' trajectories side by side (z, h, prior mean and std), with their mean reward and
-        continuation [B, H]."""
+        """The members' trajectories side by side (z, h, prior mean and std), with their mean reward (less
+        `disagreement` times their std) and mean continuation [B, H]."""
         parts = self._split(state)
         runs = [member.imagine(part, actions) for member, part in zip(self.members, parts)]
         heads = self.has_heads
@@ -80,7 +93,7 @@ class Ensemble:
             h=_cat([run.h for run in runs]),
             prior_mean=_cat([run.prior_mean for run in runs]),
             prior_std=_cat([run.prior_std for run in runs]),
-            reward=sum(run.reward for run in runs) / len(runs) if heads else None,
+            reward=self._reward([run.reward for run in runs]) if heads else None,
             cont=sum(run.cont for run in runs) / len(runs) if heads else None,
         )
 
@@ -96,6 +109,13 @@ class Ensemble:
     def warmup(self, batch: int, horizon: int, *, frames: bool = True) -> None:
         for member in self.members:
             member.warmup(batch, horizon, frames=frames)
+
+    def _reward(self, rewards: list):
+        mean = sum(rewards) / len(rewards)
+        if not self.disagreement:
+            return mean
+        variance = sum((reward - mean) ** 2 for reward in rewards) / len(rewards)  # the members' population std
+        return mean - self.disagreement * variance**0.5
 
     def _split(self, state: LatentState) -> list[LatentState]:
         D, S, M = self._deter, self._latent, len(self.members)
