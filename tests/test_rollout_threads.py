@@ -1,5 +1,5 @@
 """Concurrency and memory of a long-lived Rollout: one Rollout hammered from several threads with mixed shapes
-(every result equals a sequential run's, to the last bits), and workspaces freed as they leave the cache."""
+(every result equals a sequential run's up to last-bit rounding), and workspaces freed as they leave the cache."""
 
 from __future__ import annotations
 
