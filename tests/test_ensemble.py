@@ -79,6 +79,20 @@ def test_an_ensemble_of_copies_plans_exactly_as_one_model(planner_model):
     np.testing.assert_array_equal(plans[0], plans[1])
 
 
+def test_ensemble_load_keeps_onnxruntime_threads_from_spinning_between_its_members_calls(tiny_artifacts):
+    pytest.importorskip("onnxruntime")
+    folder = tiny_artifacts("continuous")
+
+    def spinning(rollout: Rollout) -> set[str]:
+        sessions = rollout.backend.sessions.values()
+        return {s.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") for s in sessions}
+
+    ensemble = Ensemble.load([folder, folder], "onnxruntime", "cpu", disagreement=0.5)
+    assert ensemble.disagreement == 0.5 and all(spinning(member) == {"0"} for member in ensemble.members)
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # Rollout.load leaves onnxruntime's default (spin)
+        spinning(Rollout.load(folder, "onnxruntime", "cpu"))
+
+
 def test_control_loop_runs_on_an_ensemble_and_shows_the_first_members_imagination(untrained_model):
     ensemble = Ensemble([perturbed(untrained_model, seed) for seed in (1, 2)])
     settings = PlannerSettings(horizon=3, samples=16, iterations=1, elites=4, replay=2)

@@ -45,13 +45,14 @@ def create_session(
     device: torch.device | None = None,
     *,
     threads: int = 1,
+    spinning: bool = True,
     stream: int | None = None,
     tf32: bool = False,
 ) -> Any:
     """An InferenceSession of `path` on `device`: the CPU provider with `threads` intra-op threads (0: one per
-    core), or the CUDA
-    provider on device N (on the CUDA stream `stream` when given, TF32 off unless `tf32`). Raises
-    ProviderUnavailableError when the CUDA provider is missing or fell back to the CPU."""
+    core), which spin between calls unless `spinning` is off, or the CUDA provider on device N (on the CUDA
+    stream `stream` when given, TF32 off unless `tf32`). Raises ProviderUnavailableError when the CUDA provider
+    is missing or fell back to the CPU."""
     ort = require_onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -59,6 +60,8 @@ def create_session(
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: the "some nodes were not assigned" notes are expected
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device is None or device.type != "cuda":
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 

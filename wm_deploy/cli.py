@@ -165,8 +165,10 @@ def _run(
         raise ValueError(f"--reference-policy must be one of {sorted(envs.POLICIES)}, got {reference_policy!r}")
     if disagreement and len(sources) == 1:
         raise ValueError("--disagreement needs several models (an ensemble), got one")
-    rollouts = [Rollout.load(source, backend=backend, device=device, seed=seed) for source in sources]
-    rollout = rollouts[0] if len(rollouts) == 1 else Ensemble(rollouts, disagreement)
+    if len(sources) == 1:
+        rollout: Rollout | Ensemble = Rollout.load(sources[0], backend=backend, device=device, seed=seed)
+    else:
+        rollout = Ensemble.load(sources, backend, device, disagreement=disagreement, seed=seed)
     source = sources[0]  # where the recording policy is looked up and the report goes by default
     goal_frame = None if goal is None else _read_goal(goal, rollout.dims.frame[0])
     references: list[str] = []

@@ -48,6 +48,7 @@ class Options:
     cuda_graphs: bool = True
     precision: str | None = None
     """None: the backend's default (fp32; a TensorRT folder's engines as built)"""
+    thread_spinning: bool = True
 
 
 def open_source(path: str | Path) -> Source:
@@ -152,6 +153,7 @@ def _build_ort(source: Source, device: torch.device, options: Options) -> tuple[
         options.frame_threads,
         options.precision or "fp32",
         heads=has_heads(manifest),
+        thread_spinning=options.thread_spinning,
     )
     return backend, ActionCodec.from_dict(manifest["action_codec"])
 

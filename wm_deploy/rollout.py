@@ -108,6 +108,7 @@ class Rollout:
         cuda_graphs: bool = True,
         precision: str | None = None,
         max_workspaces: int = MAX_WORKSPACES,
+        thread_spinning: bool = True,
     ) -> Rollout:
         """Load an artifact folder (written by wm-export) or a checkpoint (torch backend only).
 
@@ -122,10 +123,13 @@ class Rollout:
         CUDA); for TensorRT the engines' precision, which `auto` uses only when it is fp32 or asked for.
         max_workspaces: (batch, horizon) buckets whose buffers (and, on GPU, captured graphs) are kept; the
         least recently used is freed beyond it, so memory stays bounded however many shapes a process sees.
+        thread_spinning: onnxruntime on CPU keeps its idle worker threads spinning for the next call, which makes
+        one model's back-to-back calls faster; several models that take turns on the same cores (an Ensemble)
+        should turn it off, or each one's spinning threads slow the others' calls.
         """
         device = resolve_device(device)
         source = open_source(path)
-        options = Options(max_batch, frame_threads, cuda_graphs, precision)
+        options = Options(max_batch, frame_threads, cuda_graphs, precision, thread_spinning)
         if backend == "auto":
             built, codec, reason = build_auto(source, device, options)
             logger.info("wm_deploy: backend auto -> %s (%s); %s", built.name, built.detail, reason)

@@ -50,10 +50,11 @@ class OrtBackend:
         frame_threads: int | None = None,
         precision: str = "fp32",
         heads: bool = False,
+        thread_spinning: bool = True,
     ):
         """`files`: graph name -> verified .onnx path (`decoder` optional). precision: `fp32`, or `tf32` on CUDA
         (the graphs are float32; TF32 is the CUDA provider's opt-in). heads: the prior step outputs reward and
-        cont."""
+        cont. thread_spinning: see Rollout.load."""
         ort = require_onnxruntime()
         self.dims = dims
         self.device = device
@@ -86,10 +87,15 @@ class OrtBackend:
             self.ops = NumpyOps()
             self.stream = None
             self.binding_device = ("cpu", 0)
-            self.sessions = {name: create_session(path, threads=threads[name]) for name, path in files.items()}
+            self.sessions = {
+                name: create_session(path, threads=threads[name], spinning=thread_spinning)
+                for name, path in files.items()
+            }
             cores = os.cpu_count() or 1
             if cores > 1:
-                self.sessions["prior_step_wide"] = create_session(files["prior_step"], threads=cores)
+                self.sessions["prior_step_wide"] = create_session(
+                    files["prior_step"], threads=cores, spinning=thread_spinning
+                )
             self.detail = f"onnxruntime {ort.__version__}, CPUExecutionProvider, IO binding"
 
     def _bind(self, session, inputs: dict, outputs: dict):
