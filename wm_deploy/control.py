@@ -64,7 +64,7 @@ class ControlResult:
     backend_detail: str
     settings: PlannerSettings
     objective: str
-    """`reward` (the model's heads), `goal`, or how an ensemble combines its members' rewards"""
+    """Planner.objective"""
     steps: int
     seed: int
     skip_start: int
@@ -183,7 +183,7 @@ def run_control(
         backend=rollout.backend_name,
         backend_detail=rollout.backend_detail,
         settings=planner.settings,
-        objective=_objective(rollout, planner),
+        objective=planner.objective,
         steps=steps,
         seed=seed,
         skip_start=skip,
@@ -191,12 +191,6 @@ def run_control(
         reference_from=reference_from,
         episodes=results,
     )
-
-
-def _objective(rollout: Rollout | Ensemble, planner: Planner) -> str:
-    if planner.goal is not None:
-        return "goal"
-    return rollout.objective if isinstance(rollout, Ensemble) else "reward"
 
 
 def _start(env, seed: int, skip: int) -> tuple[object, float, bool]:

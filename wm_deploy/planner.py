@@ -201,10 +201,16 @@ class Planner:
         self.last_plan: Plan | None = None
         self._replay: Any = None  # [R, H, ...] shifted elites of the previous tick
 
+    @property
+    def objective(self) -> str:
+        """`goal`, `reward` (the model's heads), or how an ensemble combines its members' rewards."""
+        if self.goal is not None:
+            return "goal"
+        return self.rollout.objective if isinstance(self.rollout, Ensemble) else "reward"
+
     def __repr__(self) -> str:
-        objective = "goal" if self.goal is not None else "reward"
         backend = self.rollout.backend_name
-        return f"Planner({self.codec.mode}, objective={objective}, {self.settings}, backend={backend})"
+        return f"Planner({self.codec.mode}, objective={self.objective}, {self.settings}, backend={backend})"
 
     # --- the API ------------------------------------------------------------------------------------------
 
