@@ -4,6 +4,8 @@
 # `make test`: set up and run the test suite. Both create or reuse the virtual environment in .venv.
 # `make lint`: set up, then ruff (lint, format) and mypy, which reads the TensorRT API from the stubs that
 # tools/tensorrt_stubs.py puts into typings/.
+# `make docs`: set up, check that every measured table matches its results file (docs/results/), build the
+# site into site/ with mkdocs --strict (a broken link or a missing API reference fails).
 # `make gpu-check`: on a machine with a CUDA device, the GPU tests and benchmarks (no venv).
 
 PYTHON ?= python3
@@ -16,7 +18,7 @@ TORCH_PIP_ARGS ?=
 DEMO_DATA := data/carracing
 DEMO_RUN := runs/carracing
 
-.PHONY: setup demo test lint gpu-check clean
+.PHONY: setup demo test lint docs results gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -24,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[cpu,envs,dev]"
+	$(PY) -m pip install -q -e ".[cpu,envs,dev,docs]"
 	touch $@
 
 # meta.json is written last, once every episode is there (recordings without it predate rewards: re-record)
@@ -47,10 +49,18 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+docs: setup
+	$(PY) benchmarks/results.py --check
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+# re-render every measured table of README.md and docs/ from its results file
+results: setup
+	$(PY) benchmarks/results.py
+
 # On a lent GPU machine, with its own python3 and packages (no venv): the CUDA tests, rollout latency on every
 # backend present, training throughput; files into $$OUT (else ./gpu-check). See benchmarks/gpu_check.py.
 gpu-check:
 	PYTHONPATH=. python3 benchmarks/gpu_check.py --out "$${OUT:-gpu-check}"
 
 clean:
-	rm -rf $(VENV) data runs artifacts typings
+	rm -rf $(VENV) data runs artifacts typings site
