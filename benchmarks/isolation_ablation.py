@@ -55,7 +55,7 @@ SMALL_MAX_TRAIN_EPISODES = 8
 REWARD_WINDOW = 10
 """the heads' reward target, the mean reward of the next 10 steps, as in configs/carracing.yaml and pong.yaml"""
 CLOSED_LOOP_SEED = 100
-"""closed-loop episodes use seeds 100, 101, ...: the control benchmark's (README, "Control"), none recorded"""
+"""closed-loop episodes use seeds 100, 101, ...: the control benchmark's (docs/control.md), none recorded"""
 
 
 @dataclass

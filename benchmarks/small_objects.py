@@ -12,7 +12,7 @@ true/shuffled and the open-loop MSE at step 10 (wm-eval's functions).
 
 The measured setting (the defaults of Args: 400 episodes, 20 epochs = 5,000 optimiser steps per run) took 4 min
 for five runs side by side on one H100; on 2 CPU cores each run takes tens of minutes. At a sixth of that budget
-(--episodes 80 --epochs 16) no option kept the dot (README, "Small objects").
+(--episodes 80 --epochs 16) no option kept the dot (docs/evaluation.md, "Small objects").
 
 Drawing white where the dot is costs an error of 0.52 per pixel inside it: the "dot MSE" of a model that
 ignores the dot. Timings depend on what else the machine runs.

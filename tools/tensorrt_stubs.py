@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 VERSION = "10.13.0.35.1"
-"""tensorrt-stubs version: the TensorRT 10.13 Python API (README, "Exporting")"""
+"""tensorrt-stubs version: the TensorRT 10.13 Python API (docs/export.md)"""
 TARGET = Path(__file__).resolve().parents[1] / "typings"
 MARKER = TARGET / f".tensorrt-stubs-{VERSION}"
 

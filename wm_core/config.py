@@ -32,7 +32,7 @@ DEPRECATED_KEYS = {"train": SEED_KEYS, "model": SEED_KEYS}
 @dataclass
 class DataConfig:
     path: str = "data/carracing"
-    """folder of episode files `*.npz` (see README, "Data format")"""
+    """folder of episode files `*.npz` (docs/data.md)"""
     action_mode: str = "continuous"
     """`continuous` (float actions, normalised) or `discrete` (integer actions, one-hot encoded)"""
     seq_len: int = 16
@@ -86,7 +86,7 @@ class TrainConfig:
     grad_clip_per_part: bool = False
     """clip the gradient norms of the VAE (encoder + decoder), the RSSM and the heads each on its own, so that one
     part's loss cannot set another part's step size: with one global norm the decoder's gradient, the largest,
-    decides how far the RSSM and the heads move (README, "Why gradient isolation"). Off by default until it is
+    decides how far the RSSM and the heads move (docs/isolation_study.md). Off by default until it is
     measured to plan as well: on the CarRacing benchmark it planned far worse on training seed 0, better on 1"""
     beta: float = 1.0
     """weight of the VAE's KL to N(0, I)"""
@@ -102,7 +102,7 @@ class TrainConfig:
     """each pixel's squared error is weighted by 1 + this x its distance from the window's median frame, so a
     small moving object counts against a static background (wm_core.losses.change_weights); 0: uniform.
     With free_nats, this default keeps a 3x3 dot and Pong's paddles in the latents where the plain loss
-    collapses (README, "Small objects"); SEED_LOSS turns both off"""
+    collapses (docs/evaluation.md, "Small objects"); SEED_LOSS turns both off"""
     rssm_scale: float = 1.0
     """weight of the RSSM loss in the total"""
     overshooting: int = 1

@@ -113,7 +113,7 @@ class CarRacingExplorer(CarRacingDriver):
     steering, gas and brake) held for 6-31 steps takes the car off its line, often off the road, and the driver
     then steers back to the nearest road it sees. Its speed changes too (a gas level held 20-60 steps). The
     lane-following driver's data hardly leaves the road or changes speed, which is what a planner tries first
-    (README, "Control"); these episodes show the model what such actions do."""
+    (docs/control.md); these episodes show the model what such actions do."""
 
     EXCURSION_EVERY = 60
 

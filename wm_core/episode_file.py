@@ -1,6 +1,6 @@
 """One episode file (`.npz`), as wm-collect records it and `wm-control --save-episodes` keeps the planner's:
 obs uint8 [T, H, W, 3] (the frame before action t), action [T, ...], and per-step arrays such as reward float32
-[T] (received after action t) and terminated bool [T]. The README's "Data format" is the contract."""
+[T] (received after action t) and terminated bool [T]. docs/data.md, "Data format", is the contract."""
 
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ COLLAPSE_CHECKLIST = (
     "mean image. Check that the frames differ from each other, then try longer training, a larger "
     "train.recon_change_weight (e.g. 100: small objects on a plain background), a higher train.free_nats (e.g. "
     "1.0, a KL floor per latent dimension), a longer train.kl_warmup_steps (e.g. 2000) or a lower train.beta "
-    '(e.g. 0.1); none of them is a sure fix (README, "Small objects", has what each did on small-object scenes).'
+    '(e.g. 0.1); none of them is a sure fix (docs/evaluation.md, "Small objects", has what each did on '
+    "small-object scenes)."
 )
 
 
