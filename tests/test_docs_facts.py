@@ -58,7 +58,8 @@ def test_page_states_the_format_versions_of_the_code(page):
 def test_changelog_table_lists_every_format():
     text = (ROOT / "CHANGELOG.md").read_text()
     for name, version in current_versions().items():
-        assert re.search(rf"`{re.escape(name)}`\s*\|\s*{version}\s*\|", text), f"CHANGELOG's table lacks {name} {version}"
+        row = rf"`{re.escape(name)}`\s*\|\s*{version}\s*\|"
+        assert re.search(row, text), f"CHANGELOG's table lacks {name} {version}"
 
 
 def test_every_format_is_stated_somewhere_in_the_docs():
