@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from wm_core.actions import ActionCodec
 from wm_core.config import Config
+from wm_core.errors import EXIT_PARITY, WmError
 from wm_core.graphs import BATCH, GraphSpec
 from wm_core.onnxruntime_session import create_session
 
@@ -67,8 +68,10 @@ TENSORRT_FP32_TOLERANCES = Tolerances(latent=1e-3, frames=2e-3)
 TENSORRT_FP16_TOLERANCES = Tolerances(latent=1e-2, frames=1e-2)
 
 
-class ParityError(RuntimeError):
+class ParityError(WmError, RuntimeError):
     """An exported graph disagrees with the PyTorch model by more than the tolerance."""
+
+    exit_code = EXIT_PARITY
 
     def __init__(self, backend: str, failures: list[str], report: dict):
         self.backend = backend
