@@ -13,6 +13,7 @@ Every command (wm-train, wm-collect, wm-eval, wm-store, wm-export, wm-control) i
 from __future__ import annotations
 
 import functools
+import sys
 import textwrap
 import warnings
 from collections.abc import Callable
@@ -28,9 +29,10 @@ EXIT_PARITY = 4
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
-    EXIT_ERROR: "bad input or a failed write: a missing or unreadable file, a config key, an option's value, a model "
-    "that does not fit the environment, a full disk, a folder that may not be written, a failed TensorRT build",
-    EXIT_USAGE: "bad command line (an unknown option, a missing argument, a value of the wrong type)",
+    EXIT_ERROR: "bad input or a failed write: a missing or unreadable file, a bad config, a model that does not fit "
+    "the environment, a full disk, a folder that may not be written, a failed TensorRT build",
+    EXIT_USAGE: "bad command line: an unknown option, a missing argument, an option's value of the wrong type or "
+    "out of its range",
     EXIT_NO_TENSORRT: "TensorRT or a CUDA device missing (wm-export: the ONNX artifacts are still written)",
     EXIT_PARITY: "parity check failed: an exported graph disagrees with the PyTorch model (nothing written)",
 }
@@ -99,8 +101,7 @@ def one_line_errors(command: Command) -> Command:
         except USER_ERRORS as error:
             code = exit_code(error)
             assert code is not None  # every USER_ERRORS has one
-            failure = click.ClickException(error_line(error))  # click prints it as "Error: <message>"
-            failure.exit_code = code
-            raise failure from None
+            click.echo(f"Error: {error_line(error)}", err=True)
+            sys.exit(code)
 
     return wrapper  # type: ignore[return-value]
