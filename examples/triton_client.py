@@ -1,5 +1,5 @@
 """Observe frames and imagine a batch of futures against a Triton Inference Server serving the model repository
-written by `wm-export CKPT --triton REPO` (start the server as the README says).
+written by `wm-export CKPT --triton REPO` (start the server as docs/deployment.md says).
 
     pip install ".[triton]"
     python examples/triton_client.py [--url localhost:8000] [--episode data/carracing/episode_00000.npz]

@@ -1,6 +1,6 @@
 """Several world models planned on as one: an ensemble of Rollouts (PETS, Chua et al. 2018, averages the
 predictions of models trained alike). Models of the same configuration and data but different training seeds
-can differ in how far their imagined rewards can be trusted (README, Control); where one model's error favours
+can differ in how far their imagined rewards can be trusted (docs/control.md); where one model's error favours
 a wrong candidate, the others' seldom agree, so the mean reward ranks candidates more reliably than any one of
 them. Where the members disagree, the candidate likely leads to states that their data did not pin down (off the
 road, an action never recorded); `disagreement=λ` scores it λ times the members' std below their mean (the
@@ -66,7 +66,7 @@ class Ensemble:
     ) -> Ensemble:  # fmt: skip
         """`Rollout.load` of each path, with its keyword options, except that onnxruntime's idle threads do not
         spin: the members take turns on the same cores, and each one's spinning threads would slow the next one
-        (two models on 2 cores: imagine 1.4x slower with spinning)."""
+        (measurements: docs/deployment.md)."""
         return cls([Rollout.load(p, backend, device, thread_spinning=False, **options) for p in paths], disagreement)
 
     @property
