@@ -110,6 +110,20 @@ def test_wm_control_saves_the_planner_episodes_as_training_episodes(heads_artifa
     assert not list(other.glob("*.npz"))  # refused before any episode ran
 
 
+def test_wm_control_has_one_option_per_planner_setting():
+    from wm_deploy.cli import control_command
+
+    options = {param.name: param for param in control_command.params}
+    for setting in dataclasses.fields(PlannerSettings):
+        if setting.name == "seed":  # --seed seeds the episodes and the planner
+            continue
+        option = options[setting.name]
+        assert option.opts == [f"--{setting.name.replace('_', '-')}"] and option.default == setting.default
+    assert options["prior"].type.choices == ("data", "bounds")
+    bad = wm_control("artifacts", "--samples", "8", "--elites", "9")  # a usage error, before any file is read
+    assert bad.returncode == 2 and "elites must be in [1, samples=8]" in bad.stderr
+
+
 def test_wm_control_refuses_bad_input_in_one_line(heads_artifacts, tiny_artifacts, tmp_path):
     missing = wm_control(str(tmp_path / "nothing"), "--no-progress")
     assert missing.returncode == 1 and missing.stderr.startswith("Error: ") and "nothing" in missing.stderr
