@@ -100,28 +100,42 @@ def test_wm_control_saves_the_planner_episodes_as_training_episodes(heads_artifa
         assert action[:, 1:].min() >= 0 and np.abs(action[:, 0]).max() <= 1  # CarRacing's box
         assert terminated.dtype == bool and not terminated.any() and np.isfinite(reward).all()
     again = wm_control(*command, *settings)  # the same seeds into the same folder
-    assert again.returncode == 2 and "already holds planner_00007.npz, planner_00008.npz" in again.stderr
+    assert again.returncode == 1 and "already holds planner_00007.npz, planner_00008.npz" in again.stderr
     other = tmp_path / "pong"
     other.mkdir()
     header = {"format": "wm-episodes", "format_version": 1}
     (other / "meta.json").write_text(json.dumps({**header, "env_id": "ALE/Pong-v5", "frame_size": 64}))
     mismatch = wm_control(*command[:-1], str(other), *settings)
-    assert mismatch.returncode == 2 and "episodes of ALE/Pong-v5 at 64 px, not CarRacing-v3" in mismatch.stderr
+    assert mismatch.returncode == 1 and "episodes of ALE/Pong-v5 at 64 px, not CarRacing-v3" in mismatch.stderr
     assert not list(other.glob("*.npz"))  # refused before any episode ran
+
+
+def test_wm_control_has_one_option_per_planner_setting():
+    from wm_deploy.cli import control_command
+
+    options = {param.name: param for param in control_command.params}
+    for setting in dataclasses.fields(PlannerSettings):
+        if setting.name == "seed":  # --seed seeds the episodes and the planner
+            continue
+        option = options[setting.name]
+        assert option.opts == [f"--{setting.name.replace('_', '-')}"] and option.default == setting.default
+    assert options["prior"].type.choices == ("data", "bounds")
+    bad = wm_control("artifacts", "--samples", "8", "--elites", "9")  # a usage error, before any file is read
+    assert bad.returncode == 2 and "elites must be in [1, samples=8]" in bad.stderr
 
 
 def test_wm_control_refuses_bad_input_in_one_line(heads_artifacts, tiny_artifacts, tmp_path):
     missing = wm_control(str(tmp_path / "nothing"), "--no-progress")
-    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "nothing" in missing.stderr
+    assert missing.returncode == 1 and missing.stderr.startswith("Error: ") and "nothing" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     no_heads = wm_control(str(tiny_artifacts("continuous")), "--steps", "1", "--no-progress")
-    assert no_heads.returncode == 2 and "predicts no rewards" in no_heads.stderr
+    assert no_heads.returncode == 1 and "predicts no rewards" in no_heads.stderr
     discrete_on_box = wm_control(str(tiny_artifacts("discrete")), "--steps", "1", "--no-progress")
-    assert discrete_on_box.returncode == 2 and "discrete actions" in discrete_on_box.stderr
+    assert discrete_on_box.returncode == 1 and "discrete actions" in discrete_on_box.stderr
     policy = wm_control(str(heads_artifacts), "--reference-policy", "driver", "--no-progress")
-    assert policy.returncode == 2 and "--reference-policy must be one of" in policy.stderr
+    assert policy.returncode == 1 and "--reference-policy must be one of" in policy.stderr
     alone = wm_control(str(heads_artifacts), "--disagreement", "1", "--no-progress")
-    assert alone.returncode == 2 and "--disagreement needs several models" in alone.stderr
+    assert alone.returncode == 1 and "--disagreement needs several models" in alone.stderr
     assert all("Traceback" not in r.stderr for r in (missing, no_heads, discrete_on_box, policy, alone))
 
 

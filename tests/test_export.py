@@ -15,10 +15,11 @@ import torch
 from click.testing import CliRunner
 
 import wm_export.export
+from wm_core.errors import EXIT_ERROR, EXIT_NO_TENSORRT, EXIT_PARITY
 from wm_core.graphs import build_graphs
 from wm_core.manifest import sha256_file
 from wm_export import ParityError, export_artifacts, graph_specs, load_manifest, verify_file, verify_folder
-from wm_export.cli import EXIT_ERROR, EXIT_NO_TENSORRT, EXIT_PARITY, main
+from wm_export.cli import main
 from wm_export.onnx_export import export_onnx
 from wm_export.parity import (
     DRIFT_FACTOR,

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from wm_core import ActionCodec, Config, WorldModel, save_checkpoint
+from wm_core.errors import EXIT_NO_TENSORRT
 from wm_core.onnxruntime_session import ProviderUnavailableError, check_provider_in_use, create_session
 from wm_core.tensorrt_engine import TensorRTUnavailableError, create_builder, create_runtime
 from wm_deploy import LatentState, Rollout
@@ -20,7 +21,7 @@ from wm_deploy.backends.torch_backend import TorchBackend, float32_matmul
 from wm_deploy.backends.trt_backend import TENSOR_ALIGNMENT, tensor_addresses
 from wm_deploy.loading import Dims
 from wm_export import export_artifacts
-from wm_export.cli import EXIT_NO_TENSORRT, main
+from wm_export.cli import main
 
 
 @pytest.fixture(scope="module")

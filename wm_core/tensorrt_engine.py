@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
+from .errors import EXIT_NO_TENSORRT, WmError
 from .graphs import GraphSpec
 
 if TYPE_CHECKING:
@@ -25,9 +26,11 @@ if TYPE_CHECKING:
 INSTALL_HINT = 'install the GPU extra: pip install ".[gpu]"'
 
 
-class TensorRTUnavailableError(RuntimeError):
+class TensorRTUnavailableError(WmError, RuntimeError):
     """TensorRT, a CUDA device, or a driver TensorRT works with is missing. `artifacts`: the ONNX-only folder
     written anyway, if any."""
+
+    exit_code = EXIT_NO_TENSORRT
 
     def __init__(self, message: str, artifacts: Path | None = None):
         super().__init__(message)

@@ -66,7 +66,7 @@ class Ensemble:
     ) -> Ensemble:  # fmt: skip
         """`Rollout.load` of each path, with its keyword options, except that onnxruntime's idle threads do not
         spin: the members take turns on the same cores, and each one's spinning threads would slow the next one
-        (two models on 2 cores: imagine 1.4x slower with spinning)."""
+        (measurements: docs/deployment.md)."""
         return cls([Rollout.load(p, backend, device, thread_spinning=False, **options) for p in paths], disagreement)
 
     @property

@@ -217,9 +217,9 @@ REGISTRY: dict[str, BackendEntry] = {
 }
 BACKENDS = tuple(REGISTRY)
 
-# Fastest first, by device. On CPU onnxruntime beats eager PyTorch by well over 2x at small batches
-# (docs/benchmarks.md). On CUDA: TensorRT engines with a captured loop, then PyTorch with a captured loop, then
-# onnxruntime, which launches each step separately.
+# Fastest first, by device. On CPU onnxruntime beats eager PyTorch at small batches (docs/benchmarks.md). On
+# CUDA: TensorRT engines with a captured loop, then PyTorch with a captured loop, then onnxruntime, which
+# launches each step separately.
 PREFERENCE = {"cpu": ("onnxruntime", "torch"), "cuda": ("tensorrt", "torch", "onnxruntime")}
 
 VARIANTS: dict[str, tuple[str, dict]] = {

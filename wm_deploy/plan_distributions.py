@@ -24,8 +24,8 @@ class Arrays:
     """The planner's array operations, on numpy arrays (`kind="numpy"`) or torch tensors on `device`.
 
     On a CPU the planner computes in numpy: torch's intra-op thread pool, woken by element-wise ops on the
-    [N, H, S] trajectories, competes with onnxruntime's for the same cores (measured: a 65k-element
-    torch.isfinite taking 17-40 ms on a busy 2-core machine). On a GPU it keeps everything on the device.
+    [N, H, S] trajectories, competes with onnxruntime's for the same cores (docs/control.md). On a GPU it keeps
+    everything on the device.
     `kind` overrides the choice (tests run the GPU's torch path on a CPU)."""
 
     def __init__(self, device: torch.device, kind: str | None = None):

@@ -31,7 +31,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -41,46 +41,51 @@ from .plan_distributions import Arrays, Categorical, Gaussian, shift
 from .rollout import Rollout
 from .state import LatentState, Trajectory
 
-PRIORS = ("data", "bounds")
+Prior = Literal["data", "bounds"]
+"""where a continuous search starts each tick (PlannerSettings.prior)"""
+PRIORS: tuple[str, ...] = get_args(Prior)
 DATA_PRIOR_SCALE = 2.0
 """prior `data`: the search's std is capped at this many training stds per action dimension"""
 
 
 @dataclass(frozen=True)
 class PlannerSettings:
+    """The planner's knobs; `wm-control` makes one option of each (but `seed`, which its --seed sets). Why the
+    defaults are what they are, and what they cost per tick: docs/control.md."""
+
     horizon: int = 12
-    """H: imagined steps per candidate"""
+    """H: steps imagined per candidate action sequence"""
     samples: int = 256
-    """N: candidates per iteration, the replayed ones included; the batch of each imagine call"""
+    """N: candidate action sequences per iteration, the replayed ones included (the batch of each imagine call)"""
     iterations: int = 3
     """rounds of sample -> imagine -> refit per tick"""
     elites: int = 32
     """K: best candidates the distribution is refit to"""
     replay: int = 16
-    """R: of the samples, the previous tick's best elites, shifted one step (the chosen one first)"""
+    """R: candidates per iteration that are the previous tick's best elites shifted one step (the chosen one
+    first); 0: none"""
     temperature: float = 0.5
-    """elite weights are exp(temperature * (value - best value)): higher trusts the best more"""
+    """elites are weighted exp(temperature * (value - best value)), per unit of value (discounted predicted
+    reward, or latent distance to a goal): higher trusts the best more"""
     min_std: float = 0.05
-    """continuous: floor of the std per step and dimension, in units of half the dimension's range"""
+    """continuous actions: floor of the search's std per step and dimension, in half-ranges of the dimension's
+    bounds"""
     max_std: float = 1.0
-    """continuous: ceiling of the std, and the std every tick starts from (same units). TD-MPC2 starts at 2 and
-    iterates 6 times; with 3 iterations a start at 1 converged closer on the hand-built test model (tests/
-    conftest.py), and clips fewer samples to the bounds"""
-    prior: str = "data"
-    """continuous: where each search starts. `data`: at the training actions' mean, its std capped at
-    DATA_PRIOR_SCALE x theirs (the action codec's statistics): the model has only seen those actions, and a
-    search over the whole box (CarRacing's brake at 0.5 is 7 training stds out) finds the futures it gets most
-    wrong. `bounds`: the middle of the bounds with max_std, as TD-MPC2"""
+    """continuous actions: ceiling of the search's std, and the std a `bounds` search starts from each tick, in
+    half-ranges of the dimension's bounds (TD-MPC2 starts at 2 and iterates 6 times; docs/control.md)"""
+    prior: Prior = "data"
+    """continuous actions: where each tick's search starts. `data`: at the training actions' mean, its std capped
+    at DATA_PRIOR_SCALE (2) training stds (the action codec's statistics), since the model predicts well only
+    near the actions it was trained on. `bounds`: the middle of the bounds with std max_std, as TD-MPC2"""
     action_penalty: float = 0.0
-    """continuous: per imagined step, this weight times the squared distance of the candidate's actions beyond
-    DATA_PRIOR_SCALE training stds of the training actions' mean (summed over dimensions, in training stds) is
-    subtracted from its value. Where the model cannot tell candidates apart (it barely saw an action, such as
-    CarRacing's brake), nothing else stops the search's mean from drifting tick by tick to actions it never
-    saw: measured, brake held at 0.9 by a car stuck beside the road for 800 ticks. 0: no penalty"""
+    """continuous actions: value subtracted per imagined step (discounted like the rewards) and per squared
+    training std by which a candidate's actions lie beyond DATA_PRIOR_SCALE (2) training stds of the training
+    actions' mean, summed over dimensions. It stops the search drifting, tick by tick, to actions the model
+    barely saw and cannot tell apart (docs/control.md). 0: no penalty"""
     min_prob: float = 0.02
-    """discrete: floor of each action's probability per step, so no action is ruled out for good"""
+    """discrete actions: floor of each action's probability per step, so that no action is ruled out for good"""
     discount: float = 0.99
-    """weight discount^k of the value predicted k steps ahead"""
+    """the value predicted k steps ahead is weighted discount^k"""
     seed: int = 0
     """seeds the planner's own generator: the same seed, state and model give the same actions"""
 

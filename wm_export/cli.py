@@ -1,34 +1,29 @@
-"""`wm-export`: a thin click wrapper over `export_artifacts`; errors become one line and an exit code."""
+"""`wm-export`: a thin click wrapper over `export_artifacts`; errors become one line and an exit code
+(wm_core.errors)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
-from wm_core.errors import error_line
+from wm_core.errors import (
+    EXIT_ERROR,
+    EXIT_NO_TENSORRT,
+    EXIT_OK,
+    EXIT_PARITY,
+    EXIT_USAGE,
+    exit_codes_epilog,
+    one_line_errors,
+)
 from wm_core.manifest import load_manifest
 
 from .export import DEFAULT_FOLDER, export_artifacts
 from .parity import ParityError, format_table
-from .tensorrt_build import EngineBuildError, TensorRTUnavailableError
-
-EXIT_ERROR = 1
-"""bad input (checkpoint, options, output folder, data), a failed write (full disk, no permission) or a failed
-TensorRT build; nothing written"""
-EXIT_NO_TENSORRT = 3
-"""--trt without TensorRT or a CUDA device; the ONNX artifacts were written"""
-EXIT_PARITY = 4
-"""an exported graph disagrees with the PyTorch model; nothing written"""
+from .tensorrt_build import TensorRTUnavailableError
 
 
-@click.command(
-    epilog=f"""\b
-Exit codes: 0 success; {EXIT_ERROR} bad input, failed write or TensorRT build failure (nothing written);
-2 bad command line; {EXIT_NO_TENSORRT} --trt without TensorRT or a CUDA device (ONNX artifacts written;
-install with pip install ".[gpu]"); {EXIT_PARITY} parity check failed (nothing written)."""
-)
+@click.command(epilog=exit_codes_epilog(EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NO_TENSORRT, EXIT_PARITY))
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option(
     "-o",
@@ -74,6 +69,7 @@ install with pip install ".[gpu]"); {EXIT_PARITY} parity check failed (nothing w
 )
 @click.option("--force", is_flag=True, help="Replace an existing artifact folder (and Triton repository).")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@one_line_errors
 def main(
     checkpoint: Path,
     out_dir: Path | None,
@@ -109,15 +105,13 @@ def main(
             progress=progress,
             triton=triton,
         )
-    except ParityError as error:
+    except ParityError as error:  # the table of what disagreed, then (one_line_errors) the error's line
         click.echo(format_table({error.backend: error.report}), err=True)
-        _fail(error, EXIT_PARITY)
-    except TensorRTUnavailableError as error:
+        raise
+    except TensorRTUnavailableError as error:  # the ONNX artifacts were written: report them, then the error
         if error.artifacts is not None:
             _report(error.artifacts, triton)
-        _fail(error, EXIT_NO_TENSORRT)
-    except (OSError, ValueError, ImportError, EngineBuildError) as error:
-        _fail(error, EXIT_ERROR)
+        raise
     _report(folder, triton)
 
 
@@ -133,6 +127,5 @@ def _report(folder: Path, triton: Path | None = None) -> None:
         click.echo(f"wrote the Triton model repository {triton}")
 
 
-def _fail(error: Exception, code: int) -> None:
-    click.echo(f"Error: {error_line(error)}", err=True)
-    sys.exit(code)
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from wm_core.errors import WmError
 from wm_core.graphs import GraphSpec
 from wm_core.manifest import sha256_file
 from wm_core.publish import atomic_write_bytes
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # the stubs, for mypy; TensorRT itself is imported inside the
 __all__ = ["EngineBuildError", "TensorRTUnavailableError", "TensorRTRunner", "build_engines", "require_tensorrt"]
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(WmError, RuntimeError):
     """TensorRT could not parse a graph or build an engine."""
 
 

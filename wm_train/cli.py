@@ -9,38 +9,16 @@ process per GPU:
 
 from __future__ import annotations
 
-import functools
 import os
-import warnings
 
 import click
 
-from wm_core.errors import error_line
+from wm_core.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, exit_codes_epilog, one_line_errors
 
-# Errors a user can fix (a config key, a missing file, a bad argument, a full disk, a folder they may not write
-# to): one line, exit code 1. OSError covers FileNotFoundError, FileExistsError and wm_core's WriteError.
-USER_ERRORS = (ValueError, OSError, ImportError)
+EPILOG = exit_codes_epilog(EXIT_OK, EXIT_ERROR, EXIT_USAGE)
 
 
-def user_errors_to_exit(command):
-    """Turn user errors into a one-line message naming the path and the cause, and exit 1; show warnings as
-    one line each."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        warnings.showwarning = lambda message, category, *_: click.echo(
-            f"warning: {message} ({category.__name__})", err=True
-        )
-        warnings.filterwarnings("default", category=DeprecationWarning, module="wm_")  # ours, not libraries'
-        try:
-            return command(*args, **kwargs)
-        except USER_ERRORS as error:
-            raise click.ClickException(error_line(error)) from None
-
-    return wrapper
-
-
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={"show_default": True}, epilog=EPILOG)
 @click.argument("config_path", metavar="CONFIG.yaml", type=click.Path(dir_okay=False))
 @click.option(
     "--set",
@@ -51,7 +29,7 @@ def user_errors_to_exit(command):
 )
 @click.option("--resume", is_flag=True, help="Continue the run in train.out_dir from its last.pt.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar while an epoch runs.")
-@user_errors_to_exit
+@one_line_errors
 def train_command(config_path, overrides, resume, progress):
     """Train a gradient-isolated world model on the episodes named by CONFIG.yaml."""
     from wm_core.config import load_config
@@ -69,7 +47,7 @@ def train_command(config_path, overrides, resume, progress):
     )
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={"show_default": True}, epilog=EPILOG)
 @click.argument("env_id")
 @click.option(
     "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the episode files."
@@ -87,7 +65,7 @@ def train_command(config_path, overrides, resume, progress):
     "Default: the lane-following driver for CarRacing, random held actions elsewhere.",
 )
 @click.option("--progress/--no-progress", default=True)
-@user_errors_to_exit
+@one_line_errors
 def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers, store, policy, progress):
     """Record episodes from the gymnasium environment ENV_ID (e.g. CarRacing-v3, ALE/Pong-v5)."""
     from .collect import collect, collect_to_store
@@ -100,12 +78,12 @@ def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers,
     click.echo(f"wrote {len(paths)} episodes to {out_dir}")
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={"show_default": True}, epilog=EPILOG)
 @click.argument("source", metavar="NPZ_DIR", type=click.Path(file_okay=False))
 @click.option(
     "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder of the episode store."
 )
-@user_errors_to_exit
+@one_line_errors
 def store_command(source, out_dir):
     """Convert the *.npz episodes in NPZ_DIR into an episode store (frames read from disk on demand; point
     data.path at it to train on datasets larger than memory)."""
@@ -115,7 +93,7 @@ def store_command(source, out_dir):
     click.echo(f"wrote {count} episodes to the store {out_dir}")
 
 
-@click.command(context_settings={"show_default": True})
+@click.command(context_settings={"show_default": True}, epilog=EPILOG)
 @click.argument("checkpoint", metavar="CKPT", type=click.Path(dir_okay=False))
 @click.option(
     "--data",
@@ -155,7 +133,7 @@ def store_command(source, out_dir):
     "report its R² on val (repeatable).",
 )
 @click.option("--progress/--no-progress", default=True)
-@user_errors_to_exit
+@one_line_errors
 def eval_command(
     checkpoint,
     data_dir,

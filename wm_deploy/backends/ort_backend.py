@@ -31,7 +31,7 @@ waking it at every step"""
 
 WIDE_STEP_BATCH = 16
 """on CPU, from this batch on the prior step runs on a session with one thread per core: its GEMMs are then
-large enough to pay for the thread pool (1.4-1.6x faster at batch 16-1024 on 2 cores, idle machine)"""
+large enough to pay for the thread pool (measurements: docs/deployment.md)"""
 
 FRAME_THREADS = 1
 """default intra-op threads of the encoder and decoder: right for the small batches of a control loop; the
@@ -62,7 +62,7 @@ class OrtBackend:
         self.has_decoder = "decoder" in files
         self.has_heads = heads
         # No RunOptions on CPU: onnxruntime's Python wrapper looks up the `gpu_graph_id` entry of any RunOptions it
-        # is given, and an absent entry costs a C++ exception per call (~100 us, more than a whole step here).
+        # is given, and an absent entry costs a C++ exception per call, more than a whole small step.
         self.run_options = None
         frame_threads = frame_threads or FRAME_THREADS
         threads = {name: STEP_THREADS if name == "prior_step" else frame_threads for name in files}
@@ -114,7 +114,7 @@ class OrtBackend:
         """A call that runs `graph` on these bound buffers.
 
         It calls the session's native run_with_iobinding directly: the Python wrapper adds per-call bookkeeping
-        for WebGPU graph capture (about 8 us, a tenth of a default-size step at batch 1) that the CPU and CUDA
+        for WebGPU graph capture (a noticeable share of a small step; docs/deployment.md) that the CPU and CUDA
         providers never use. Where a future onnxruntime renames those internals, the public method is used."""
         session = self.sessions[graph]
         binding = self._bind(session, inputs, outputs)
