@@ -80,3 +80,11 @@ def test_a_stale_statement_is_found(text):
     versions = current_versions()
     stale = [(n, s) for n in versions for s, _ in stated_versions(text, n) if s != versions[n]]
     assert len(stale) == 1
+
+
+def test_cli_page_lists_every_exit_code_as_the_code_states_it():
+    from wm_core.errors import EXIT_CODES
+
+    text = (ROOT / "docs" / "cli.md").read_text()
+    rows = dict(re.findall(r"^\| (\d) \| (.+) \|$", text, re.MULTILINE))
+    assert {int(code): meaning for code, meaning in rows.items()} == EXIT_CODES
