@@ -157,7 +157,8 @@ def main() -> None:
             torch_ms = rows[-len(names)]["ms_p50"]
             for row in rows[-len(names) :]:
                 row["speedup_vs_torch"] = torch_ms / row["ms_p50"]
-            progress("\n".join(markdown_table(COLUMNS, table_rows(rows[-len(names) :])).splitlines()[2:]))
+            for r in rows[-len(names) :]:
+                progress(f"  {r['samples']}x{r['horizon']}x{r['iterations']} {r['backend']}: {r['ms_p50']:.1f} ms")
     print(markdown_table(COLUMNS, table_rows(rows)))
     if args.json is not None:
         machine = {"cpu": env["cpu"], "cores": env["cpu_count"], "device": args.device}
