@@ -16,10 +16,10 @@ Parts, each timed (the summary says where the time went):
 It runs with the machine's own `python3` and packages (no venv, no pip, no network). Files written to --out:
 gpu_tests.log, rollout_latency.json, rollout_latency.md, train_throughput.json, planner_speed.json,
 gpu_check.md (the summary), gpu_check.json, and under results/ the tables of docs/gpu.md as results files
-(gpu_rollout_latency.json, gpu_planner_ticks.json, gpu_targets.json; rollout_latency_cuda.json, the full latency
-table): copy those into docs/results/ and run `python benchmarks/results.py` to put a new run on the page.
---dry-run runs the same parts on the CPU with a tiny model and a few cells, so this script cannot rot between
-GPU sessions (tests/test_gpu_check.py runs it).
+(gpu_rollout_latency.json, gpu_planner_ticks.json, gpu_targets.json) beside rollout_latency_cuda.json (the full
+latency table) and train_throughput_cuda.json: copy them into docs/results/ and run
+`python benchmarks/results.py` to put a new run on the pages. --dry-run runs the same parts on the CPU with a
+tiny model and a few cells, so this script cannot rot between GPU sessions (tests/test_gpu_check.py runs it).
 """
 
 from __future__ import annotations
@@ -227,7 +227,8 @@ def main(argv=None) -> int:
         run_part(
             "training throughput",
             [python, "benchmarks/train_throughput.py", "--device", device, "--json",
-             str(out / "train_throughput.json"), *train],
+             str(out / "train_throughput.json"), "--results", str(out / "results" / f"train_throughput_{device}.json"),
+             *train],
         ),
         run_part(
             "planner ticks",

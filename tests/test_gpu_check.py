@@ -45,5 +45,7 @@ def test_gpu_check_dry_run_writes_the_tables_of_docs_gpu_md_as_results_files(tmp
     assert len(targets["rows"]) == 6 and "dry-run" in targets["command"]
     full = results.load_results("rollout_latency_cpu.json", tables)  # rollout_latency's own table
     assert {r[0] for r in full["rows"]} == {"torch", "torch-bf16", "onnxruntime"}
-    for data in (latency, ticks, targets, full):
+    train = results.load_results("train_throughput_cpu.json", tables)
+    assert train["rows"][0][0] == 1 and train["rows"][0][1] > 0  # one process, frames/s
+    for data in (latency, ticks, targets, full, train):
         assert results.render_table(data).count("\n|") >= 2
