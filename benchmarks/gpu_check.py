@@ -15,8 +15,11 @@ Parts, each timed (the summary says where the time went):
 
 It runs with the machine's own `python3` and packages (no venv, no pip, no network). Files written to --out:
 gpu_tests.log, rollout_latency.json, rollout_latency.md, train_throughput.json, planner_speed.json,
-gpu_check.md (the summary), gpu_check.json. --dry-run runs the same parts on the CPU with a tiny model and a
-few cells, so this script cannot rot between GPU sessions (tests/test_gpu_check.py runs it).
+gpu_check.md (the summary), gpu_check.json, and under results/ the tables of docs/gpu.md as results files
+(gpu_rollout_latency.json, gpu_planner_ticks.json, gpu_targets.json) beside rollout_latency_cuda.json (the full
+latency table) and train_throughput_cuda.json: copy them into docs/results/ and run
+`python benchmarks/results.py` to put a new run on the pages. --dry-run runs the same parts on the CPU with a
+tiny model and a few cells, so this script cannot rot between GPU sessions (tests/test_gpu_check.py runs it).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import re
 import subprocess
 import sys
 import time
@@ -32,15 +35,32 @@ from pathlib import Path
 
 import yaml
 
+from report import environment, machine_line, markdown_table, save_results
+
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = "torch,torch-cudagraphs,torch-tf32,torch-bf16,torch-fp16,onnxruntime,tensorrt-fp32,tensorrt-fp16"
+LABELS = {
+    "torch": "torch eager",
+    "torch-cudagraphs": "torch + CUDA graphs (fp32)",
+    "torch-tf32": "torch tf32 (opt-in)",
+    "torch-bf16": "torch bf16",
+    "torch-fp16": "torch fp16",
+    "onnxruntime": "onnxruntime",
+    "tensorrt-fp32": "TensorRT fp32",
+    "tensorrt-fp16": "TensorRT fp16",
+}
+"""the variants of wm_deploy.loading.VARIANTS timed here, as the tables name them"""
+VARIANTS = ",".join(LABELS)
 TARGETS = [
-    # (what, backend, batch, horizon, field, comparison, value)
-    ("torch + CUDA graphs, imagine B=1 H=15: p50 <= 150 µs", "torch-cudagraphs", 1, 15, "p50_us", "<=", 150.0),
-    ("torch + CUDA graphs, imagine B=1 H=15: >= 10x torch eager", "torch-cudagraphs", 1, 15, "speedup", ">=", 10.0),
-    ("B=4096 H=15 fp32 (CUDA graphs): >= 3e7 latent steps/s", "torch-cudagraphs", 4096, 15, "steps_per_s", ">=", 3e7),
-    ("B=4096 H=15 bf16: >= 1e8 latent steps/s", "torch-bf16", 4096, 15, "steps_per_s", ">=", 1e8),
+    # (what, backend, batch, horizon, field, comparison, value, format); no comparison: shown for comparison only
+    ("torch + CUDA graphs, B=1 H=15: ≤ 150 µs per call", "torch-cudagraphs", 1, 15, "p50_s", "<=", 150e-6, "time"),
+    ("the same, ≥ 10× torch eager in the same run", "torch-cudagraphs", 1, 15, "speedup", ">=", 10.0, ".3g"),
+    ("B=4096 H=15 fp32: ≥ 3e7 latent steps/s", "torch-cudagraphs", 4096, 15, "steps_per_s", ">=", 3e7, ".2e"),
+    ("the same with the tf32 opt-in (not a target)", "torch-tf32", 4096, 15, "steps_per_s", None, None, ".2e"),
+    ("B=4096 H=15 bf16: ≥ 1e8 latent steps/s", "torch-bf16", 4096, 15, "steps_per_s", ">=", 1e8, ".2e"),
 ]
+PARITY = "parity on CUDA within the CPU tolerances (fp32) and 1e-2 (bf16, fp16)"
+"""the target the CUDA tests check"""
+TARGET_COLUMNS = [{"name": "target"}, {"name": "measured", "align": "right"}, {"name": "met"}]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -66,52 +86,110 @@ def run_part(name: str, command: list[str], log: Path | None = None) -> dict:
     return {"part": name, "exit_code": completed.returncode, "seconds": round(seconds, 1)}
 
 
-def environment() -> dict:
-    import torch
-
-    env: dict[str, object] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-    }
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-        env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
-    for module in ("onnxruntime", "tensorrt", "triton"):
-        try:
-            env[module] = __import__(module).__version__
-        except ImportError:
-            env[module] = "not installed"
-    return env
-
-
-def check_targets(latency: dict) -> list[dict]:
+def check_targets(latency: dict, tests_log: str | None) -> list[dict]:
+    """Each target with what was measured (None: not measured) and whether it is met (None: not a target or not
+    measured); last the parity target, from the CUDA tests' summary line."""
     rows = {(r["backend"], r["call"], r["batch"], r["horizon"]): r for r in latency.get("results", [])}
     checked = []
-    for what, backend, batch, horizon, field, comparison, value in TARGETS:
+    for what, backend, batch, horizon, field, comparison, value, fmt in TARGETS:
         row = rows.get((backend, "imagine", batch, horizon))
-        measured = None if row is None else row[field]
-        met = None if measured is None else (measured <= value if comparison == "<=" else measured >= value)
-        checked.append({"target": what, "measured": measured, "met": met})
+        measured = None if row is None else row["p50_us"] * 1e-6 if field == "p50_s" else row[field]
+        met = None
+        if measured is not None and comparison is not None:
+            met = measured <= value if comparison == "<=" else measured >= value
+        checked.append({"target": what, "measured": measured, "format": fmt, "met": met})
+    # pytest's last line, e.g. "15 passed, 3 skipped in 17.2s": met when some passed and none failed
+    summary = re.findall(r"^=* ?(\d+ (?:passed|failed|skipped|error).* in [\d.]+s.*?) ?=*$", tests_log or "", re.M)
+    passed = bool(summary) and "passed" in summary[-1] and not re.search("failed|error", summary[-1])
+    checked.append({"target": PARITY, "measured": summary[-1] if summary else None, "format": None, "met": passed})
     return checked
 
 
+def target_rows(targets: list[dict]) -> list[list]:
+    def verdict(met: bool | None) -> str | None:
+        return None if met is None else "yes" if met else "no"
+
+    return [[t["target"], {"value": t["measured"], "format": t["format"]}, verdict(t["met"])] for t in targets]
+
+
+def latency_table(latency: dict) -> tuple[list[dict], list[list]]:
+    """imagine's p50 per variant (rows) and cell (columns), and latent steps/s at the largest batch of the shortest
+    horizon: docs/gpu.md's table."""
+    imagine = [r for r in latency.get("results", []) if r["call"] == "imagine"]
+    cells = sorted({(r["horizon"], r["batch"]) for r in imagine})
+    by_cell = {(r["backend"], r["horizon"], r["batch"]): r for r in imagine}
+    widest = max((c for c in cells if c[0] == cells[0][0]), key=lambda c: c[1]) if cells else (0, 0)
+    columns = [{"name": "variant"}] + [{"name": f"B={b} H={h}", "format": "time"} for h, b in cells]
+    columns.append({"name": f"latent steps/s at B={widest[1]} H={widest[0]}", "format": ".2e"})
+    rows = []
+    for backend, label in LABELS.items():
+        if any(r["backend"] == backend for r in imagine):
+            row = [by_cell.get((backend, h, b)) for h, b in cells + [widest]]
+            rows.append([label] + [None if r is None else r["p50_us"] * 1e-6 for r in row[:-1]])
+            rows[-1].append(None if row[-1] is None else row[-1]["steps_per_s"])
+    return columns, rows
+
+
+def planner_table(planner: dict) -> tuple[list[dict], list[list]]:
+    """One control tick's p50 per cell (rows) and variant (columns), then ticks/s per variant beyond the first."""
+    ticks = planner.get("rows", [])
+    backends = list(dict.fromkeys(r["backend"] for r in ticks))
+    cells = list(dict.fromkeys((r["samples"], r["horizon"], r["iterations"], r["default"]) for r in ticks))
+    by = {(r["backend"], r["samples"], r["horizon"], r["iterations"]): r for r in ticks}
+    columns = [{"name": "samples × horizon × iterations"}]
+    columns += [{"name": LABELS.get(b, b), "format": "time"} for b in backends]
+    columns += [{"name": f"ticks/s, {LABELS.get(b, b)}", "format": ".0f"} for b in backends[1:]]
+    rows = []
+    for n, h, i, default in cells:
+        found = [by.get((b, n, h, i)) for b in backends]
+        rows.append(
+            [f"{n} × {h} × {i}{' (default)' if default else ''}"]
+            + [None if r is None else r["ms_p50"] * 1e-3 for r in found]
+            + [None if r is None else r["ticks_per_s"] for r in found[1:]]
+        )
+    return columns, rows
+
+
 def summary(env: dict, parts: list[dict], targets: list[dict], dry_run: bool) -> str:
+    part_columns = [{"name": "part"}, {"name": "exit code", "format": "d"}, {"name": "seconds", "format": ".1f"}]
     lines = [
         f"# gpu-check{' (dry run on the CPU)' if dry_run else ''}",
         "",
-        f"Machine: {env.get('gpu', 'no CUDA device')}; Python {env['python']}, torch {env['torch']} "
-        f"(CUDA {env['cuda']}), onnxruntime {env['onnxruntime']}, TensorRT {env['tensorrt']}.",
+        f"Machine: {machine_line(env)}; Python {env['python']}.",
         "",
-        "| part | exit code | seconds |",
-        "|---|--:|--:|",
+        markdown_table(part_columns, [[p["part"], p["exit_code"], p["seconds"]] for p in parts]),
+        "",
+        markdown_table(TARGET_COLUMNS, target_rows(targets)),
     ]
-    lines += [f"| {p['part']} | {p['exit_code']} | {p['seconds']} |" for p in parts]
-    lines += ["", "| target | measured | met |", "|---|--:|---|"]
-    for t in targets:
-        measured = "–" if t["measured"] is None else f"{t['measured']:.3g}"
-        lines.append(f"| {t['target']} | {measured} | {'–' if t['met'] is None else 'yes' if t['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
+
+
+def write_tables(folder: Path, env: dict, latency: dict, planner: dict, targets: list[dict], dry_run: bool) -> None:
+    """docs/gpu.md's tables as results files in `folder`."""
+    command = "python benchmarks/gpu_check.py --dry-run" if dry_run else "make gpu-check"
+    where = env.get("gpu", "the CPU (dry run)")
+    latency_columns, latency_rows = latency_table(latency)
+    model = "tiny model (dry run)" if dry_run else "default model"
+    save_results(
+        folder / "gpu_rollout_latency.json",
+        f"p50 of one Rollout.imagine call, inputs and outputs torch tensors on the device; {model}, random weights",
+        latency_columns,
+        latency_rows,
+        env,
+        command=command,
+    )
+    planner_columns, planner_rows = planner_table(planner)
+    save_results(
+        folder / "gpu_planner_ticks.json",
+        "One control tick (observe one frame, plan; benchmarks/planner_speed.py --device cuda --quick), p50; "
+        f"{model} with reward and continuation heads, random weights",
+        planner_columns,
+        planner_rows,
+        env,
+        command=command,
+    )
+    save_results(folder / "gpu_targets.json", f"The GPU targets on {where}", TARGET_COLUMNS, target_rows(targets),
+                 env, command=command)  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -119,7 +197,7 @@ def main(argv=None) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    env = environment()
+    env = environment("cpu" if args.dry_run else "cuda")
     print(json.dumps(env), flush=True)
     python = sys.executable
     if args.dry_run:
@@ -129,37 +207,39 @@ def main(argv=None) -> int:
         (out / "tiny_heads.yaml").write_text(yaml.safe_dump({**tiny, "model": {**tiny["model"], "heads": True}}))
         latency_extra = ["--size", "tiny"]
         train = ["--config", str(out / "tiny_heads.yaml"), "--steps", "2", "--warmup", "1"]
-        planner = ["--size", "tiny", "--cells", "32x4x1", "--backends", "torch"]
+        planner_args = ["--size", "tiny", "--cells", "32x4x1", "--backends", "torch"]
     else:
         device, batches, horizons, variants = "cuda", "1,64,1024,4096", "15,50", VARIANTS
         latency_extra, train = [], ["--config", "configs/carracing.yaml", "--steps", "30", "--warmup", "5"]
-        planner = []
+        planner_args = []
     parts = [
         run_part(
             "CUDA tests",
-            [python, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py"],
+            [python, "-m", "pytest", "-m", "gpu", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py"],
             out / "gpu_tests.log",
         ),
         run_part(
             "rollout latency",
             [python, "benchmarks/rollout_latency.py", "--device", device, "--backends", variants, "--batches", batches,
              "--horizons", horizons, "--budget-s", str(args.budget_s), "--json", str(out / "rollout_latency.json"),
-             "--markdown", str(out / "rollout_latency.md"), *latency_extra],
+             "--markdown", str(out / "rollout_latency.md"), "--results",
+             str(out / "results" / f"rollout_latency_{device}.json"), *latency_extra],
         ),
         run_part(
             "training throughput",
             [python, "benchmarks/train_throughput.py", "--device", device, "--json",
-             str(out / "train_throughput.json"), *train],
+             str(out / "train_throughput.json"), "--results", str(out / "results" / f"train_throughput_{device}.json"),
+             *train],
         ),
         run_part(
             "planner ticks",
             [python, "benchmarks/planner_speed.py", "--device", device, "--quick", "--json",
-             str(out / "planner_speed.json"), *planner],
+             str(out / "planner_speed.json"), *planner_args],
         ),
     ]  # fmt: skip
-    latency_file = out / "rollout_latency.json"
-    latency = json.loads(latency_file.read_text()) if latency_file.is_file() else {}
-    targets = check_targets(latency)
+    latency, planner = read_json(out / "rollout_latency.json"), read_json(out / "planner_speed.json")
+    tests_log = out / "gpu_tests.log"
+    targets = check_targets(latency, tests_log.read_text() if tests_log.is_file() else None)
     parts.append(
         {"part": "total (start-up included)", "exit_code": 0, "seconds": round(time.perf_counter() - start, 1)}
     )
@@ -169,19 +249,19 @@ def main(argv=None) -> int:
         train_figures = json.loads(train_file.read_text())
         text += f"\nTraining throughput ({train_figures['config']}, {train_figures['device']}): "
         text += f"{train_figures['frames_per_s']:.0f} frames/s, {train_figures['ms_per_step']:.1f} ms/step.\n"
-    planner_file = out / "planner_speed.json"
-    if planner_file.is_file():
-        rows = json.loads(planner_file.read_text())["rows"]
-        text += "\nControl ticks with the planner (observe + plan, ms p50): "
-        text += ", ".join(
-            f"{r['backend']} {r['samples']}x{r['horizon']}x{r['iterations']} {r['ms_p50']:.1f}" for r in rows
-        )
-        text += ".\n"
+    if planner:
+        text += "\nControl ticks with the planner (observe + plan, p50):\n\n"
+        text += markdown_table(*planner_table(planner)) + "\n"
     (out / "gpu_check.md").write_text(text)
+    write_tables(out / "results", env, latency, planner, targets, args.dry_run)
     report = {"environment": env, "parts": parts, "targets": targets, "dry_run": args.dry_run}
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     print("\n" + text, flush=True)
     return 1 if any(p["exit_code"] for p in parts) else 0
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 if __name__ == "__main__":

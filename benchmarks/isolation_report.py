@@ -10,6 +10,8 @@ import numpy as np
 
 from wm_train.eval_report import HEADLINE_STEPS, EvalReport
 
+from report import markdown_table, new_axes, save_figure
+
 VARIANTS = ("isolated", "overshooting", "coupled")
 ISOLATED_VARIANTS = ("isolated", "overshooting")
 
@@ -95,11 +97,9 @@ def markdown(results: dict) -> str:
     seeds, K = args["seeds"], args["overshooting"]
 
     def table(columns) -> list[str]:
-        rows = [f"| variant | {' | '.join(c[0] for c in columns)} |", "|---|" + "---|" * len(columns)]
-        for v in VARIANTS:
-            cells = [cell(v, name, digits) + unit for _, name, digits, unit in columns]
-            rows.append(f"| {label(v, K)} | {' | '.join(cells)} |")
-        return rows
+        header = [{"name": "variant"}] + [{"name": c[0]} for c in columns]
+        rows = [[label(v, K)] + [cell(v, name, digits) + unit for _, name, digits, unit in columns] for v in VARIANTS]
+        return markdown_table(header, rows).splitlines()
 
     def cell(variant: str, name: str, digits: int) -> str:
         if name not in summary[variant]:
@@ -147,9 +147,8 @@ def markdown(results: dict) -> str:
         "",
         "**Per seed** (" + " / ".join(label(v, K) for v in VARIANTS) + ")",
         "",
-        "| seed | loss gap % | rssm gap % | open-loop gap % | MSE@last | action ratio | run minutes |",
-        "|---|---|---|---|---|---|---|",
     ]
+    seed_columns = ["seed", "loss gap %", "rssm gap %", "open-loop gap %", "MSE@last", "action ratio", "run minutes"]
     per_seed = (
         ("loss_gap_pct", ".1f"),
         ("rssm_gap_pct", ".1f"),
@@ -157,11 +156,13 @@ def markdown(results: dict) -> str:
         (f"mse@{steps[-1]}", ""),
         ("ratio_shuffled", ".3f"),
     )
+    seed_rows = []
     for seed in range(seeds):
         row = {r["variant"]: r for r in runs if r["seed"] == seed}
         cells = [" / ".join(number(row[v]["metrics"][name], fmt) for v in VARIANTS) for name, fmt in per_seed]
         cells.append(" / ".join(f"{row[v]['seconds'] / 60:.1f}" for v in VARIANTS))
-        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+        seed_rows.append([str(seed), *cells])
+    lines.append(markdown_table([{"name": name} for name in seed_columns], seed_rows))
     return "\n".join(lines) + "\n"
 
 
@@ -239,14 +240,10 @@ def plot_open_loop(results: dict, path: Path) -> Path | None:
     """Validation pixel MSE against horizon step per variant (mean ± std over seeds), with repeat-last-frame as
     the no-dynamics reference; None where matplotlib is missing (the tables do not need it)."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
+        figure, axes = new_axes((6.4, 4.2))
     except ImportError:
         return None
     runs, K = results["runs"], results["args"]["overshooting"]
-    figure = Figure(figsize=(6.4, 4.2))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
     for variant in VARIANTS:
         curves = np.array([r["open_loop_val"] for r in runs if r["variant"] == variant])  # [seeds, horizon]
         steps = np.arange(1, curves.shape[1] + 1)
@@ -259,6 +256,4 @@ def plot_open_loop(results: dict, path: Path) -> Path | None:
     axes.set_ylabel("validation pixel MSE")
     axes.set_title(f"{results['args']['env']}, {results['args']['regime']}: {results['args']['seeds']} seed(s)")
     axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    return path
+    return save_figure(figure, path, dpi=110)

@@ -6,6 +6,7 @@ iterations, on onnxruntime and torch eager in the same run.
     python benchmarks/planner_speed.py --artifacts runs/carracing/artifacts --json out.json
     python benchmarks/planner_speed.py --cells 256x12x3,512x8x2     # chosen cells only
     python benchmarks/planner_speed.py --device cuda --quick      # torch eager, CUDA graphs and bf16 on a GPU
+    python benchmarks/planner_speed.py --full --results docs/results/planner_speed_cpu.json   # the docs' table
 
 What a tick includes: `Rollout.observe` of one 64x64 frame (encoder and one prior step) and `Planner.act` on the
 state it returns (`iterations` batched `imagine` calls of `samples` x `horizon`, the planner's sampling, scoring
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -32,7 +32,8 @@ import torch
 from wm_deploy import LatentState, Planner, PlannerSettings, Rollout
 from wm_deploy.loading import VARIANTS
 
-from timing import Sampling, cpu_name, random_checkpoint, summarise, time_calls
+from report import add_results_option, environment, machine_line, markdown_table, progress, save_results
+from timing import Sampling, random_checkpoint, summarise, time_calls
 
 BACKENDS = {"cpu": "torch,onnxruntime", "cuda": "torch,torch-cudagraphs,torch-bf16"}
 """the default --backends by --device (names of wm_deploy.loading.VARIANTS); torch eager first: the baseline"""
@@ -41,6 +42,17 @@ GRID = {"samples": (128, 256, 512), "horizon": (8, 12, 16), "iterations": (2, 3,
 FULL = Sampling(min_calls=10, max_calls=400, budget_s=3.0, warmup_calls=3)
 QUICK = Sampling(min_calls=5, max_calls=100, budget_s=1.0, warmup_calls=2)
 BOUNDS = ([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0])  # CarRacing's
+COLUMNS = [
+    {"name": "samples", "format": "d"},
+    {"name": "horizon", "format": "d"},
+    {"name": "iterations", "align": "right"},
+    {"name": "backend"},
+    {"name": "ms/tick p50", "format": ".1f"},
+    {"name": "p90", "format": ".1f"},
+    {"name": "ticks/s", "format": ".1f"},
+    {"name": "vs torch", "format": ".2f"},
+]
+"""the table (printed, and written by --results): milliseconds per tick, `vs torch` = torch eager's p50 / this"""
 
 
 def parse_args() -> argparse.Namespace:
@@ -60,6 +72,7 @@ def parse_args() -> argparse.Namespace:
         "other processes share the cores",
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    add_results_option(parser)
     return parser.parse_args()
 
 
@@ -116,9 +129,8 @@ def main() -> None:
         if not rollouts[names[0]].has_heads:
             raise SystemExit(f"{folder}: the model has no reward heads; export one trained with model.heads")
         cells = settings_grid(args.quick, args.full, args.cells)
-        print(f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)")
-        if args.device == "cuda":
-            print(torch.cuda.get_device_name())
+        env = environment(args.device)
+        print(machine_line(env))
         print("\n".join(repr(r) for r in rollouts.values()) + "\n")
         rows = []
         for settings in cells:
@@ -145,12 +157,18 @@ def main() -> None:
             torch_ms = rows[-len(names)]["ms_p50"]
             for row in rows[-len(names) :]:
                 row["speedup_vs_torch"] = torch_ms / row["ms_p50"]
-            print(format_rows(rows[-len(names) :], header=len(rows) == len(names)), flush=True)
+            for r in rows[-len(names) :]:
+                progress(f"  {r['samples']}x{r['horizon']}x{r['iterations']} {r['backend']}: {r['ms_p50']:.1f} ms")
+    print(markdown_table(COLUMNS, table_rows(rows)))
     if args.json is not None:
-        machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "device": args.device}
-        if args.device == "cuda":
-            machine["gpu"] = torch.cuda.get_device_name()
+        machine = {"cpu": env["cpu"], "cores": env["cpu_count"], "device": args.device}
+        if "gpu" in env:
+            machine["gpu"] = env["gpu"]
         args.json.write_text(json.dumps({**machine, "rows": rows}, indent=1))
+    if args.results is not None:
+        model = f"the model of {args.artifacts}" if args.artifacts else f"{args.size}-size model with heads"
+        title = f"One planner tick (observe + Planner.act), {model}{'' if args.artifacts else ', untrained weights'}"
+        save_results(args.results, title, COLUMNS, table_rows(rows), env, timed=rows)
 
 
 def load_variant(folder: Path, name: str, device: str) -> Rollout:
@@ -162,20 +180,20 @@ def load_variant(folder: Path, name: str, device: str) -> Rollout:
     return Rollout.load(folder, backend=backend, device=device, **options)
 
 
-def format_rows(rows: list[dict], header: bool) -> str:
-    lines = []
-    if header:
-        lines += [
-            "| samples | horizon | iterations | backend | ms/tick p50 | p90 | ticks/s | vs torch |",
-            "|---:|---:|---:|---|---:|---:|---:|---:|",
+def table_rows(rows: list[dict]) -> list[list]:
+    return [
+        [
+            r["samples"],
+            r["horizon"],
+            f"{r['iterations']} (default)" if r["default"] else str(r["iterations"]),
+            r["backend"],
+            r["ms_p50"],
+            r["ms_p90"],
+            r["ticks_per_s"],
+            r["speedup_vs_torch"],
         ]
-    for r in rows:
-        mark = " (default)" if r["default"] else ""
-        lines.append(
-            f"| {r['samples']} | {r['horizon']} | {r['iterations']}{mark} | {r['backend']} | {r['ms_p50']:.1f} | "
-            f"{r['ms_p90']:.1f} | {r['ticks_per_s']:.1f} | {r['speedup_vs_torch']:.2f}x |"
-        )
-    return "\n".join(lines)
+        for r in rows
+    ]
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ optional `source` for tables transcribed from an earlier record, the table's `co
      "rows": [["onnxruntime", 0.0594]]}
 
 A cell is a string (shown as it is), a number (shown with its column's `format`), a pair `[mean, std]`
-(shown as `mean ± std`) or null (shown as an em dash). A column's `format` is a Python format spec such as
+(shown as `mean ± std`), null (shown as an em dash) or `{"value": cell, "format": spec}` for a cell whose unit
+differs from its column's (a targets table's "measured"). A column's `format` is a Python format spec such as
 ".1f" or ".3g", or `time` (seconds, shown in s / ms / µs with 3 significant digits).
 
 In a markdown page a table is a block between two comments naming its file (relative to `docs/results/`):
@@ -43,19 +44,21 @@ BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.\-]+) -->\n)(?P<body>.*?)(<!-- 
 REQUIRED = ("title", "command", "machine", "date", "columns", "rows")
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_description() -> str:
     """The processor and core count, for a results file's `machine`: timings mean little without them."""
     import os
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}"
 
 
 def write_results(
@@ -118,6 +121,8 @@ def format_time(seconds: float) -> str:
 def format_cell(value: Any, fmt: str | None) -> str:
     if value is None:
         return "—"
+    if isinstance(value, dict):
+        return format_cell(value["value"], value.get("format"))
     if isinstance(value, str):
         return value
     if isinstance(value, list):
@@ -130,20 +135,24 @@ def format_cell(value: Any, fmt: str | None) -> str:
     return str(value)
 
 
-def render_table(data: dict) -> str:
-    """The markdown table of one results file and the line saying how, where and when it was measured."""
-    columns = data["columns"]
+def markdown_table(columns: Sequence[dict[str, str]], rows: Sequence[Sequence[Any]]) -> str:
+    """The rows as a markdown table, each cell formatted by its column (see the module docstring)."""
     lines = [
         "| " + " | ".join(c["name"] for c in columns) + " |",
         "|" + "|".join("--:" if c.get("align", _default_align(c)) == "right" else "---" for c in columns) + "|",
     ]
-    for row in data["rows"]:
+    for row in rows:
         cells = (format_cell(v, c.get("format")).replace("|", "\\|") for v, c in zip(row, columns))
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_table(data: dict) -> str:
+    """The markdown table of one results file and the line saying how, where and when it was measured."""
     caption = f"*{data['title']}. Measured with `{data['command']}` on {data['machine']}, {data['date']}."
     if data.get("source"):
         caption += f" Source: {data['source']}."
-    return "\n".join(lines) + "\n\n" + caption + "*\n"
+    return markdown_table(data["columns"], data["rows"]) + "\n\n" + caption + "*\n"
 
 
 def _default_align(column: dict) -> str:

@@ -10,6 +10,7 @@ encoder plus one prior step, one control tick.
     python benchmarks/rollout_latency.py --quick              # fewer cells and calls: under a minute on 2 cores
     python benchmarks/rollout_latency.py --device cuda --json out.json --plot out.png
     python benchmarks/rollout_latency.py --checkpoint runs/carracing/last.pt   # or --artifacts <folder>
+    python benchmarks/rollout_latency.py --results docs/results/rollout_latency_cpu.json   # the docs' table
 
 Without --checkpoint or --artifacts a randomly initialised model (--size, default `default`) is saved and
 exported to a temporary folder; timings do not depend on the weights. The export leaves out the decoder,
@@ -21,7 +22,8 @@ with the device synchronised before the clock is read at both ends. The inputs a
 computes (numpy arrays for onnxruntime on CPU, torch tensors on the device otherwise), so on a GPU no
 host<->device copy is timed; `--host-io` passes numpy arrays instead, which adds those copies. The backends
 of a cell take turns in blocks of calls, so that on a shared machine they all see the same load (the harness,
-shared with the other benchmarks, is benchmarks/timing.py).
+shared with the other benchmarks, is benchmarks/timing.py). The header, table, results file and plot are
+benchmarks/rollout_latency_report.py's.
 
 Backends (`--backends`, default all; those that cannot run here are listed as skipped, with the reason). The
 names are wm_deploy.loading.VARIANTS:
@@ -47,7 +49,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import sys
 import tempfile
 from collections.abc import Callable
@@ -65,19 +66,11 @@ from wm_deploy import LatentState, Rollout
 from wm_deploy.loading import VARIANTS
 from wm_export import EngineBuildError, ParityError, TensorRTUnavailableError, export_artifacts, load_manifest
 
-from timing import (
-    ONE_CALL,
-    MatmulPeak,
-    Sampling,
-    cpu_name,
-    format_time,
-    random_checkpoint,
-    summarise,
-    synchronizer,
-    time_calls,
-)
+import rollout_latency_report
+from report import add_results_option, environment, format_us, progress
+from rollout_latency_report import BACKENDS
+from timing import ONE_CALL, MatmulPeak, Sampling, random_checkpoint, summarise, synchronizer, time_calls
 
-BACKENDS = tuple(VARIANTS)
 HALF_PEAK = {"tensorrt-fp16": "float16", "torch-fp16": "float16", "torch-bf16": "bfloat16"}
 """variants compared with a half-precision matmul peak"""
 BASELINE = "torch"
@@ -85,8 +78,6 @@ BATCHES = (1, 16, 256, 1024, 4096)
 HORIZONS = (15, 50)
 QUICK_BATCHES = (1, 1024)
 QUICK_HORIZONS = (15,)
-LOAD_WARNING = 0.5
-"""1-minute load average per CPU at start above which the report warns that other processes competed"""
 FULL = Sampling(min_calls=5, max_calls=1000, budget_s=2.0, warmup_calls=3)
 """calls per backend and cell (`--budget-s` replaces the budget)"""
 QUICK = Sampling(min_calls=3, max_calls=200, budget_s=0.3, warmup_calls=1)
@@ -250,11 +241,7 @@ def benchmark(
         for name, seconds in time_calls(calls, synchronizer(device), sampling).items():
             results.append(summarise_cell(name, call, batch, horizon, seconds))
             results[-1].load_1min = round(os.getloadavg()[0], 2)
-            print(
-                f"  {call} B={batch:<5d} H={horizon:<3d} {name:16s} p50 {format_time(results[-1].p50_us)}",
-                file=sys.stderr,
-                flush=True,
-            )
+            progress(f"  {call} B={batch:<5d} H={horizon:<3d} {name:16s} p50 {format_us(results[-1].p50_us)}")
         for peak in peaks:
             peak.sample(ONE_CALL)
     return results
@@ -270,142 +257,6 @@ def fill_derived(results: list[Result], flops: dict | None, peaks: dict, precisi
             r.gflops = r.steps_per_s * flops["per_step"] / 1e9
             peak = peaks.get(precisions.get(r.backend, "float32"))
             r.peak_fraction = r.gflops / peak["gflops"] if peak else None
-
-
-# --- reporting ----------------------------------------------------------------------------------------------
-
-
-def environment(device: torch.device, rollouts: dict[str, Rollout]) -> dict:
-    env = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "device": str(device),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "env_threads": {key: os.environ[key] for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if key in os.environ},
-    }
-    try:
-        import onnxruntime
-
-        env["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    env["backends"] = {name: ro.backend_detail for name, ro in rollouts.items()}
-    for name, ro in rollouts.items():
-        sessions = getattr(ro.backend, "sessions", None)
-        if sessions:
-            env[f"{name}_intra_op_threads"] = {
-                graph: s.get_session_options().intra_op_num_threads for graph, s in sessions.items()
-            }
-        if name.startswith("tensorrt"):
-            import tensorrt
-
-            env["tensorrt"] = tensorrt.__version__
-    return env
-
-
-def format_optional(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
-
-
-def markdown_table(results: list[Result]) -> str:
-    lines = [
-        "| backend | call | B | H | p50 | p90 | p99 | calls | latent steps/s | × torch eager | GFLOP/s "
-        "| % matmul peak |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    order = sorted(results, key=lambda r: (r.call != "imagine", r.horizon, r.batch, BACKENDS.index(r.backend)))
-    for r in order:
-        fraction = None if r.peak_fraction is None else 100 * r.peak_fraction
-        lines.append(
-            f"| {r.backend} | {r.call} | {r.batch} | {r.horizon} | {format_time(r.p50_us)} "
-            f"| {format_time(r.p90_us)} | {format_time(r.p99_us)} | {r.calls} | {r.steps_per_s:.3g} "
-            f"| {format_optional(r.speedup, '.2f')} | {format_optional(r.gflops, '.3g')} "
-            f"| {format_optional(fraction, '.0f')} |"
-        )
-    return "\n".join(lines)
-
-
-def report_header(env: dict, flops: dict | None, peaks: dict, load: tuple, host_io: bool) -> str:
-    where = env.get("gpu", env["cpu"])
-    versions = ", ".join(
-        f"{key} {env[key]}" for key in ("torch", "onnxruntime", "tensorrt", "cuda", "numpy") if key in env
-    )
-    threads = f"torch {env['torch_threads']} intra-op / {env['torch_interop_threads']} inter-op threads"
-    for key, value in env.items():
-        if key.endswith("_intra_op_threads"):
-            threads += f"; {key.removesuffix('_intra_op_threads')} intra-op threads per graph {value}"
-    if env["env_threads"]:
-        threads += f"; {env['env_threads']}"
-    copies = (
-        "inputs and outputs are host numpy arrays (host<->device copies included)"
-        if host_io
-        else "inputs and outputs stay where the backend computes (no host<->device copy timed)"
-    )
-    lines = [
-        f"Device: {env['device']} ({where}, {env['cpu_count']} CPUs). {versions}. {threads}.",
-        f"Load average (1, 5, 15 min) at start {load[0]}, at end {load[1]}.",
-        f"Timing: one Rollout call, device synchronised before each clock read; {copies}.",
-    ]
-    if flops is not None:
-        lines.append(f"FLOPs per latent step: {flops['per_step'] / 1e6:.3f} M ({flops['counted']}).")
-    for peak in peaks.values():
-        lines.append(
-            f"Matmul peak ({peak['size']}x{peak['size']} {peak['dtype']}, torch.matmul, best of "
-            f"{peak['calls']} calls spread over the run): {peak['gflops']:.1f} GFLOP/s "
-            f"(median {peak['median_gflops']:.1f})."
-        )
-    if load[0][0] > LOAD_WARNING * env["cpu_count"]:  # at start only: the end includes this benchmark's own
-        lines.append(
-            f"WARNING: the load average at start exceeded {LOAD_WARNING:g} per CPU: other processes "
-            "competed for the CPUs, which slows every number, and multi-threaded backends (torch) most."
-        )
-    lines.append(
-        "× torch eager: torch eager's p50 / this p50 in this run. % matmul peak: achieved GFLOP/s / that peak."
-    )
-    return "\n".join(lines)
-
-
-def plot(results: list[Result], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    horizons = sorted({r.horizon for r in results if r.call == "imagine"})
-    styles = ["-", "--", ":", "-."]
-    for i, backend in enumerate(b for b in BACKENDS if any(r.backend == b for r in results)):
-        for j, horizon in enumerate(horizons):
-            rows = sorted(
-                (r for r in results if r.backend == backend and r.call == "imagine" and r.horizon == horizon),
-                key=lambda r: r.batch,
-            )
-            if rows:
-                ax.plot(
-                    [r.batch for r in rows],
-                    [r.p50_us / 1e3 for r in rows],
-                    marker="o",
-                    color=f"C{i}",
-                    linestyle=styles[j % len(styles)],
-                    label=f"{backend}, H={horizon}",
-                )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("batch")
-    ax.set_ylabel("imagine p50 latency (ms)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # --- main ---------------------------------------------------------------------------------------------------
@@ -465,6 +316,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", type=Path, help="write the header and table as markdown here")
     parser.add_argument("--plot", type=Path, help="write latency vs batch (log-log) here")
+    add_results_option(parser)
     args = parser.parse_args(argv)
     args.batches = args.batches or list(QUICK_BATCHES if args.quick else BATCHES)
     args.horizons = args.horizons or list(QUICK_HORIZONS if args.quick else HORIZONS)
@@ -500,7 +352,7 @@ def run(args) -> dict:
         for meter in meters:
             meter.sample(sampling)
         results = benchmark(rollouts, device, args, sampling, meters)
-        env = environment(device, rollouts)
+        env = backend_environment(device, rollouts)
     peaks = {str(meter.dtype).removeprefix("torch."): meter.summary() for meter in meters}
     fill_derived(results, flops, peaks, HALF_PEAK)
     load = (tuple(round(x, 2) for x in load_start), tuple(round(x, 2) for x in os.getloadavg()))
@@ -517,15 +369,25 @@ def run(args) -> dict:
     }
 
 
-def report_text(report: dict, host_io: bool) -> str:
-    """The header, the markdown table and the skipped backends with their reasons."""
-    results = [Result(**r) for r in report["results"]]
-    load = report["load_average"]
-    header = report_header(
-        report["environment"], report["flops"], report["matmul_peak"], (load["start"], load["end"]), host_io
-    )
-    skipped = [f"- skipped {name}: {reason}" for name, reason in report["skipped"].items()]
-    return "\n\n".join([header, markdown_table(results)] + (["\n".join(skipped)] if skipped else []))
+def backend_environment(device: torch.device, rollouts: dict[str, Rollout]) -> dict:
+    """The machine's environment (report.environment) and each backend's own: its detail and, for
+    onnxruntime, the intra-op threads of each graph's session."""
+    env = environment(str(device))
+    env["backends"] = {name: ro.backend_detail for name, ro in rollouts.items()}
+    env["intra_op_threads"] = {
+        name: {graph: s.get_session_options().intra_op_num_threads for graph, s in sessions.items()}
+        for name, ro in rollouts.items()
+        if (sessions := getattr(ro.backend, "sessions", None))
+    }
+    return env
+
+
+def model_name(args) -> str:
+    if args.artifacts is not None:
+        return f"the model of {args.artifacts}"
+    if args.checkpoint is not None:
+        return f"the model of {args.checkpoint}"
+    return f"{args.size} model, random weights"
 
 
 def main(argv=None) -> None:
@@ -534,16 +396,16 @@ def main(argv=None) -> None:
         report = run(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         sys.exit(f"rollout_latency: {error}")
-    text = report_text(report, args.host_io)
+    text = rollout_latency_report.report_text(report)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+    if args.results:
+        rollout_latency_report.save(report, args.results, model_name(args))
     if args.plot:
-        env = report["environment"]
-        results = [Result(**r) for r in report["results"]]
-        plot(results, args.plot, f"Rollout.imagine on {env.get('gpu', env['cpu'])} ({env['device']})")
+        rollout_latency_report.plot(report, args.plot)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ true/shuffled and the open-loop MSE at step 10 (wm-eval's functions).
     python benchmarks/small_objects.py --device cuda --workers 5 \
         --options "plain loss,free_nats=0.5,beta=0,recon_change_weight=20,default"
     python benchmarks/small_objects.py --quick         # smoke test, < 1 min
+    python benchmarks/small_objects.py --device cuda --workers 5 --results docs/results/small_objects.json
 
 The measured setting (the defaults of Args: 400 episodes, 20 epochs = 5,000 optimiser steps per run) took 4 min
 for five runs side by side on one H100; on 2 CPU cores each run takes tens of minutes. At a sixth of that budget
@@ -43,6 +44,8 @@ from wm_train.probe import fit_probe
 from wm_train.scenes import write_dot_episodes
 from wm_train.trainer import Trainer
 
+from report import environment, markdown_table, save_results
+
 # option name -> train-config overrides. "plain loss" is the seed's loss (SEED_LOSS); each option adds one
 # anti-collapse setting to it; "default" is today's defaults (free_nats=0.5 and recon_change_weight=20).
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -71,6 +74,7 @@ class Args:
     device: str = field(default="cpu", metadata={"help": "where the runs train: cpu, cuda or auto (measurements: cpu)"})
     out: str = field(default="runs/small_objects", metadata={"help": "output folder"})
     quick: bool = field(default=False, metadata={"help": "smoke test: tiny model, few frames, 1 epoch"})
+    results: str = field(default="", metadata={"help": "also write the table as a results file here (docs/results/)"})
 
 
 QUICK: dict[str, Any] = dict(episodes=6, steps=32, epochs=1, size="tiny", workers=1)
@@ -176,34 +180,29 @@ def _with_position(cfg: Config):
     return load_splits(cfg, per_step=("position",))
 
 
-# (header, key, format spec; None: as is)
+# (column of the table, key of a run's row)
 COLUMNS = (
-    ("option", "option", None),
-    ("dot MSE", "dot_mse", ".3f"),
-    ("background MSE", "background_mse", ".1e"),
-    ("position R² val", "position_r2", ".3f"),
-    ("(train)", "position_r2_train", ".3f"),
-    ("on z alone", "position_r2_z", ".3f"),
-    ("active dims", "active", None),
-    ("kld", "kld", ".2f"),
-    ("collapsed", "collapsed", None),
-    ("action ratio", "ratio_shuffled", ".3f"),
-    ("MSE@10", "mse10", ".4f"),
-    ("train s", "train_seconds", ".0f"),
+    ({"name": "option"}, "option"),
+    ({"name": "dot MSE", "format": ".3f"}, "dot_mse"),
+    ({"name": "background MSE", "format": ".1e"}, "background_mse"),
+    ({"name": "position R² val", "format": ".3f"}, "position_r2"),
+    ({"name": "(train)", "format": ".3f"}, "position_r2_train"),
+    ({"name": "on z alone", "format": ".3f"}, "position_r2_z"),
+    ({"name": "active dims"}, "active"),
+    ({"name": "kld", "format": ".2f"}, "kld"),
+    ({"name": "collapsed"}, "collapsed"),
+    ({"name": "action ratio", "format": ".3f"}, "ratio_shuffled"),
+    ({"name": "MSE@10", "format": ".4f"}, "mse10"),
+    ({"name": "train s", "format": ".0f"}, "train_seconds"),
 )
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for row in rows:
-        row = {
-            **row,
-            "active": f"{row['active_dims']}/{row['latent_dim']}",
-            "collapsed": "yes" if row["collapsed"] else "no",
-        }
-        cells = [str(row[k]) if spec is None else format(row[k], spec) for _, k, spec in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def table_rows(rows: list[dict]) -> list[list]:
+    shown = (
+        {**row, "active": f"{row['active_dims']}/{row['latent_dim']}", "collapsed": "yes" if row["collapsed"] else "no"}
+        for row in rows
+    )
+    return [[row[key] for _, key in COLUMNS] for row in shown]
 
 
 def main() -> None:
@@ -234,7 +233,14 @@ def main() -> None:
             rows.append(row)
             print(f"{row['option']}: done in {row['train_seconds']:.0f} s", flush=True)
             results.write_text(json.dumps({"args": dataclasses.asdict(args), "rows": rows}, indent=1))
-    print(table(rows))
+    columns = [column for column, _ in COLUMNS]
+    print(markdown_table(columns, table_rows(rows)))
+    if args.results:
+        title = (
+            f"Small objects: a 3x3 dot, {args.episodes} episodes of {args.steps} frames, {args.epochs} epochs of the "
+            f"`{args.size}` model per option, seed {args.seed}; measured on the validation episodes"
+        )
+        save_results(Path(args.results), title, columns, table_rows(rows), environment(args.device), runs=rows)
 
 
 if __name__ == "__main__":

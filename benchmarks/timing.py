@@ -1,7 +1,8 @@
-"""The benchmarks' shared timing harness: how calls are timed (`time_calls`), how the samples are summarised and
-printed, the device's own matmul peak to compare with, and the random model a benchmark times when it is given
-none. The benchmark scripts beside this file import it (`from timing import ...`: a script's own folder is on
-its import path); each says what its timed call includes.
+"""The benchmarks' shared timing harness: how calls are timed (`time_calls`), how the samples are summarised,
+the device's own matmul peak to compare with, and the random model a benchmark times when it is given none.
+Reporting what was measured is benchmarks/report.py. The benchmark scripts beside this file import both
+(`from timing import ...`: a script's own folder is on its import path); each says what its timed call
+includes.
 
 Every timed call is bracketed by device synchronisations, so a GPU's queued work is inside the timing and the
 previous call's is not. Callables of one measurement take turns in blocks of calls, so that on a shared machine
@@ -11,7 +12,6 @@ they all see the same load, while within a block each keeps its caches warm as i
 from __future__ import annotations
 
 import math
-import platform
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -123,14 +123,6 @@ def summarise(seconds: np.ndarray) -> dict:
     }
 
 
-def format_time(us: float) -> str:
-    if us < 1e3:
-        return f"{us:.0f} µs"
-    if us < 1e6:
-        return f"{us / 1e3:.3g} ms"
-    return f"{us / 1e6:.3g} s"
-
-
 class MatmulPeak:
     """GFLOP/s of a MATMUL_SIZE^2 `torch.matmul` on a device (CPU_HALF_MATMUL_SIZE^2 in half precision on a
     CPU). Sample it at the start and again between measurements; the peak is the best call of all: a load that
@@ -159,16 +151,6 @@ class MatmulPeak:
             "gflops": flops / min(self.seconds) / 1e9,
             "median_gflops": flops / np.median(self.seconds) / 1e9,
         }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def random_checkpoint(folder: Path, size: str = "default", heads: bool = False) -> Path:

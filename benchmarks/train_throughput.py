@@ -7,7 +7,7 @@ process's CPU time per step (all its threads), which depends less than the wall 
 machine runs.
 
     python benchmarks/train_throughput.py [--config configs/carracing.yaml] [--steps 20] [--device cuda]
-        [--nproc N] [--data FOLDER]
+        [--nproc N] [--data FOLDER] [--json out.json] [--results docs/results/NAME.json]
 
 On CUDA the device is synchronised before the clock is read at both ends. `--nproc N` also times N processes
 trained with DistributedDataParallel (gloo on CPU, NCCL on CUDA, one GPU per process) at the same global batch,
@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +41,15 @@ from wm_train.distributed import setup
 from wm_train.store import is_store
 from wm_train.trainer import Trainer
 
+from report import add_results_option, environment, markdown_table, progress, save_results
+
+COLUMNS = [
+    {"name": "processes", "format": "d"},
+    {"name": "frames/s", "format": ".0f"},
+    {"name": "ms/step", "format": ".1f"},
+    {"name": "CPU ms/step", "format": ".0f"},
+]
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +63,7 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="section.key=value (e.g. train.overshooting=3)"
     )
+    add_results_option(parser)
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -80,13 +89,9 @@ def main(argv=None) -> None:
         f"{cfg.data.seq_len}, data {cfg.data.path}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}, {os.cpu_count()} CPUs"
     )
-    for run in runs:
-        print(
-            f"{run['processes']} process(es): {run['frames_per_s']:.0f} frames/s "
-            f"({run['ms_per_step']:.0f} ms/step over {args.steps} steps; "
-            f"{run['cpu_ms_per_step']:.0f} ms of CPU time per step)"
-        )
-    print(f"peak resident memory {peak_gib:.2f} GiB (largest single process)")
+    rows = [[run["processes"], run["frames_per_s"], run["ms_per_step"], run["cpu_ms_per_step"]] for run in runs]
+    print(markdown_table(COLUMNS, rows))
+    print(f"{args.steps} timed steps; peak resident memory {peak_gib:.2f} GiB (largest single process)")
     if args.nproc > 1 and not device.startswith("cuda"):
         print("(CPU processes share the same cores: no speed-up is expected here; the figure is for GPU machines)")
     if args.json:
@@ -106,6 +111,12 @@ def main(argv=None) -> None:
             "processes": runs,
         }
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    if args.results:
+        title = (
+            f"Optimiser steps of {args.config} {' '.join(args.overrides)}".rstrip()
+            + f" (global batch {t.batch_size} x {cfg.data.seq_len} frames); peak resident memory {peak_gib:.2f} GiB"
+        )
+        save_results(args.results, title, COLUMNS, rows, environment(device), peak_rss_gib=peak_gib)
 
 
 def time_steps(cfg, steps: int, warmup: int, distributed=None) -> dict:
@@ -165,7 +176,7 @@ def _random_episodes(folder: Path, cfg) -> str:
             action = rng.standard_normal((200, dim)).astype(np.float32)
         reward, terminated = rng.standard_normal(200).astype(np.float32), np.zeros(200, bool)  # for model.heads
         save_episode(folder / f"episode_{i:05d}.npz", obs, action, reward=reward, terminated=terminated)
-    print(f"no episodes at the config's data.path: timing on random frames in {folder}", file=sys.stderr)
+    progress(f"no episodes at the config's data.path: timing on random frames in {folder}")
     return str(folder)
 
 

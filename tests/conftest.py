@@ -5,6 +5,7 @@
   tiny ones, exported once per session.
 - Deployment: the backends this machine can run (or a skip saying what it lacks), their tolerances, random
   frames and actions.
+- Benchmarks: a script of benchmarks/ loaded as a module.
 
 Factories are fixtures that return a function, so a test or a module-scoped fixture can ask for several.
 Dimensions: B batch, H horizon, A action width.
@@ -13,7 +14,9 @@ Dimensions: B batch, H horizon, A action width.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -366,3 +369,26 @@ def max_abs():
     """Factory: max_abs(a, b) -> the largest absolute difference of two numpy arrays or torch tensors, in
     float64."""
     return _max_abs
+
+
+# --- benchmarks ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """A factory: benchmarks/NAME.py loaded as a module. The benchmarks are scripts that import each other from
+    their own folder (`from report import ...`), not a package, so that folder is on the path while one loads."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.path.insert(0, str(folder))
+        sys.modules[name] = module  # dataclasses look their module up while the class is made
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(folder))
+        return module
+
+    return load

@@ -11,10 +11,11 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "planner_speed.py"
 
 
-def test_planner_speed_quick_times_both_backends_per_setting(tmp_path):
+def test_planner_speed_quick_times_both_backends_per_setting(tmp_path, benchmark_script):
     out = tmp_path / "out.json"
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--size", "tiny", "--cells", "64x6x2,32x4x1", "--json", str(out)],
+        [sys.executable, str(SCRIPT), "--quick", "--size", "tiny", "--cells", "64x6x2,32x4x1", "--json", str(out)]
+        + ["--results", str(tmp_path / "planner_speed_test.json")],
         capture_output=True,
         text=True,
         timeout=600,
@@ -28,6 +29,12 @@ def test_planner_speed_quick_times_both_backends_per_setting(tmp_path):
     assert not any(r["default"] for r in rows)
     assert "| 64 | 6 | 2 | onnxruntime |" in completed.stdout and "| 32 | 4 | 1 | torch |" in completed.stdout
     assert all(r["speedup_vs_torch"] == 1.0 for r in rows if r["backend"] == "torch")
+    results = benchmark_script("results")
+    data = results.load_results("planner_speed_test.json", tmp_path)  # the layout of docs/results/planner_speed_*
+    committed = results.load_results("planner_speed_cpu.json")
+    assert data["columns"] == committed["columns"] and len(data["rows"]) == 4
+    assert data["rows"][0][:5] == [64, 6, "2", rows[0]["backend"], rows[0]["ms_p50"]]
+    assert "| 64 | 6 | 2 | " in results.render_table(data) and "untrained weights" in data["title"]
 
 
 def test_planner_speed_names_a_backend_it_does_not_know():

@@ -8,9 +8,11 @@ from pathlib import Path
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "small_objects.py"
 
 
-def test_quick_run_writes_a_row_per_option(tmp_path):
+def test_quick_run_writes_a_row_per_option(tmp_path, benchmark_script):
+    table = tmp_path / "small_objects_test.json"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--options", "plain loss,default"],
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--options", "plain loss,default"]
+        + ["--results", str(table)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -20,3 +22,7 @@ def test_quick_run_writes_a_row_per_option(tmp_path):
     rows = json.loads((tmp_path / "quick" / "results.json").read_text())["rows"]
     assert [r["option"] for r in rows] == ["plain loss", "default"]
     assert all(0 <= r["dot_mse"] <= 1 and r["position_r2_train"] <= 1 for r in rows)
+    results = benchmark_script("results")
+    data = results.load_results(table.name, tmp_path)
+    assert [r[0] for r in data["rows"]] == ["plain loss", "default"] and data["rows"][0][1] == rows[0]["dot_mse"]
+    assert "| plain loss | " in results.render_table(data)
