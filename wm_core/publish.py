@@ -219,8 +219,10 @@ def replace_dir(new: Path, target: Path) -> None:
         except BaseException:
             os.replace(aside, target)  # if this fails too, the old copy stays at `aside` for restore_aside
             raise
-    fsync_dir(target.parent)
-    shutil.rmtree(aside, ignore_errors=True)
+    try:
+        fsync_dir(target.parent)
+    finally:  # the new folder is in place: the old copy is no longer the only one
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager
