@@ -108,11 +108,10 @@ def refuse_external_data(data: bytes, path: str | Path) -> None:
     """Raise ValueError if the ONNX graph `data` (from `path`) keeps any tensor in external data: onnxruntime
     would read it from another file, which no manifest hash covers and which may lie outside the folder."""
     import onnx
-    from google.protobuf.message import DecodeError
 
     try:
         model = onnx.load_model_from_string(data)
-    except DecodeError as error:
+    except Exception as error:  # protobuf's DecodeError, whose module has no type stubs here
         raise ValueError(f"{path}: not an ONNX model ({error})") from None
     external = [t.name for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data]
     if external:
