@@ -6,15 +6,18 @@ with its sha256, so a reader can tell a complete export from a damaged or edited
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from .actions import ActionCodec
 from .config import ModelConfig
+from .confined import confined_path, read_confined
 from .graphs import GraphSpec
-from .publish import atomic_write_bytes
+from .publish import atomic_write_bytes, restore_aside
 
 FORMAT = "wm-artifacts"
 FORMAT_VERSION = 2
@@ -107,6 +110,9 @@ def load_manifest(folder: str | Path) -> dict:
 
     Raises FileNotFoundError for a missing folder or manifest and ValueError for anything else."""
     folder = Path(folder)
+    if not folder.exists():
+        with contextlib.suppress(OSError):
+            restore_aside(folder)  # a replacement of the folder cut short by a crash
     if not folder.is_dir():
         raise FileNotFoundError(f"artifact folder not found: {folder}")
     path = folder / MANIFEST
@@ -123,6 +129,13 @@ def load_manifest(folder: str | Path) -> dict:
             f"{path}: artifact format version {manifest.get('format_version')!r}, expected one of "
             f"{list(READABLE_VERSIONS)}"
         )
+    try:
+        entries = manifest_entries(manifest)
+    except (KeyError, TypeError, AttributeError):
+        damaged = f"{path}: damaged manifest: `graphs` and `tensorrt.engines` must map names to files"
+        raise ValueError(damaged) from None
+    for entry, name in entries.items():
+        confined_path(folder, name, str(path), entry)
     return manifest
 
 
@@ -143,22 +156,50 @@ def manifest_files(manifest: dict) -> dict[str, str]:
     return files
 
 
-def verify_file(folder: str | Path, manifest: dict, name: str) -> Path:
-    """-> the path of file `name` (e.g. `encoder.onnx`, `encoder.plan`) after checking its sha256 against the
-    manifest. Raises ValueError if the manifest does not list it or the content changed, FileNotFoundError
-    if it is missing."""
+def manifest_entries(manifest: dict) -> dict[str, object]:
+    """Where each listed file is named in the manifest (`graphs.encoder.file`, ...) -> the name given there."""
+    entries = {f"graphs.{graph}.file": entry.get("file") for graph, entry in manifest["graphs"].items()}
+    if manifest.get("tensorrt"):
+        entries.update(
+            {f"tensorrt.engines.{g}.file": e.get("file") for g, e in manifest["tensorrt"]["engines"].items()}
+        )
+    return entries
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    """A file of an artifact folder, read once: `data` are the bytes whose sha256 matched the manifest, and the
+    bytes a backend loads (never the file again, which may have changed since)."""
+
+    path: Path
+    data: bytes
+
+
+def read_verified(folder: str | Path, manifest: dict, name: str) -> VerifiedFile:
+    """Read file `name` (e.g. `encoder.onnx`, `encoder.plan`) of `folder` once and check the sha256 of the bytes
+    read against the manifest. Raises ValueError if the manifest does not list it, names it outside the folder
+    or the content changed, FileNotFoundError if it is missing."""
     files = manifest_files(manifest)
     if name not in files:
         raise ValueError(f"{name} is not listed in the manifest of {folder}; listed: {sorted(files)}")
-    path = Path(folder) / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is listed in the manifest but missing")
-    actual = sha256_file(path)
+    entry = next(e for e, n in manifest_entries(manifest).items() if n == name)
+    path = confined_path(folder, name, str(Path(folder) / MANIFEST), entry)
+    try:
+        data = read_confined(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is listed in the manifest but missing") from None
+    actual = hashlib.sha256(data).hexdigest()
     if actual != files[name]:
         raise ValueError(
             f"{path}: sha256 {actual} does not match the manifest's {files[name]}; the file changed after export"
         )
-    return path
+    return VerifiedFile(path, data)
+
+
+def verify_file(folder: str | Path, manifest: dict, name: str) -> Path:
+    """-> the path of file `name` after checking it (`read_verified`). A loader uses `read_verified` itself and
+    loads its bytes: the file may change after this returns."""
+    return read_verified(folder, manifest, name).path
 
 
 def verify_folder(folder: str | Path) -> dict:

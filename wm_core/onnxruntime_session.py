@@ -5,14 +5,22 @@ onnxruntime is imported lazily: it is an extra (`cpu`, or `gpu` for onnxruntime-
 On CUDA, onnxruntime lists CUDAExecutionProvider wherever onnxruntime-gpu is installed, even when the cuDNN or
 cuBLAS it needs cannot be loaded; the session then silently runs on the CPU provider. So every CUDA session is
 checked after it is made, and one that fell back raises `ProviderUnavailableError`.
+
+A graph of an artifact folder is handed over as the bytes whose sha256 was checked (`wm_core.manifest.
+read_verified`), never as a path onnxruntime would open again; a graph with external data is refused (its
+tensors would be read from other files, unchecked), and a session's inputs and outputs are checked against the
+graph spec, as a TensorRT engine's are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .graphs import GraphSpec
 
 INSTALL_HINT = 'install onnxruntime: pip install ".[cpu]" (or ".[gpu]" for onnxruntime-gpu)'
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -41,19 +49,25 @@ def cuda_provider_listed() -> bool:
 
 
 def create_session(
-    path: str | Path,
+    model: str | Path | bytes,
     device: torch.device | None = None,
     *,
     threads: int = 1,
     spinning: bool = True,
     stream: int | None = None,
     tf32: bool = False,
+    name: str | Path | None = None,
 ) -> Any:
-    """An InferenceSession of `path` on `device`: the CPU provider with `threads` intra-op threads (0: one per
-    core), which spin between calls unless `spinning` is off, or the CUDA provider on device N (on the CUDA
-    stream `stream` when given, TF32 off unless `tf32`). Raises ProviderUnavailableError when the CUDA provider
-    is missing or fell back to the CPU."""
+    """An InferenceSession of `model` (a path, or the bytes of a graph: checked by `refuse_external_data`;
+    `name`: the file they came from, for messages) on `device`: the CPU provider with `threads` intra-op
+    threads (0: one per core), which spin between calls unless `spinning` is off, or the CUDA provider on
+    device N (on the CUDA stream `stream` when given, TF32 off unless `tf32`). Raises ProviderUnavailableError
+    when the CUDA provider is missing or fell back to the CPU."""
     ort = require_onnxruntime()
+    name = name if name is not None else ("<bytes>" if isinstance(model, bytes) else model)
+    if isinstance(model, bytes):
+        refuse_external_data(model, name)
+    source = model if isinstance(model, bytes) else str(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -63,7 +77,7 @@ def create_session(
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device is None or device.type != "cuda":
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
     if not cuda_provider_listed():
         raise ProviderUnavailableError(
@@ -75,8 +89,8 @@ def create_session(
     cuda_options = {"device_id": str(index), "use_tf32": "1" if tf32 else "0"}
     if stream is not None:
         cuda_options["user_compute_stream"] = str(stream)
-    session = ort.InferenceSession(str(path), options, providers=[(CUDA_PROVIDER, cuda_options)])
-    check_provider_in_use(session, path)
+    session = ort.InferenceSession(source, options, providers=[(CUDA_PROVIDER, cuda_options)])
+    check_provider_in_use(session, name)
     return session
 
 
@@ -88,3 +102,66 @@ def check_provider_in_use(session: Any, path: str | Path) -> None:
             f"onnxruntime could not load {CUDA_PROVIDER} for {Path(path).name} (providers in use: {in_use}); "
             "its CUDA libraries (cuDNN, cuBLAS) are probably missing or of another CUDA version"
         )
+
+
+def refuse_external_data(data: bytes, path: str | Path) -> None:
+    """Raise ValueError if the ONNX graph `data` (from `path`) keeps any tensor in external data: onnxruntime
+    would read it from another file, which no manifest hash covers and which may lie outside the folder."""
+    import onnx
+
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as error:  # protobuf's DecodeError, whose module has no type stubs here
+        raise ValueError(f"{path}: not an ONNX model ({error})") from None
+    external = [t.name for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data]
+    if external:
+        raise ValueError(
+            f"{path}: the graph keeps {len(external)} tensor(s) in external data (e.g. {external[0]!r}); an "
+            "artifact graph must be one self-contained file"
+        )
+
+
+def _tensors(model) -> Iterator[Any]:
+    """Every TensorProto of `model`: initializers, sparse initializers and node attributes, subgraphs and
+    functions included."""
+
+    def of_nodes(nodes) -> Iterator[Any]:
+        for node in nodes:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                if attribute.HasField("sparse_tensor"):
+                    yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
+                for graph in (*([attribute.g] if attribute.HasField("g") else []), *attribute.graphs):
+                    yield from of_graph(graph)
+
+    def of_graph(graph) -> Iterator[Any]:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        yield from of_nodes(graph.node)
+
+    yield from of_graph(model.graph)
+    for function in model.functions:
+        yield from of_nodes(function.node)
+
+
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(float16)": "float16"}
+
+
+def check_session_io(session: Any, spec: GraphSpec, path: str | Path) -> None:
+    """Raise ValueError unless the session's inputs and outputs are the graph spec's (names, dtypes, shapes
+    with the batch axis named `batch`)."""
+    actual = {
+        arg.name: (mode, ORT_DTYPES.get(arg.type, arg.type), tuple(arg.shape))
+        for mode, args in (("input", session.get_inputs()), ("output", session.get_outputs()))
+        for arg in args
+    }
+    expected = {
+        t.name: (mode, t.dtype, tuple(t.shape))
+        for mode, tensors in (("input", spec.inputs), ("output", spec.outputs))
+        for t in tensors
+    }
+    if actual != expected:
+        raise ValueError(f"{path}: graph inputs and outputs {actual}, expected {expected} (docs/artifacts.md)")

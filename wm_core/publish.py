@@ -3,13 +3,27 @@ folder renamed into place. Every writer of the package (checkpoints, episodes, m
 TensorRT timing cache, export and evaluation folders) goes through these two, and a write they cannot finish
 (a full disk, a missing permission, a read-only file system) comes out as a `WriteError` naming the file or
 folder the caller asked for.
+
+Durability (docs/safety.md): a file is written to a temporary file in the target's folder, flushed and
+fsync'ed, renamed onto the target, and the folder is fsync'ed, so that once a writer returns the new content
+survives a power loss; before it returns, a power loss leaves the old content or the new, never a mix. A
+staged folder has every file and folder in it fsync'ed before it is renamed into place, and its parent after.
+
+Replacing a folder (`replace_dir`) swaps the two atomically where Linux offers renameat2(RENAME_EXCHANGE);
+elsewhere the old folder is renamed aside to `.NAME.old` and the new one renamed into place. A crash between
+those two renames leaves `NAME` missing and `.NAME.old` complete: the next `replace_dir` or `staged_dir` on
+`NAME`, and the readers of artifact folders and episode stores (`restore_aside`), rename it back first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,22 +76,69 @@ def naming_failed_writes(path: str | Path, inside: Path | None = None) -> Iterat
         raise failure from error
 
 
+def fsync_dir(folder: str | Path) -> None:
+    """fsync the folder itself, so that the names renamed or created in it survive a power loss. Skipped only
+    where the platform cannot: no O_DIRECTORY (Windows), or a file system that refuses fsync on a folder."""
+    flags = getattr(os, "O_DIRECTORY", None)
+    if flags is None:
+        return
+    fd = os.open(folder, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under `folder` (deepest first), and `folder` itself."""
+    for root, _dirs, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(root)
+
+
+def _make_folder(folder: Path) -> None:
+    """mkdir -p `folder`, fsync'ing the parent of each folder it creates."""
+    missing = []
+    for parent in (folder, *folder.parents):
+        if parent.is_dir():
+            break
+        missing.append(parent)
+    for created in reversed(missing):
+        created.mkdir(exist_ok=True)
+        fsync_dir(created.parent)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], mode: int | None = None) -> Path:
-    """Call `write(file)` on a temporary file beside `path`, then rename it onto `path`: a crash or a full disk
-    leaves the old file (or none), never a truncated one. `mode`: permission bits (mkstemp's are 0o600)."""
+    """Call `write(file)` on a temporary file beside `path`, fsync it, rename it onto `path` and fsync the
+    folder: a crash or a full disk leaves the old file (or none), never a truncated one, and once this returns
+    the new file survives a power loss. `mode`: permission bits (mkstemp's are 0o600)."""
     path = Path(path)
     with naming_failed_writes(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path.parent)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as file:
                 write(file)
+                file.flush()
+                os.fsync(file.fileno())
             if mode is not None:
                 os.chmod(tmp, mode)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        fsync_dir(path.parent)
     return path
 
 
@@ -85,31 +146,94 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -
     return atomic_write(path, lambda file: file.write(data), mode)
 
 
+def aside_path(target: str | Path) -> Path:
+    """Where `replace_dir` keeps the old `target` while the new one is renamed into place: `.NAME.old`."""
+    target = Path(target)
+    return target.parent / f".{target.name}.old"
+
+
+def restore_aside(target: str | Path) -> bool:
+    """Finish what a crash inside `replace_dir` left: with `target` missing, rename `.NAME.old` back to it (->
+    True); with `target` present, a `.NAME.old` beside it is the replaced copy whose deletion was cut short, and
+    is deleted. Called by `replace_dir`, `staged_dir` and the readers of artifact folders and stores."""
+    target = Path(target)
+    aside = aside_path(target)
+    if not aside.is_dir() or aside.is_symlink():
+        return False
+    if target.exists() or target.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+        return False
+    os.replace(aside, target)
+    fsync_dir(target.parent)
+    return True
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2():
+    return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the names `a` and `b` in one step (Linux renameat2 RENAME_EXCHANGE) -> False where the kernel,
+    C library or file system does not offer it."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def replace_dir(new: Path, target: Path) -> None:
-    """Rename the finished folder `new` to `target`. An existing `target` is moved aside first and deleted
-    only once `new` is in place (put back if the rename fails), so `target` is never half-written."""
-    if not target.exists():
+    """Rename the finished folder `new` to `target`, everything in it fsync'ed first and the parent after.
+
+    An existing `target` is swapped with `new` atomically where the platform can (`_exchange`); otherwise it is
+    renamed aside to `.NAME.old`, `new` is renamed into place, and the old copy is deleted only then. If that
+    second rename fails the old copy is renamed back; if even that fails it stays at `.NAME.old`, where
+    `restore_aside` finds it. `target` is therefore never half-written and its only copy is never deleted."""
+    new, target = Path(new), Path(target)
+    restore_aside(target)
+    _fsync_tree(new)
+    if not (target.exists() or target.is_symlink()):
         os.replace(new, target)
+        fsync_dir(target.parent)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, old / target.name)
+    aside = aside_path(target)
+    if _exchange(new, target):
+        with contextlib.suppress(OSError):
+            os.replace(new, aside)  # the old copy, now at `new`: to the name restore_aside cleans up after a crash
+        shutil.rmtree(new, ignore_errors=True)
+    else:
+        os.replace(target, aside)
+        try:
+            os.replace(new, target)
+        except BaseException:
+            os.replace(aside, target)  # if this fails too, the old copy stays at `aside` for restore_aside
+            raise
     try:
-        os.replace(new, target)
-    except BaseException:
-        os.replace(old / target.name, target)
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+        fsync_dir(target.parent)
+    finally:  # the new folder is in place: the old copy is no longer the only one
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def staged_dir(target: str | Path) -> Iterator[Path]:
     """A fresh, readable folder beside `target` to write into; on a clean exit it replaces `target`
-    (`replace_dir`), on any error it is deleted and `target` is left as it was. A write failing in the block
-    is a WriteError naming `target`."""
+    (`replace_dir`: its files fsync'ed, then renamed), on any error it is deleted and `target` is left as it
+    was. A write failing in the block is a WriteError naming `target`."""
     target = Path(target)
     with naming_failed_writes(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
+        restore_aside(target)
+        _make_folder(target.parent)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         with naming_failed_writes(target, inside=staging):

@@ -90,9 +90,10 @@ def create_runtime() -> trt.Runtime:
 TRT_DTYPES = ("float32", "float16", "uint8", "int32")
 
 
-def load_engine(runtime: trt.Runtime, path: Path) -> trt.ICudaEngine:
-    """Deserialise the engine in `path`; ValueError when TensorRT refuses it."""
-    engine = runtime.deserialize_cuda_engine(path.read_bytes())
+def load_engine(runtime: trt.Runtime, data: bytes, path: Path) -> trt.ICudaEngine:
+    """Deserialise the engine `data` (the bytes read and verified from `path`, never `path` read again: it may
+    have changed since); ValueError when TensorRT refuses it."""
+    engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise ValueError(f"TensorRT could not deserialise {path} (see its log above)")
     return engine

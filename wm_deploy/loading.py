@@ -1,7 +1,8 @@
 """Open what `Rollout.load` is given (an artifact folder or a checkpoint), check it, and build a backend.
 
-An artifact folder is read through `wm_core.manifest` (the artifact contract), and every file a backend uses
-is checked against its sha256 in the manifest before it is loaded. A checkpoint runs on the torch backend
+An artifact folder is read through `wm_core.manifest` (the artifact contract): every file a backend uses is
+read once, its name confined to the folder and its bytes checked against the sha256 in the manifest, and the
+backend loads those bytes (docs/safety.md). A checkpoint runs on the torch backend
 only. `REGISTRY` is the one table of backends: name -> why it cannot run here (or None), and its builder.
 """
 
@@ -17,7 +18,7 @@ import torch
 from wm_core.actions import ActionCodec
 from wm_core.checkpoint import load_checkpoint
 from wm_core.config import ExportConfig
-from wm_core.manifest import has_heads, load_manifest, sha256_file, verify_file
+from wm_core.manifest import has_heads, load_manifest, read_verified, sha256_file
 from wm_core.onnxruntime_session import ProviderUnavailableError
 from wm_core.tensorrt_engine import TensorRTUnavailableError
 
@@ -143,7 +144,7 @@ def _build_ort(source: Source, device: torch.device, options: Options) -> tuple[
     from .backends.ort_backend import OrtBackend
 
     manifest = _manifest(source)
-    files = {g: verify_file(source.path, manifest, manifest["graphs"][g]["file"]) for g in _graphs(manifest)}
+    files = {g: read_verified(source.path, manifest, manifest["graphs"][g]["file"]) for g in _graphs(manifest)}
     max_batch = options.max_batch or _folder_max_batch(manifest) or ExportConfig.max_batch
     backend = OrtBackend(
         files,
@@ -190,7 +191,7 @@ def _build_trt(source: Source, device: torch.device, options: Options) -> tuple[
     max_batch = options.max_batch or profile_max
     if max_batch > profile_max:
         raise ValueError(f"max_batch {max_batch} exceeds the TensorRT engines' profile maximum {profile_max}")
-    plans = {g: verify_file(source.path, manifest, e["file"]) for g, e in section["engines"].items()}
+    plans = {g: read_verified(source.path, manifest, e["file"]) for g, e in section["engines"].items()}
     backend = TrtBackend(
         plans, section, manifest_dims(manifest), device, max_batch, options.cuda_graphs, heads=has_heads(manifest)
     )

@@ -235,7 +235,11 @@ def _check_contents(staging: Path, manifest: dict) -> None:
     """The folder holds exactly the manifest and the files it lists: no external-data side files."""
     expected = set(manifest_files(manifest)) | {MANIFEST}
     actual = {path.name for path in staging.iterdir()}
-    assert actual == expected, f"artifact folder holds {sorted(actual)}, manifest lists {sorted(expected)}"
+    if actual != expected:
+        raise ValueError(
+            f"the exported artifact folder holds {sorted(actual)}, its manifest lists {sorted(expected)}: the "
+            f"extra files are external data or leftovers, and an artifact folder must hold nothing unlisted"
+        )
 
 
 def _publish(staging: Path, dest: Path, force: bool) -> None:

@@ -137,7 +137,7 @@ class TensorRTRunner:
         self.contexts: dict[str, trt.IExecutionContext] = {}
         for name, path in plans.items():
             try:
-                engine = load_engine(self.runtime, path)
+                engine = load_engine(self.runtime, path.read_bytes(), path)
                 check_engine_tensors(engine, specs[name], path)
             except ValueError as error:
                 raise EngineBuildError(str(error)) from None

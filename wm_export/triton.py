@@ -19,11 +19,10 @@ as `wm_deploy.Rollout` does without the artifact folder (examples/triton_client.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from wm_core.graphs import GraphSpec, TensorSpec, graph_specs_of
-from wm_core.manifest import has_heads, verify_folder
+from wm_core.manifest import has_heads, load_manifest, read_verified
 from wm_core.publish import staged_dir
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
@@ -48,9 +47,12 @@ def check_repository_destination(target: str | Path, force: bool) -> None:
 
 def write_triton_repository(artifacts: str | Path, target: str | Path, max_batch: int) -> Path:
     """Write the model repository of the artifact folder `artifacts` at `target` (built beside it, renamed into
-    place when complete) -> `target`. `max_batch`: max_batch_size of the ONNX models."""
+    place when complete) -> `target`. An existing `target` is replaced only if it is a model repository (or an
+    empty folder). Each model file is the bytes read and verified from the artifact folder (`read_verified`).
+    `max_batch`: max_batch_size of the ONNX models."""
     artifacts, target = Path(artifacts), Path(target)
-    manifest = verify_folder(artifacts)
+    check_repository_destination(target, force=True)
+    manifest = load_manifest(artifacts)
     dims = manifest["dims"]
     specs = graph_specs_of(
         dims["frame"][0],
@@ -73,7 +75,7 @@ def write_triton_repository(artifacts: str | Path, target: str | Path, max_batch
             )
             platform, model_file = PLATFORMS[kind]
             (folder / name / "1").mkdir(parents=True)
-            shutil.copyfile(artifacts / source, folder / name / "1" / model_file)
+            (folder / name / "1" / model_file).write_bytes(read_verified(artifacts, manifest, source).data)
             config = model_config(spec, platform, max_batch, parameters if name == "prior_step" else {})
             (folder / name / "config.pbtxt").write_text(config)
     return target

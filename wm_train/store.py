@@ -25,6 +25,9 @@ fits in free memory and is given back under pressure; the trainer holds only the
 Chunked files decoded by worker processes would add a decoder and inter-process copies for no gain at this
 frame size (a step's read is ~3 MiB, far below the cost of the step).
 
+Every name in store.json must be a plain name: an episode's files must lie in the store's folder (no separators,
+no `..`, not absolute, no symlink resolving outside it); `read_index` and `open_episode` refuse any other.
+
 The episode order in store.json is the order of the `.npz` folder it was converted from, so the train/validation
 split of a store equals that of its source folder.
 """
@@ -37,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wm_core.publish import staged_dir
+from wm_core.confined import confined_path, plain_name_problem
+from wm_core.publish import restore_aside, staged_dir
 
 FORMAT = "wm-episode-store"
 FORMAT_VERSION = 1
@@ -128,7 +132,10 @@ def write_store(
 
 
 def read_index(path: str | Path) -> dict:
-    """store.json after checking its format and version."""
+    """store.json after checking its format and version, and that every episode name and array key in it is a
+    plain name (ValueError naming the entry otherwise)."""
+    if not Path(path).exists():
+        restore_aside(path)  # a replacement of the store cut short by a crash
     file = Path(path) / INDEX
     if not file.is_file():
         raise FileNotFoundError(f"not an episode store: {file} is missing (convert a folder with `wm-store`)")
@@ -137,15 +144,35 @@ def read_index(path: str | Path) -> dict:
         raise ValueError(f"{file}: not an episode store (format {meta.get('format')!r}, expected {FORMAT!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{file}: store format version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    episodes = meta.get("episodes")
+    if not isinstance(episodes, list) or not all(isinstance(e, dict) for e in episodes):
+        raise ValueError(f"{file}: `episodes` must be a list of episode entries, got {type(episodes).__name__}")
+    for i, episode in enumerate(episodes):
+        named = [(f"episodes[{i}].name", episode.get("name"))]
+        named += [(f"episodes[{i}].arrays[{j}]", key) for j, key in enumerate(episode.get("arrays", []))]
+        for entry, name in named:
+            problem = plain_name_problem(name)
+            if problem is not None:
+                raise ValueError(f"{file}: entry {entry} names {name!r}, refused: {problem}; files must lie in {path}")
     return meta
 
 
 def open_episode(path: str | Path, name: str) -> tuple[DiskFrames, np.ndarray]:
-    """One episode of the store at `path`: its frames on disk and its actions in memory."""
-    path = Path(path)
-    return DiskFrames(path / f"{name}.obs.npy"), np.load(path / f"{name}.action.npy")
+    """One episode of the store at `path`: its frames on disk and its actions in memory. ValueError if a file
+    of it would lie outside the store."""
+    obs, action = (_episode_file(path, name, suffix) for suffix in ("obs", "action"))
+    return DiskFrames(obs.resolve()), np.load(action.resolve())
 
 
 def per_step_path(path: str | Path, name: str, key: str) -> Path:
     """The file of episode `name`'s per-step array `key` in the store at `path` (it may not exist)."""
-    return Path(path) / f"{name}.{key}.npy"
+    return _episode_file(path, name, key).resolve()
+
+
+def _episode_file(path: str | Path, name: str, suffix: str) -> Path:
+    """`path/<name>.<suffix>.npy`, refused (ValueError naming store.json) unless it is a plain name in the store."""
+    for entry, part in (("name", name), ("array", suffix)):
+        problem = plain_name_problem(part)
+        if problem is not None:
+            raise ValueError(f"{Path(path) / INDEX}: episode {entry} {part!r} refused: {problem}")
+    return confined_path(path, f"{name}.{suffix}.npy", str(Path(path) / INDEX), f"episode {name!r}")

@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from wm_core.onnxruntime_session import create_session, require_onnxruntime
+from wm_core.graphs import graph_specs_of
+from wm_core.manifest import VerifiedFile
+from wm_core.onnxruntime_session import check_session_io, create_session, require_onnxruntime
 
 from .base import ArrayOps, Dims, NumpyOps, TorchOps, Workspace, on_stream
 
@@ -43,7 +44,7 @@ class OrtBackend:
 
     def __init__(
         self,
-        files: dict[str, Path],
+        files: dict[str, VerifiedFile],
         dims: Dims,
         device: torch.device,
         max_batch: int,
@@ -52,9 +53,10 @@ class OrtBackend:
         heads: bool = False,
         thread_spinning: bool = True,
     ):
-        """`files`: graph name -> verified .onnx path (`decoder` optional). precision: `fp32`, or `tf32` on CUDA
-        (the graphs are float32; TF32 is the CUDA provider's opt-in). heads: the prior step outputs reward and
-        cont. thread_spinning: see Rollout.load."""
+        """`files`: graph name -> its .onnx file as read and verified (`read_verified`; `decoder` optional): the
+        sessions are made from those bytes, and their inputs and outputs checked against the graph specs.
+        precision: `fp32`, or `tf32` on CUDA (the graphs are float32; TF32 is the CUDA provider's opt-in).
+        heads: the prior step outputs reward and cont. thread_spinning: see Rollout.load."""
         ort = require_onnxruntime()
         self.dims = dims
         self.device = device
@@ -73,8 +75,10 @@ class OrtBackend:
             index = device.index if device.index is not None else torch.cuda.current_device()
             self.binding_device = ("cuda", index)
             self.sessions = {
-                name: create_session(path, device, stream=self.stream.cuda_stream, tf32=precision == "tf32")
-                for name, path in files.items()
+                name: create_session(
+                    file.data, device, stream=self.stream.cuda_stream, tf32=precision == "tf32", name=file.path
+                )
+                for name, file in files.items()
             }
             # The loop's next op is ordered after onnxruntime's kernels by the shared stream; a host sync per
             # step would only add latency. gpu_graph_id is set (-1: no onnxruntime CUDA graph) so that the
@@ -88,15 +92,19 @@ class OrtBackend:
             self.stream = None
             self.binding_device = ("cpu", 0)
             self.sessions = {
-                name: create_session(path, threads=threads[name], spinning=thread_spinning)
-                for name, path in files.items()
+                name: create_session(file.data, threads=threads[name], spinning=thread_spinning, name=file.path)
+                for name, file in files.items()
             }
             cores = os.cpu_count() or 1
             if cores > 1:
                 self.sessions["prior_step_wide"] = create_session(
-                    files["prior_step"], threads=cores, spinning=thread_spinning
+                    files["prior_step"].data, threads=cores, spinning=thread_spinning, name=files["prior_step"].path
                 )
             self.detail = f"onnxruntime {ort.__version__}, CPUExecutionProvider, IO binding"
+
+        specs = graph_specs_of(dims.frame[0], dims.latent, dims.deter, dims.action, heads=heads)
+        for name, file in files.items():
+            check_session_io(self.sessions[name], specs[name], file.path)
 
     def _bind(self, session, inputs: dict, outputs: dict):
         binding = session.io_binding()

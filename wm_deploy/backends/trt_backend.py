@@ -14,12 +14,12 @@ documentation and type-checked with tensorrt-stubs; it has not been run on a GPU
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from wm_core.graphs import graph_specs_of
+from wm_core.manifest import VerifiedFile
 from wm_core.tensorrt_engine import (
     check_engine_tensors,
     create_runtime,
@@ -89,7 +89,7 @@ class TrtBackend:
 
     def __init__(
         self,
-        plans: dict[str, Path],
+        plans: dict[str, VerifiedFile],
         section: dict,
         dims: Dims,
         device: torch.device,
@@ -97,7 +97,8 @@ class TrtBackend:
         cuda_graphs: bool = True,
         heads: bool = False,
     ):
-        """`plans`: graph name -> verified .plan path (`decoder` optional); `section`: the manifest's
+        """`plans`: graph name -> its .plan file as read and verified (`read_verified`; `decoder` optional), whose
+        bytes are deserialised; `section`: the manifest's
         `tensorrt` entry; `heads`: the prior step outputs reward and cont."""
         version = require_tensorrt().__version__
         check_engine_compatible(section, device, version)
@@ -120,9 +121,9 @@ class TrtBackend:
         self.contexts: dict[tuple[str, int], trt.IExecutionContext] = {}
         self.input_shapes: dict[str, dict[str, tuple]] = {}  # graph -> input name -> shape without the batch axis
         with torch.cuda.device(device):
-            for name, path in plans.items():
-                engine = load_engine(self.runtime, path)
-                check_engine_tensors(engine, specs[name], path)
+            for name, plan in plans.items():
+                engine = load_engine(self.runtime, plan.data, plan.path)
+                check_engine_tensors(engine, specs[name], plan.path)
                 self.engines[name] = engine
                 self.input_shapes[name] = {t.name: tuple(t.shape[1:]) for t in specs[name].inputs}
 
