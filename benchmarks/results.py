@@ -18,6 +18,9 @@ In a markdown page a table is a block between two comments naming its file (rela
     ...rendered, never edited by hand...
     <!-- /results -->
 
+A block may show part of its file: `<!-- results: NAME.json; columns: a, b; B: 1, 256 -->` keeps the columns
+named and the rows whose column `B` holds one of the values listed (each clause `; KEY: v1, v2`).
+
 `python benchmarks/results.py` re-renders every block of README.md and docs/; `--check` only reports the
 blocks that differ from their data and exits 1 (the test suite and `make docs` run it). Benchmarks write their
 files with `write_results`.
@@ -40,7 +43,9 @@ RESULTS_DIR = ROOT / "docs" / "results"
 PAGES = ("README.md", "docs")
 """where blocks are looked for: README.md and every markdown page under docs/"""
 
-BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.\-]+) -->\n)(?P<body>.*?)(<!-- /results -->)", re.DOTALL)
+BLOCK = re.compile(
+    r"(<!-- results: (?P<name>[\w.\-]+)(?P<select>(?:; [^;>]+)*) -->\n)(?P<body>.*?)(<!-- /results -->)", re.DOTALL
+)
 REQUIRED = ("title", "command", "machine", "date", "columns", "rows")
 
 
@@ -147,6 +152,28 @@ def markdown_table(columns: Sequence[dict[str, str]], rows: Sequence[Sequence[An
     return "\n".join(lines)
 
 
+def select(data: dict, clauses: str) -> dict:
+    """`data` reduced to the columns and rows a block's clauses name (see the module docstring)."""
+    names = [c["name"] for c in data["columns"]]
+    keep_columns, keep_rows = list(range(len(names))), []
+    for clause in filter(None, (c.strip() for c in clauses.split(";"))):
+        key, _, values = clause.partition(":")
+        wanted = [v.strip() for v in values.split(",")]
+        unknown = [n for n in ([*wanted] if key.strip() == "columns" else [key.strip()]) if n not in names]
+        if unknown:
+            raise ValueError(f"results block names unknown column(s) {unknown}; the file has {names}")
+        if key.strip() == "columns":
+            keep_columns = [names.index(n) for n in wanted]
+        else:
+            keep_rows.append((names.index(key.strip()), set(wanted)))
+    rows = [r for r in data["rows"] if all(str(r[i]) in allowed for i, allowed in keep_rows)]
+    return {
+        **data,
+        "columns": [data["columns"][i] for i in keep_columns],
+        "rows": [[r[i] for i in keep_columns] for r in rows],
+    }
+
+
 def render_table(data: dict) -> str:
     """The markdown table of one results file and the line saying how, where and when it was measured."""
     caption = f"*{data['title']}. Measured with `{data['command']}` on {data['machine']}, {data['date']}."
@@ -163,8 +190,8 @@ def render_page(text: str, results_dir: Path = RESULTS_DIR) -> str:
     """`text` with every results block re-rendered from its file."""
 
     def block(match: re.Match) -> str:
-        table = render_table(load_results(match["name"], results_dir))
-        return f"{match.group(1)}{table}{match.group(4)}"
+        table = render_table(select(load_results(match["name"], results_dir), match["select"]))
+        return f"{match.group(1)}{table}{match.group(5)}"
 
     return BLOCK.sub(block, text)
 
@@ -183,7 +210,7 @@ def stale_blocks(root: Path = ROOT) -> list[str]:
     for page in pages(root):
         text = page.read_text()
         for match in BLOCK.finditer(text):
-            expected = render_table(load_results(match["name"], root / "docs" / "results"))
+            expected = render_table(select(load_results(match["name"], root / "docs" / "results"), match["select"]))
             if match["body"] != expected:
                 stale.append(f"{page.relative_to(root)}: {match['name']}")
     return stale
