@@ -1,10 +1,69 @@
-"""Loss terms of the world model and the dataclass they come back in."""
+"""Loss terms of the world model, the settings that shape them and the dataclass they come back in."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 
 import torch
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The options that shape the training loss, passed whole to the model, the trainer and the evaluation.
+
+    A config holds them as flat `train.*` keys (TrainConfig.loss gathers them here); a run resumed with other
+    values would change its objective halfway, so `wm-train --resume` refuses any difference. docs/training.md
+    describes each term; docs/evaluation.md ("Small objects") has what the anti-collapse options measured."""
+
+    beta: float = 1.0
+    """weight of the VAE's KL to N(0, I) in the total loss (unitless); default 1"""
+    kl_warmup_steps: int = 0
+    """optimiser steps over which the KL's weight ramps linearly from 0 to `beta`, so that the decoder learns to
+    use the latents before the KL pulls them to the prior (KL annealing, Bowman et al. 2016); default 0: `beta`
+    from the first step"""
+    free_nats: float = 0.5
+    """KL floor per latent dimension, in nats: a dimension whose batch-mean KL to N(0, I) is below it gets no KL
+    gradient, against posterior collapse (free bits, Kingma et al. 2016; PlaNet floors the total at 3 nats);
+    default 0.5, 0: the plain KL"""
+    recon_change_weight: float = 20.0
+    """each pixel's squared error is weighted by 1 + this x its largest channel difference (in [0, 1]) from the
+    window's median frame, so that a small moving object counts against a static background (change_weights);
+    unitless, default 20, 0: every pixel weighs 1"""
+    rssm_scale: float = 1.0
+    """weight of the RSSM loss (one-step KL and overshooting KLs) in the total (unitless); default 1"""
+    overshooting: int = 1
+    """K, in steps: the RSSM is also trained on its open-loop priors 2..K steps ahead (latent overshooting,
+    PlaNet, Hafner et al. 2019, section 4), on detached posteriors like the one-step loss; must be below
+    data.seq_len; default 1: one-step predictions only (docs/isolation_study.md measures K = 5)"""
+    reward_window: int = 1
+    """with model.heads, in steps: the reward head's target at step t is the mean reward over steps t .. t+n-1
+    of the episode; a per-step reward such as CarRacing's tile events is nearly unpredictable from a frame, its
+    n-step mean (the rate of progress) is not; default 1: the reward of the step itself"""
+    head_overshooting: int = 1
+    """with model.heads, in steps: the heads also learn on the states 2..K steps open loop after every step of a
+    window (prior means fed back, true actions), the states a planner imagines; their losses are the mean over
+    the distances 1..K; must be below data.seq_len; default 1: the teacher-forced one-step states only"""
+
+    def kl_weight(self, step: int) -> float:
+        """The KL's weight at optimiser step `step` (0-based): `beta`, ramped in over `kl_warmup_steps`."""
+        if self.kl_warmup_steps <= 0:
+            return self.beta
+        return self.beta * min(1.0, step / self.kl_warmup_steps)
+
+    def at_step(self, step: int) -> LossSettings:
+        """The settings optimiser step `step` trains with: `beta` replaced by the KL's weight at that step."""
+        return dataclasses.replace(self, beta=self.kl_weight(step))
+
+
+LOSS_KEYS = tuple(f.name for f in fields(LossSettings))
+"""the `train` keys of the loss options, in LossSettings' order"""
+
+PLAIN_LOSS = LossSettings(free_nats=0.0, kl_warmup_steps=0, recon_change_weight=0.0)
+"""The original design's loss: the plain VAE loss (no KL floor, no warm-up, every pixel weighed alike) and a
+one-step RSSM loss. What WorldModel.forward computes unless told otherwise, what a checkpoint saved before the
+anti-collapse options existed trained with (wm_core.config.saved_config), and the loss the isolation study
+compares designs on."""
 
 
 @dataclass
@@ -66,7 +125,7 @@ def change_weights(target: torch.Tensor, change_weight: float) -> torch.Tensor:
 
     A small object moving over a static background holds a few pixels of each frame; under a uniform squared
     error the decoder gets most of its loss down by drawing the background and the mean image, and the encoder
-    has no reason to encode the object (issue 16). The median over the window is the static background; the
+    has no reason to encode the object. The median over the window is the static background; the
     pixels that differ from it are the ones that change. Computed from the data alone: it trains nothing."""
     with torch.no_grad():
         background = target.median(dim=1, keepdim=True).values  # [B, 1, C, H, W]
