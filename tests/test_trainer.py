@@ -142,10 +142,11 @@ def test_kl_weight_ramps_from_zero_to_beta_over_the_warmup():
 def test_resume_refuses_a_config_that_changes_the_loss(carracing_dir, tmp_path, tiny_config):
     """A run started on the plain loss and resumed with a YAML that lacks the keys would switch to the new
     defaults halfway: refused, naming what it trained with."""
-    train(tiny_config(carracing_dir, tmp_path, epochs=1, **dataclasses.asdict(PLAIN_LOSS)), progress=False)
+    plain = dataclasses.asdict(PLAIN_LOSS)
+    train(tiny_config(carracing_dir, tmp_path, epochs=1, **plain), progress=False)
     with pytest.raises(ValueError, match=r"trained with train.free_nats=0.0, train.recon_change_weight=0.0; set"):
         train(tiny_config(carracing_dir, tmp_path, epochs=2), resume=True, progress=False)
-    assert len(train(tiny_config(carracing_dir, tmp_path, epochs=2, **dataclasses.asdict(PLAIN_LOSS)), resume=True, progress=False)) == 2
+    assert len(train(tiny_config(carracing_dir, tmp_path, epochs=2, **plain), resume=True, progress=False)) == 2
 
 
 def test_every_loss_option_trains_and_resumes_exactly(carracing_dir, tmp_path, tiny_config):
