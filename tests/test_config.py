@@ -73,7 +73,7 @@ def test_deprecated_keys_warn_by_name_and_change_nothing(tmp_path):
     assert cfg == load_config(_write(tmp_path, "train:\n  epochs: 3\n"))
 
 
-def test_seed_keys_in_the_model_section_warn_by_name_and_change_nothing(tmp_path):
+def test_legacy_keys_in_the_model_section_warn_by_name_and_change_nothing(tmp_path):
     text = "model:\n  size: tiny\n  rssm_gate_threshold: 0.5\n  grad_detach_schedule_k: 7\n"
     with pytest.warns(DeprecationWarning) as record:
         cfg = load_config(_write(tmp_path, text))

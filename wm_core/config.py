@@ -49,7 +49,7 @@ class ModelConfig:
     size: str = "default"
     """preset from MODEL_PRESETS; explicit keys below override it"""
     frame_size: int = 64
-    """frames are square, frame_size x frame_size RGB; must be a multiple of 16"""
+    """frames are square, frame_size x frame_size RGB pixels; must be a multiple of 16"""
     action_dim: int = 3
     """continuous: width of the action vector; discrete: number of actions"""
     channels: int = 16

@@ -12,38 +12,33 @@ import torch
 class LossSettings:
     """The options that shape the training loss, passed whole to the model, the trainer and the evaluation.
 
-    A config holds them as flat `train.*` keys (TrainConfig.loss gathers them here); a run resumed with other
+    A config holds them as flat `train.*` keys (TrainConfig.loss gathers them here). A run resumed with other
     values would change its objective halfway, so `wm-train --resume` refuses any difference. docs/training.md
-    describes each term; docs/evaluation.md ("Small objects") has what the anti-collapse options measured."""
+    describes the loss terms, docs/evaluation.md ("Small objects") what the anti-collapse options (free_nats,
+    kl_warmup_steps, recon_change_weight) do to small objects, docs/isolation_study.md what overshooting does."""
 
     beta: float = 1.0
-    """weight of the VAE's KL to N(0, I) in the total loss (unitless); default 1"""
+    """weight of the VAE's KL to N(0, I) in the total loss; unitless, default 1"""
     kl_warmup_steps: int = 0
     """optimiser steps over which the KL's weight ramps linearly from 0 to `beta`, so that the decoder learns to
-    use the latents before the KL pulls them to the prior (KL annealing, Bowman et al. 2016); default 0: `beta`
-    from the first step"""
+    use the latents before the KL pulls them to the prior (Bowman et al. 2016); default 0: `beta` from the start"""
     free_nats: float = 0.5
-    """KL floor per latent dimension, in nats: a dimension whose batch-mean KL to N(0, I) is below it gets no KL
-    gradient, against posterior collapse (free bits, Kingma et al. 2016; PlaNet floors the total at 3 nats);
-    default 0.5, 0: the plain KL"""
+    """KL floor per latent dimension, in nats: a dimension below it gets no KL gradient, against posterior
+    collapse (free bits, Kingma et al. 2016); default 0.5, 0: the plain KL"""
     recon_change_weight: float = 20.0
-    """each pixel's squared error is weighted by 1 + this x its largest channel difference (in [0, 1]) from the
-    window's median frame, so that a small moving object counts against a static background (change_weights);
-    unitless, default 20, 0: every pixel weighs 1"""
+    """extra weight of the pixels that change: each pixel's squared error counts 1 + this x its distance in [0, 1]
+    from the window's median frame (change_weights); unitless, default 20, 0: every pixel alike"""
     rssm_scale: float = 1.0
-    """weight of the RSSM loss (one-step KL and overshooting KLs) in the total (unitless); default 1"""
+    """weight of the RSSM loss (its one-step and overshooting KLs) in the total loss; unitless, default 1"""
     overshooting: int = 1
-    """K, in steps: the RSSM is also trained on its open-loop priors 2..K steps ahead (latent overshooting,
-    PlaNet, Hafner et al. 2019, section 4), on detached posteriors like the one-step loss; must be below
-    data.seq_len; default 1: one-step predictions only (docs/isolation_study.md measures K = 5)"""
+    """K, in steps: the RSSM also learns its open-loop priors 2..K steps ahead, on detached posteriors (latent
+    overshooting, Hafner et al. 2019, PlaNet section 4); below data.seq_len; default 1: one step only"""
     reward_window: int = 1
-    """with model.heads, in steps: the reward head's target at step t is the mean reward over steps t .. t+n-1
-    of the episode; a per-step reward such as CarRacing's tile events is nearly unpredictable from a frame, its
-    n-step mean (the rate of progress) is not; default 1: the reward of the step itself"""
+    """with model.heads, in steps: the reward head's target at step t is the mean reward of steps t..t+n-1 (a
+    rate of progress is predictable from a frame where a per-step reward event is not); default 1"""
     head_overshooting: int = 1
-    """with model.heads, in steps: the heads also learn on the states 2..K steps open loop after every step of a
-    window (prior means fed back, true actions), the states a planner imagines; their losses are the mean over
-    the distances 1..K; must be below data.seq_len; default 1: the teacher-forced one-step states only"""
+    """with model.heads, in steps: the heads also learn on the states 2..K steps open loop (prior means fed back,
+    true actions), the states a planner imagines; below data.seq_len; default 1: the one-step states only"""
 
     def kl_weight(self, step: int) -> float:
         """The KL's weight at optimiser step `step` (0-based): `beta`, ramped in over `kl_warmup_steps`."""

@@ -6,8 +6,8 @@ A encoded action, K hidden width, N any number of rows.
 The VAE loss never reaches the RSSM (the RSSM is not in its graph) and the RSSM loss never reaches the
 encoder or decoder (its inputs and targets are detached), so each part is trained for one job only. The
 optional reward and continuation heads read detached RSSM features: they learn from the latents and change
-nothing else. What isolation buys against training the RSSM through pixel reconstruction is measured by
-benchmarks/isolation_ablation.py; see docs/isolation_study.md.
+nothing else. What isolation buys against training the RSSM through pixel reconstruction (the coupled design,
+wm_train.coupled) is measured by benchmarks/isolation_ablation.py; see docs/isolation_study.md.
 """
 
 from __future__ import annotations
