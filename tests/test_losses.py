@@ -80,3 +80,9 @@ def test_settings_passed_whole_or_as_keywords_give_the_same_loss(random_batch):
     assert whole == keywords
     with pytest.raises(TypeError, match="bta"):
         model(*random_batch, bta=0.3)
+
+
+def test_a_positional_beta_is_refused_by_name(random_batch):
+    model = WorldModel(Config.from_dict({"model": {"size": "tiny"}}).model)
+    with pytest.raises(TypeError, match="settings must be a LossSettings, got float 0.5"):
+        model(*random_batch, 0.5)

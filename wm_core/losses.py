@@ -51,6 +51,17 @@ class LossSettings:
         return dataclasses.replace(self, beta=self.kl_weight(step))
 
 
+def with_overrides(settings: LossSettings, overrides: dict) -> LossSettings:
+    """`settings` with the fields named in `overrides` replaced: how a model's forward reads its arguments
+    (`model(obs, actions, settings, beta=0.5)`). An unknown name is a TypeError naming it."""
+    if not isinstance(settings, LossSettings):  # forward(obs, actions, beta) before LossSettings existed
+        raise TypeError(
+            f"settings must be a LossSettings, got {type(settings).__name__} {settings!r}; pass single options by "
+            "keyword (beta=...)"
+        )
+    return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
 LOSS_KEYS = tuple(f.name for f in fields(LossSettings))
 """the `train` keys of the loss options, in LossSettings' order"""
 

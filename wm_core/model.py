@@ -12,7 +12,6 @@ wm_train.coupled) is measured by benchmarks/isolation_ablation.py; see docs/isol
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import torch
@@ -29,6 +28,7 @@ from .losses import (
     gaussian_kl,
     gaussian_kl_per_dim,
     reconstruction_loss,
+    with_overrides,
 )
 
 CONV_LAYERS = 4  # each halves the frame: 64 -> 4
@@ -259,8 +259,7 @@ class WorldModel(nn.Module):
         `beta` is the KL's weight as given: a warm-up is the caller's (LossSettings.at_step), and reward_window
         shapes the targets, not this. With heads, `rewards` [B, T] (the reward-head target after action t) and
         `continues` [B, T] (1 - terminated) train them; without these the head losses are 0."""
-        if overrides:
-            settings = dataclasses.replace(settings, **overrides)
+        settings = with_overrides(settings, overrides)
         mean, std = self.encode(obs)
         z = mean + std * torch.randn_like(std)
         recon = self.decode(z)

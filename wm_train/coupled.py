@@ -6,11 +6,16 @@ Dimensions: B batch, T time, C=3 colour channels, H=W frame size, S latent.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
-from wm_core.losses import PLAIN_LOSS, LossSettings, WorldModelOutput, gaussian_kl, reconstruction_loss
+from wm_core.losses import (
+    PLAIN_LOSS,
+    LossSettings,
+    WorldModelOutput,
+    gaussian_kl,
+    reconstruction_loss,
+    with_overrides,
+)
 from wm_core.model import WorldModel
 
 
@@ -35,8 +40,7 @@ class CoupledWorldModel(WorldModel):
     ) -> WorldModelOutput:
         """As WorldModel.forward, on the plain loss only: the coupled design has no overshooting and no
         anti-collapse options, so `settings` must keep overshooting 1, free_nats and recon_change_weight 0."""
-        if overrides:
-            settings = dataclasses.replace(settings, **overrides)
+        settings = with_overrides(settings, overrides)
         if settings.overshooting != 1 or settings.free_nats or settings.recon_change_weight:
             raise ValueError(
                 "the coupled baseline trains the plain loss: overshooting must be 1, free_nats and "
