@@ -11,7 +11,7 @@ Parts, each timed (the summary says where the time went):
    1024, 4096}, H in {15, 50};
 3. training throughput of the default config on CUDA (benchmarks/train_throughput.py);
 4. control ticks with the planner on CUDA (benchmarks/planner_speed.py --quick: torch eager, CUDA graphs, bf16);
-5. the targets of the GPU issue, met or not, from those numbers.
+5. the GPU targets (docs/gpu.md), met or not, from those numbers.
 
 It runs with the machine's own `python3` and packages (no venv, no pip, no network). Files written to --out:
 gpu_tests.log, rollout_latency.json, rollout_latency.md, train_throughput.json, planner_speed.json,

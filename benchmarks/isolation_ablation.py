@@ -44,9 +44,10 @@ import torch
 from isolation_report import VARIANTS, markdown, plot_open_loop, summarise, table_metrics
 
 from wm_core.checkpoint import load_checkpoint
-from wm_core.config import SEED_LOSS, Config
-from wm_core.losses import WorldModelOutput, gaussian_kl, reconstruction_loss
+from wm_core.config import Config
+from wm_core.losses import PLAIN_LOSS
 from wm_core.model import WorldModel
+from wm_train.coupled import CoupledWorldModel
 from wm_train.evaluate import evaluate_model, write_report
 from wm_train.trainer import Trainer
 
@@ -130,51 +131,6 @@ QUICK: dict[str, object] = dict(
 )
 
 
-class CoupledWorldModel(WorldModel):
-    """The baseline gradient isolation replaced: one graph from pixels through the RSSM back to pixels.
-
-    The RSSM reads posterior samples that are not detached; its KL to the posterior is not detached either, so it
-    also trains the encoder; and the prior mean at t+1 is decoded and reconstructs x_t+1, so the pixel loss trains
-    the RSSM, the decoder and, through the RSSM's inputs, the encoder. Same architecture and parameters as
-    WorldModel: its checkpoints load as a WorldModel and are evaluated as one.
-    """
-
-    def forward(
-        self,
-        obs: torch.Tensor,
-        actions: torch.Tensor,
-        beta: float = 1.0,
-        rssm_scale: float = 1.0,
-        overshooting: int = 1,
-        free_nats: float = 0.0,
-        recon_change_weight: float = 0.0,
-        rewards: torch.Tensor | None = None,
-        continues: torch.Tensor | None = None,
-        head_overshooting: int = 1,
-    ):
-        if overshooting != 1 or free_nats or recon_change_weight:
-            raise ValueError(
-                "the coupled baseline trains the seed's loss: overshooting must be 1, free_nats and "
-                "recon_change_weight 0"
-            )
-        mean, std = self.encode(obs)
-        z = mean + std * torch.randn_like(std)
-        recon_loss = reconstruction_loss(self.decode(z), obs)
-        kld = gaussian_kl(mean[:, 0], std[:, 0], torch.zeros_like(mean[:, 0]), torch.ones_like(std[:, 0])).mean()
-        prior_mean, prior_std, hs = self.rssm.observe(z, actions, states=True)
-        rssm_loss = gaussian_kl(mean[:, 1:], std[:, 1:], prior_mean, prior_std).mean()
-        predicted = self.decode(prior_mean)  # [B, T-1, S] -> [B, T-1, C, H, W]
-        prediction_loss = reconstruction_loss(predicted, obs[:, 1:])
-        with torch.no_grad():
-            one_step = (predicted - obs[:, 1:]).pow(2).mean()
-        # The heads (model.heads) learn on detached features as in WorldModel, so that both variants' heads are
-        # fitted alike for the closed-loop comparison.
-        reward_loss, cont_loss = self.head_losses(hs, prior_mean, actions, rewards, continues, head_overshooting)
-        loss = recon_loss + beta * kld + rssm_scale * (rssm_loss + prediction_loss) + reward_loss + cont_loss
-        zero = torch.zeros((), device=obs.device)
-        return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step, zero, reward_loss, cont_loss)
-
-
 def make_trainer(cfg: Config, variant: str) -> Trainer:
     """A Trainer for `variant`; every variant starts from the same initial weights (the coupled one copies the
     isolated model's), and the isolated ones differ by cfg.train.overshooting only. With heads (the closed-loop
@@ -224,9 +180,9 @@ def run_config(args: Args, data: Path, action_mode: str, action_dim: int, varian
                 "batch_size": args.batch_size,
                 "seed": seed,
                 "threads": 1,
+                **dataclasses.asdict(PLAIN_LOSS),  # every design on the plain loss: the coupled one has no other
                 "overshooting": args.overshooting if variant == "overshooting" else 1,
                 "reward_window": REWARD_WINDOW,
-                **SEED_LOSS,  # every design on the plain VAE loss: the coupled baseline has no other
             },
         }
     )

@@ -72,8 +72,8 @@ def time_calls(
     """Seconds per call of each of `calls`, each call bracketed by device synchronisations, in the order made.
 
     One untimed warm-up round first, and more (up to `warmup_calls`) while under half the budget; then the calls
-    take turns in blocks (of `block_calls`, or lasting about 1/BLOCKS of the budget: turns of single calls slowed
-    onnxruntime at batch 1 by 10-20% here), while under `budget_s` per callable or until each has `min_calls`;
+    take turns in blocks (of `block_calls`, or lasting about 1/BLOCKS of the budget: turns of single calls slow
+    onnxruntime at batch 1 by 10-20%), while under `budget_s` per callable or until each has `min_calls`;
     at most `max_calls` each."""
     budget = sampling.budget_s * len(calls)
     start, rounds = time.perf_counter(), 0

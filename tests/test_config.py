@@ -1,10 +1,12 @@
+import dataclasses
 import warnings
 
 import pytest
 import torch
 
 from wm_core import ActionCodec, WorldModel, load_checkpoint, save_checkpoint
-from wm_core.config import MODEL_PRESETS, SEED_LOSS
+from wm_core.config import MODEL_PRESETS
+from wm_core.losses import LOSS_KEYS, PLAIN_LOSS, LossSettings
 from wm_train import Config, load_config
 
 
@@ -71,7 +73,7 @@ def test_deprecated_keys_warn_by_name_and_change_nothing(tmp_path):
     assert cfg == load_config(_write(tmp_path, "train:\n  epochs: 3\n"))
 
 
-def test_seed_keys_in_the_model_section_warn_by_name_and_change_nothing(tmp_path):
+def test_legacy_keys_in_the_model_section_warn_by_name_and_change_nothing(tmp_path):
     text = "model:\n  size: tiny\n  rssm_gate_threshold: 0.5\n  grad_detach_schedule_k: 7\n"
     with pytest.warns(DeprecationWarning) as record:
         cfg = load_config(_write(tmp_path, text))
@@ -106,11 +108,20 @@ def test_config_round_trips_through_a_dict():
     assert Config.from_dict(cfg.to_dict()) == cfg
 
 
-def test_anti_collapse_options_default_on_and_seed_loss_turns_them_off():
+def test_anti_collapse_options_default_on_and_the_plain_loss_turns_them_off():
     train = Config().train
     assert (train.free_nats, train.kl_warmup_steps, train.recon_change_weight) == (0.5, 0, 20.0)
-    plain = Config.from_dict({"train": SEED_LOSS}).train
+    plain = Config.from_dict({"train": dataclasses.asdict(PLAIN_LOSS)}).train
     assert (plain.free_nats, plain.kl_warmup_steps, plain.recon_change_weight) == (0.0, 0, 0.0)
+
+
+def test_the_train_section_gathers_every_loss_option_with_its_default():
+    assert Config().train.loss == LossSettings()
+    cfg = Config.from_dict({"data": {"seq_len": 8}, "train": {"beta": 0.3, "overshooting": 3, "reward_window": 5}})
+    assert cfg.train.loss == LossSettings(beta=0.3, overshooting=3, reward_window=5)
+    assert cfg.train.loss != Config().train.loss
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.loss.beta = 1.0  # type: ignore[misc]
 
 
 def test_a_checkpoint_saved_without_the_anti_collapse_keys_loads_with_the_plain_loss(tmp_path):
@@ -118,8 +129,8 @@ def test_a_checkpoint_saved_without_the_anti_collapse_keys_loads_with_the_plain_
     path = tmp_path / "old.pt"
     save_checkpoint(path, WorldModel(cfg.model), cfg, ActionCodec("continuous", 3, (0.0,) * 3, (1.0,) * 3))
     payload = torch.load(path, weights_only=False)
-    for key in SEED_LOSS:
+    for key in LOSS_KEYS:
         del payload["config"]["train"][key]  # what a checkpoint saved before these keys holds
     torch.save(payload, path)
     loaded = load_checkpoint(path)[1].train
-    assert {key: getattr(loaded, key) for key in SEED_LOSS} == SEED_LOSS
+    assert loaded.loss == PLAIN_LOSS

@@ -1,5 +1,5 @@
-"""The GPU-path defects of issue 15 whose mechanism runs on a CPU: call ordering, tensor addresses, precision
-flags and error mapping. The rest is in tests/test_gpu.py, which `make gpu-check` runs on a GPU."""
+"""The GPU-path defects whose mechanism runs on a CPU: call ordering, tensor addresses, precision flags and
+error mapping. The rest is in tests/test_gpu.py, which `make gpu-check` runs on a GPU."""
 
 from __future__ import annotations
 

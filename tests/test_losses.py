@@ -4,7 +4,7 @@ change weights pick out the pixels that move."""
 import pytest
 import torch
 
-from wm_core.losses import change_weights, free_nats_kl, gaussian_kl, reconstruction_loss
+from wm_core.losses import LossSettings, change_weights, free_nats_kl, gaussian_kl, reconstruction_loss
 from wm_train import Config, WorldModel
 
 
@@ -65,3 +65,24 @@ def test_weighted_reconstruction_counts_the_moving_pixels_more():
     weighted = reconstruction_loss(background, target, change_weights(target, 10.0))
     assert float(weighted) > 2 * float(plain)
     assert not change_weights(target.requires_grad_(), 10.0).requires_grad
+
+
+def test_settings_passed_whole_or_as_keywords_give_the_same_loss(random_batch):
+    torch.manual_seed(0)
+    model = WorldModel(Config.from_dict({"model": {"size": "tiny"}}).model)
+    settings = LossSettings(beta=0.3, free_nats=0.5, recon_change_weight=20.0, rssm_scale=0.7, overshooting=3)
+    torch.manual_seed(1)
+    whole = model(*random_batch, settings).scalars()
+    torch.manual_seed(1)
+    keywords = model(
+        *random_batch, beta=0.3, free_nats=0.5, recon_change_weight=20.0, rssm_scale=0.7, overshooting=3
+    ).scalars()
+    assert whole == keywords
+    with pytest.raises(TypeError, match="bta"):
+        model(*random_batch, bta=0.3)
+
+
+def test_a_positional_beta_is_refused_by_name(random_batch):
+    model = WorldModel(Config.from_dict({"model": {"size": "tiny"}}).model)
+    with pytest.raises(TypeError, match="settings must be a LossSettings, got float 0.5"):
+        model(*random_batch, 0.5)

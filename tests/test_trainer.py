@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from wm_core.config import SEED_LOSS, Config
+from wm_core.config import Config
+from wm_core.losses import PLAIN_LOSS
 from wm_train import load_checkpoint
-from wm_train.trainer import EpochMetrics, Trainer, kl_weight, train
+from wm_train.trainer import EpochMetrics, Trainer, train
 
 
 def test_training_writes_checkpoints_metrics_and_previews(carracing_config):
@@ -134,17 +135,18 @@ def test_a_collapsed_model_is_seen_by_the_validation(carracing_config, collapse_
 
 def test_kl_weight_ramps_from_zero_to_beta_over_the_warmup():
     t = Config.from_dict({"train": {"beta": 0.5, "kl_warmup_steps": 100}}).train
-    assert [kl_weight(t, s) for s in (0, 50, 100, 1000)] == [0.0, 0.25, 0.5, 0.5]
-    assert kl_weight(Config().train, 0) == 1.0  # no warm-up: beta from the first step
+    assert [t.loss.kl_weight(s) for s in (0, 50, 100, 1000)] == [0.0, 0.25, 0.5, 0.5]
+    assert Config().train.loss.kl_weight(0) == 1.0  # no warm-up: beta from the first step
 
 
 def test_resume_refuses_a_config_that_changes_the_loss(carracing_dir, tmp_path, tiny_config):
     """A run started on the plain loss and resumed with a YAML that lacks the keys would switch to the new
     defaults halfway: refused, naming what it trained with."""
-    train(tiny_config(carracing_dir, tmp_path, epochs=1, **SEED_LOSS), progress=False)
+    plain = dataclasses.asdict(PLAIN_LOSS)
+    train(tiny_config(carracing_dir, tmp_path, epochs=1, **plain), progress=False)
     with pytest.raises(ValueError, match=r"trained with train.free_nats=0.0, train.recon_change_weight=0.0; set"):
         train(tiny_config(carracing_dir, tmp_path, epochs=2), resume=True, progress=False)
-    assert len(train(tiny_config(carracing_dir, tmp_path, epochs=2, **SEED_LOSS), resume=True, progress=False)) == 2
+    assert len(train(tiny_config(carracing_dir, tmp_path, epochs=2, **plain), resume=True, progress=False)) == 2
 
 
 def test_every_loss_option_trains_and_resumes_exactly(carracing_dir, tmp_path, tiny_config):

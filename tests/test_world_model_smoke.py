@@ -65,13 +65,13 @@ def test_a_few_steps_reduce_the_loss(random_batch):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_the_seeds_keyword_arguments_warn_and_change_nothing(random_batch):
+def test_the_legacy_keyword_arguments_warn_and_change_nothing(random_batch):
     cfg = Config.from_dict({"model": {"size": "tiny"}}).model
     torch.manual_seed(0)
     plain = WorldModel(cfg)
     torch.manual_seed(0)
     with pytest.warns(DeprecationWarning) as record:
-        seeded = WorldModel(cfg, rssm_gate_threshold=0.5, grad_detach_schedule_k=7)
+        legacy = WorldModel(cfg, rssm_gate_threshold=0.5, grad_detach_schedule_k=7)
     messages = [str(w.message) for w in record]
     assert messages == [
         "WorldModel(rssm_gate_threshold=...) is deprecated and ignored",
@@ -79,8 +79,8 @@ def test_the_seeds_keyword_arguments_warn_and_change_nothing(random_batch):
     ]
     assert all(w.filename == __file__ for w in record)  # the warning points at the caller
     for name, tensor in plain.state_dict().items():
-        assert torch.equal(seeded.state_dict()[name], tensor)
+        assert torch.equal(legacy.state_dict()[name], tensor)
     torch.manual_seed(1)
     expected = plain(*random_batch).scalars()
     torch.manual_seed(1)
-    assert seeded(*random_batch).scalars() == expected
+    assert legacy(*random_batch).scalars() == expected

@@ -5,12 +5,13 @@ format-version bump and a CHANGELOG line; see docs/architecture.md."""
 from .actions import ActionCodec
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .config import Config, load_config
-from .losses import WorldModelOutput
+from .losses import LossSettings, WorldModelOutput
 from .model import WorldModel
 
 __all__ = [
     "ActionCodec",
     "Config",
+    "LossSettings",
     "WorldModel",
     "WorldModelOutput",
     "load_checkpoint",

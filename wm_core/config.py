@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from .losses import LOSS_KEYS, PLAIN_LOSS, LossSettings
+
 ACTION_MODES = ("continuous", "discrete")
 
 # Model sizes. `tiny` keeps tests fast; `default` is what the shipped configs train.
@@ -23,16 +25,17 @@ MODEL_PRESETS: dict[str, dict[str, int]] = {
     "default": dict(channels=16, latent_dim=32, deter_dim=256, hidden_dim=256),
 }
 
-# Parameters of the seed's world model, which its configs set in `train` or in `model`. They are accepted in
-# both so those configs still load; they warn and change nothing (WorldModel takes them the same way).
-SEED_KEYS = ("rssm_gate_threshold", "grad_detach_schedule_k")
-DEPRECATED_KEYS = {"train": SEED_KEYS, "model": SEED_KEYS}
+# Parameters of the original design's world model, which its configs set in `train` or in `model`. They are
+# accepted in both so those configs still load; they warn and change nothing (WorldModel takes them the same way).
+LEGACY_KEYS = ("rssm_gate_threshold", "grad_detach_schedule_k")
+DEPRECATED_KEYS = {"train": LEGACY_KEYS, "model": LEGACY_KEYS}
 
 
 @dataclass
 class DataConfig:
-    path: str = "data/carracing"
-    """folder of episode files `*.npz` (docs/data.md)"""
+    path: str = "data"
+    """folder of episode files `*.npz` or an episode store (docs/data.md); default `data` (the shipped configs
+    set their own)"""
     action_mode: str = "continuous"
     """`continuous` (float actions, normalised) or `discrete` (integer actions, one-hot encoded)"""
     seq_len: int = 16
@@ -46,7 +49,7 @@ class ModelConfig:
     size: str = "default"
     """preset from MODEL_PRESETS; explicit keys below override it"""
     frame_size: int = 64
-    """frames are square, frame_size x frame_size RGB; must be a multiple of 16"""
+    """frames are square, frame_size x frame_size RGB pixels; must be a multiple of 16"""
     action_dim: int = 3
     """continuous: width of the action vector; discrete: number of actions"""
     channels: int = 16
@@ -64,19 +67,14 @@ class ModelConfig:
     they change nothing else); needs episodes with `reward` and `terminated` arrays"""
 
 
-SEED_LOSS = {"free_nats": 0.0, "kl_warmup_steps": 0, "recon_change_weight": 0.0}
-"""`train` values that give the plain VAE loss: the earlier defaults (CHANGELOG), what a checkpoint saved without
-these keys trained with (load_checkpoint reads it so), and the loss the isolation study compares designs on"""
-
-
 @dataclass
 class TrainConfig:
-    out_dir: str = "runs/carracing"
-    """run folder: checkpoints, metrics.jsonl, PNGs"""
+    out_dir: str = "runs/run"
+    """run folder: checkpoints, metrics.jsonl, PNGs; default `runs/run` (the shipped configs set their own)"""
     epochs: int = 10
     """passes over the training frames"""
     batch_size: int = 16
-    """windows per optimiser step"""
+    """windows per optimiser step, over all processes of a torchrun run"""
     lr: float = 6e-4
     """AdamW learning rate"""
     weight_decay: float = 1e-4
@@ -86,42 +84,37 @@ class TrainConfig:
     grad_clip_per_part: bool = False
     """clip the gradient norms of the VAE (encoder + decoder), the RSSM and the heads each on its own, so that one
     part's loss cannot set another part's step size: with one global norm the decoder's gradient, the largest,
-    decides how far the RSSM and the heads move (docs/isolation_study.md). Off by default until it is
-    measured to plan as well: on the CarRacing benchmark it planned far worse on training seed 0, better on 1"""
-    beta: float = 1.0
-    """weight of the VAE's KL to N(0, I)"""
-    kl_warmup_steps: int = 0
-    """the KL's weight ramps linearly from 0 to `beta` over this many optimiser steps (KL annealing, Bowman et
-    al. 2016), so the decoder learns to use the latents before the KL pulls them to the prior; 0: `beta` from
-    the first step"""
-    free_nats: float = 0.5
-    """KL floor per latent dimension, in nats: a dimension whose batch-mean KL to N(0, I) is below it gets no
-    KL gradient (free bits, Kingma et al. 2016; PlaNet floors the total at 3). Against posterior collapse;
-    0: the plain KL"""
-    recon_change_weight: float = 20.0
-    """each pixel's squared error is weighted by 1 + this x its distance from the window's median frame, so a
-    small moving object counts against a static background (wm_core.losses.change_weights); 0: uniform.
-    With free_nats, this default keeps a 3x3 dot and Pong's paddles in the latents where the plain loss
-    collapses (docs/evaluation.md, "Small objects"); SEED_LOSS turns both off"""
-    rssm_scale: float = 1.0
-    """weight of the RSSM loss in the total"""
-    overshooting: int = 1
-    """K: the RSSM is also trained on its open-loop predictions 2..K steps ahead (latent overshooting, still on
-    detached posteriors); 1 trains one-step predictions only, the seed's loss"""
-    reward_window: int = 1
-    """with model.heads: the reward head's target at step t is the mean reward over steps t .. t+n-1 of the
-    episode (per-step rewards such as CarRacing's tile events are nearly unpredictable from a frame; their
-    n-step mean, the rate of progress, is not)"""
-    head_overshooting: int = 1
-    """with model.heads: the heads also learn on the states 2..K steps open loop after every step of a window
-    (prior means fed back, true actions), the states a planner imagines; their losses are the mean over the
-    distances 1..K. 1: the teacher-forced one-step states only"""
+    decides how far the RSSM and the heads move. Default off: it has not been shown to plan as well as the global
+    clip (docs/isolation_study.md)"""
+    # The loss options, flat so that YAML files and saved checkpoints keep `train.beta`, ...: each is documented
+    # in wm_core.losses.LossSettings, which takes its default from there too; TrainConfig.loss gathers them.
+    beta: float = LossSettings.beta
+    """weight of the VAE's KL (LossSettings.beta)"""
+    kl_warmup_steps: int = LossSettings.kl_warmup_steps
+    """optimiser steps of the KL's warm-up (LossSettings.kl_warmup_steps)"""
+    free_nats: float = LossSettings.free_nats
+    """KL floor per latent dimension, in nats (LossSettings.free_nats)"""
+    recon_change_weight: float = LossSettings.recon_change_weight
+    """extra weight of the pixels that change (LossSettings.recon_change_weight)"""
+    rssm_scale: float = LossSettings.rssm_scale
+    """weight of the RSSM loss (LossSettings.rssm_scale)"""
+    overshooting: int = LossSettings.overshooting
+    """K, the RSSM's latent overshooting distance in steps (LossSettings.overshooting)"""
+    reward_window: int = LossSettings.reward_window
+    """steps averaged into the reward head's target (LossSettings.reward_window)"""
+    head_overshooting: int = LossSettings.head_overshooting
+    """open-loop distance in steps the heads learn at (LossSettings.head_overshooting)"""
     seed: int = 0
-    """seeds model init, window sampling and the reparameterisation noise"""
+    """random seed of the model's initial weights, the window sampling and the reparameterisation noise"""
     device: str = "cpu"
-    """`cpu`, `cuda` or `auto`"""
+    """`cpu`, `cuda` or `auto` (cuda when torch sees a GPU)"""
     threads: int = 0
     """torch intra-op threads on CPU; 0 keeps torch's default"""
+
+    @property
+    def loss(self) -> LossSettings:
+        """The loss options of this config, whole."""
+        return LossSettings(**{key: getattr(self, key) for key in LOSS_KEYS})
 
 
 @dataclass
@@ -250,8 +243,9 @@ def _check_values(cfg: Config, source: str) -> None:
 
 def saved_config(raw: dict, source: str = "checkpoint") -> Config:
     """The Config a checkpoint holds. One saved before the anti-collapse keys existed trained with the plain loss:
-    its missing keys read as SEED_LOSS, not as today's defaults."""
-    return Config.from_dict({**raw, "train": {**SEED_LOSS, **raw.get("train", {})}}, source=source)
+    its missing loss keys read as PLAIN_LOSS, not as today's defaults."""
+    plain = dataclasses.asdict(PLAIN_LOSS)
+    return Config.from_dict({**raw, "train": {**plain, **raw.get("train", {})}}, source=source)
 
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:

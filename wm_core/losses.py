@@ -1,10 +1,75 @@
-"""Loss terms of the world model and the dataclass they come back in."""
+"""Loss terms of the world model, the settings that shape them and the dataclass they come back in."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, fields
 
 import torch
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """The options that shape the training loss, passed whole to the model, the trainer and the evaluation.
+
+    A config holds them as flat `train.*` keys (TrainConfig.loss gathers them here). A run resumed with other
+    values would change its objective halfway, so `wm-train --resume` refuses any difference. docs/training.md
+    describes the loss terms, docs/evaluation.md ("Small objects") what the anti-collapse options (free_nats,
+    kl_warmup_steps, recon_change_weight) do to small objects, docs/isolation_study.md what overshooting does."""
+
+    beta: float = 1.0
+    """weight of the VAE's KL to N(0, I) in the total loss; unitless, default 1"""
+    kl_warmup_steps: int = 0
+    """optimiser steps over which the KL's weight ramps linearly from 0 to `beta`, so that the decoder learns to
+    use the latents before the KL pulls them to the prior (Bowman et al. 2016); default 0: `beta` from the start"""
+    free_nats: float = 0.5
+    """KL floor per latent dimension, in nats: a dimension below it gets no KL gradient, against posterior
+    collapse (free bits, Kingma et al. 2016); default 0.5, 0: the plain KL"""
+    recon_change_weight: float = 20.0
+    """extra weight of the pixels that change: each pixel's squared error counts 1 + this x its distance in [0, 1]
+    from the window's median frame (change_weights); unitless, default 20, 0: every pixel alike"""
+    rssm_scale: float = 1.0
+    """weight of the RSSM loss (its one-step and overshooting KLs) in the total loss; unitless, default 1"""
+    overshooting: int = 1
+    """K, in steps: the RSSM also learns its open-loop priors 2..K steps ahead, on detached posteriors (latent
+    overshooting, Hafner et al. 2019, PlaNet section 4); below data.seq_len; default 1: one step only"""
+    reward_window: int = 1
+    """with model.heads, in steps: the reward head's target at step t is the mean reward of steps t..t+n-1 (a
+    rate of progress is predictable from a frame where a per-step reward event is not); default 1"""
+    head_overshooting: int = 1
+    """with model.heads, in steps: the heads also learn on the states 2..K steps open loop (prior means fed back,
+    true actions), the states a planner imagines; below data.seq_len; default 1: the one-step states only"""
+
+    def kl_weight(self, step: int) -> float:
+        """The KL's weight at optimiser step `step` (0-based): `beta`, ramped in over `kl_warmup_steps`."""
+        if self.kl_warmup_steps <= 0:
+            return self.beta
+        return self.beta * min(1.0, step / self.kl_warmup_steps)
+
+    def at_step(self, step: int) -> LossSettings:
+        """The settings optimiser step `step` trains with: `beta` replaced by the KL's weight at that step."""
+        return dataclasses.replace(self, beta=self.kl_weight(step))
+
+
+def with_overrides(settings: LossSettings, overrides: dict) -> LossSettings:
+    """`settings` with the fields named in `overrides` replaced: how a model's forward reads its arguments
+    (`model(obs, actions, settings, beta=0.5)`). An unknown name is a TypeError naming it."""
+    if not isinstance(settings, LossSettings):  # forward(obs, actions, beta) before LossSettings existed
+        raise TypeError(
+            f"settings must be a LossSettings, got {type(settings).__name__} {settings!r}; pass single options by "
+            "keyword (beta=...)"
+        )
+    return dataclasses.replace(settings, **overrides) if overrides else settings
+
+
+LOSS_KEYS = tuple(f.name for f in fields(LossSettings))
+"""the `train` keys of the loss options, in LossSettings' order"""
+
+PLAIN_LOSS = LossSettings(free_nats=0.0, kl_warmup_steps=0, recon_change_weight=0.0)
+"""The original design's loss: the plain VAE loss (no KL floor, no warm-up, every pixel weighed alike) and a
+one-step RSSM loss. What WorldModel.forward computes unless told otherwise, what a checkpoint saved before the
+anti-collapse options existed trained with (wm_core.config.saved_config), and the loss the isolation study
+compares designs on."""
 
 
 @dataclass
@@ -66,7 +131,7 @@ def change_weights(target: torch.Tensor, change_weight: float) -> torch.Tensor:
 
     A small object moving over a static background holds a few pixels of each frame; under a uniform squared
     error the decoder gets most of its loss down by drawing the background and the mean image, and the encoder
-    has no reason to encode the object (issue 16). The median over the window is the static background; the
+    has no reason to encode the object. The median over the window is the static background; the
     pixels that differ from it are the ones that change. Computed from the data alone: it trains nothing."""
     with torch.no_grad():
         background = target.median(dim=1, keepdim=True).values  # [B, 1, C, H, W]

@@ -6,8 +6,8 @@ A encoded action, K hidden width, N any number of rows.
 The VAE loss never reaches the RSSM (the RSSM is not in its graph) and the RSSM loss never reaches the
 encoder or decoder (its inputs and targets are detached), so each part is trained for one job only. The
 optional reward and continuation heads read detached RSSM features: they learn from the latents and change
-nothing else. What isolation buys against training the RSSM through pixel reconstruction is measured by
-benchmarks/isolation_ablation.py; see docs/isolation_study.md.
+nothing else. What isolation buys against training the RSSM through pixel reconstruction (the coupled design,
+wm_train.coupled) is measured by benchmarks/isolation_ablation.py; see docs/isolation_study.md.
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ from torch import nn
 
 from .config import ModelConfig
 from .losses import (
+    PLAIN_LOSS,
+    LossSettings,
     WorldModelOutput,
     change_weights,
     free_nats_kl,
     gaussian_kl,
     gaussian_kl_per_dim,
     reconstruction_loss,
+    with_overrides,
 )
 
 CONV_LAYERS = 4  # each halves the frame: 64 -> 4
@@ -178,8 +181,8 @@ class WorldModel(nn.Module):
         rssm_gate_threshold: float | None = None,
         grad_detach_schedule_k: int | None = None,
     ):
-        """`rssm_gate_threshold` and `grad_detach_schedule_k` are the seed's parameters, accepted so that its
-        training scripts still run: they warn and change nothing (config.SEED_KEYS)."""
+        """`rssm_gate_threshold` and `grad_detach_schedule_k` are parameters of the original design, accepted so
+        that its training scripts still run: they warn and change nothing (config.LEGACY_KEYS)."""
         super().__init__()
         for name, value in (
             ("rssm_gate_threshold", rssm_gate_threshold),
@@ -245,30 +248,28 @@ class WorldModel(nn.Module):
         self,
         obs: torch.Tensor,
         actions: torch.Tensor,
-        beta: float = 1.0,
-        rssm_scale: float = 1.0,
-        overshooting: int = 1,
-        free_nats: float = 0.0,
-        recon_change_weight: float = 0.0,
+        settings: LossSettings = PLAIN_LOSS,
+        *,
         rewards: torch.Tensor | None = None,
         continues: torch.Tensor | None = None,
-        head_overshooting: int = 1,
-    ):
-        """obs float32 [B, T, C, H, W] in [0, 1], encoded actions [B, T, A] -> WorldModelOutput. `overshooting`:
-        K, the open-loop distance the RSSM is also trained at (1: one-step predictions only). `free_nats` and
-        `recon_change_weight` shape the VAE loss only (see TrainConfig); 0 leaves it plain. With heads,
-        `rewards` [B, T] (the reward-head target after action t) and `continues` [B, T] (1 - terminated) train
-        them on the states 1..`head_overshooting` steps open loop; without these the head losses are 0."""
+        **overrides,
+    ) -> WorldModelOutput:
+        """obs float32 [B, T, C, H, W] in [0, 1], encoded actions [B, T, A] -> WorldModelOutput under `settings`
+        (the plain loss unless given); `overrides` replace single fields of it (`model(obs, actions, beta=0.5)`).
+        `beta` is the KL's weight as given: a warm-up is the caller's (LossSettings.at_step), and reward_window
+        shapes the targets, not this. With heads, `rewards` [B, T] (the reward-head target after action t) and
+        `continues` [B, T] (1 - terminated) train them; without these the head losses are 0."""
+        settings = with_overrides(settings, overrides)
         mean, std = self.encode(obs)
         z = mean + std * torch.randn_like(std)
         recon = self.decode(z)
-        weight = change_weights(obs, recon_change_weight) if recon_change_weight > 0 else None
+        weight = change_weights(obs, settings.recon_change_weight) if settings.recon_change_weight > 0 else None
         recon_loss = reconstruction_loss(recon, obs, weight)
         kl_per_dim = gaussian_kl_per_dim(  # [B, S]
             mean[:, 0], std[:, 0], torch.zeros_like(mean[:, 0]), torch.ones_like(std[:, 0])
         )
         kld = kl_per_dim.sum(-1).mean()
-        kl_loss = free_nats_kl(kl_per_dim, free_nats) if free_nats > 0 else kld
+        kl_loss = free_nats_kl(kl_per_dim, settings.free_nats) if settings.free_nats > 0 else kld
 
         # Detached: keeps the RSSM loss out of the encoder (inputs z_t and targets q(z_t+1|x_t+1) alike).
         mu_detached, std_detached = mean.detach(), std.detach()
@@ -278,7 +279,9 @@ class WorldModel(nn.Module):
         # weights every distance alike (its beta_d = 1/D): the RSSM term is the mean over k = 1..K.
         overshoot_kls = [
             gaussian_kl(mu_detached[:, k:], std_detached[:, k:], mean_k, std_k).mean()
-            for k, (_, mean_k, std_k) in enumerate(self.rssm.overshoot(hs, prior_mean, actions, overshooting), start=2)
+            for k, (_, mean_k, std_k) in enumerate(
+                self.rssm.overshoot(hs, prior_mean, actions, settings.overshooting), start=2
+            )
         ]
         overshoot = torch.stack(overshoot_kls).mean() if overshoot_kls else torch.zeros((), device=obs.device)
 
@@ -286,7 +289,9 @@ class WorldModel(nn.Module):
             one_step = (self.decode(prior_mean) - obs[:, 1:]).pow(2).mean()
 
         dynamics = (rssm_loss + len(overshoot_kls) * overshoot) / (1 + len(overshoot_kls))
-        loss = recon_loss + beta * kl_loss + rssm_scale * dynamics
-        reward_loss, cont_loss = self.head_losses(hs, prior_mean, actions, rewards, continues, head_overshooting)
+        loss = recon_loss + settings.beta * kl_loss + settings.rssm_scale * dynamics
+        reward_loss, cont_loss = self.head_losses(
+            hs, prior_mean, actions, rewards, continues, settings.head_overshooting
+        )
         loss = loss + reward_loss + cont_loss
         return WorldModelOutput(loss, recon_loss, kld, rssm_loss, one_step, overshoot, reward_loss, cont_loss)

@@ -1,6 +1,6 @@
 """Posterior collapse: the encoder's posterior falls onto the prior N(0, I), its means stop varying with the
-frame, and the decoder draws the mean image whatever it is given (issue 16). Measured here; the trainer warns
-with COLLAPSE_CHECKLIST and `wm-eval` reports it.
+frame, and the decoder draws the mean image whatever it is given. Measured here; the trainer warns with
+COLLAPSE_CHECKLIST and `wm-eval` reports it (docs/evaluation.md).
 
 Dimensions: B batch, T time, S latent.
 """

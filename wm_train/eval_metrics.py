@@ -280,26 +280,16 @@ def teacher_forced_sums(
     train: TrainConfig,
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
-    """Every WorldModelOutput field summed over `windows` (each batch's mean times its size): what ranks of a
-    distributed run add up before dividing by the number of windows of all ranks."""
+    """Every WorldModelOutput field under train.loss (the full beta: no warm-up) summed over `windows` (each
+    batch's mean times its size): what ranks of a distributed run add up before dividing by the number of windows
+    of all ranks."""
     model.eval()
     sums: dict[str, float] = {}
     for first in range(0, len(windows), train.batch_size):
         chunk = windows[first : first + train.batch_size]
         obs, actions = to_batch(chunk, codec, device)
         rewards, continues = head_targets(chunk, device) or (None, None)
-        out = model(
-            obs,
-            actions,
-            beta=train.beta,
-            rssm_scale=train.rssm_scale,
-            overshooting=train.overshooting,
-            free_nats=train.free_nats,
-            recon_change_weight=train.recon_change_weight,
-            rewards=rewards,
-            continues=continues,
-            head_overshooting=train.head_overshooting,
-        )
+        out = model(obs, actions, train.loss, rewards=rewards, continues=continues)
         for name, value in out.scalars().items():
             sums[name] = sums.get(name, 0.0) + value * len(chunk)
     return sums

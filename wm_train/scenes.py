@@ -1,6 +1,7 @@
 """A synthetic scene with one small object, generated in code: a dark dot on a white background, moved by
-2-d continuous actions (issue 16). Each episode file also stores the dot's `position` (its centre in [0, 1]^2)
-and a `mask` of its pixels, per step, for the probe and for error inside vs outside the object.
+2-d continuous actions; whether the latents keep it tests them against posterior collapse (docs/evaluation.md,
+"Small objects"). Each episode file also stores the dot's `position` (its centre in [0, 1]^2) and a `mask` of its
+pixels, per step, for the probe and for error inside vs outside the object.
 
     from wm_train.scenes import write_dot_episodes
     write_dot_episodes("data/dot", episodes=40, steps=100)

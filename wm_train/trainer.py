@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from wm_core.checkpoint import read_checkpoint, save_checkpoint
-from wm_core.config import Config, TrainConfig, saved_config
+from wm_core.config import Config, saved_config
 from wm_core.losses import WorldModelOutput
 from wm_core.model import WorldModel
 from wm_core.publish import atomic_write_bytes
@@ -32,17 +32,6 @@ from .distributed import Distributed, setup
 from .eval_metrics import open_loop_mse, teacher_forced_sums
 from .preview import save_preview
 
-LOSS_KEYS = (
-    "beta",
-    "free_nats",
-    "kl_warmup_steps",
-    "recon_change_weight",
-    "rssm_scale",
-    "overshooting",
-    "reward_window",
-    "head_overshooting",
-)
-"""train keys that shape the loss: --resume refuses a config that changes one (more epochs, a new lr are fine)"""
 LOG_NAMES = {"loss": "loss", "recon_loss": "rec", "kld": "kld", "rssm_loss": "rssm", "one_step": "1step"}
 
 RSSM_ZERO_CHECKLIST = (
@@ -84,13 +73,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device is 'cuda' but torch sees no CUDA device; use 'cpu' or 'auto'")
     return torch.device(name)
-
-
-def kl_weight(train: TrainConfig, step: int) -> float:
-    """The KL's weight at optimiser step `step` (0-based): train.beta, ramped in over train.kl_warmup_steps."""
-    if train.kl_warmup_steps <= 0:
-        return train.beta
-    return train.beta * min(1.0, step / train.kl_warmup_steps)
 
 
 def seed_everything(seed: int) -> np.random.Generator:
@@ -165,11 +147,11 @@ class Trainer:
             raise ValueError(
                 f"{path} was trained with model config {state['config']['model']}, not {self.cfg.to_dict()['model']}"
             )
-        saved = saved_config(state["config"], str(path)).train
-        changed = [
-            f"{key}={getattr(saved, key)!r}" for key in LOSS_KEYS if getattr(saved, key) != getattr(self.cfg.train, key)
-        ]
-        if changed:
+        # More epochs or another learning rate are fine; another loss would change the objective halfway.
+        saved = saved_config(state["config"], str(path)).train.loss
+        if saved != self.cfg.train.loss:
+            current = asdict(self.cfg.train.loss)
+            changed = [f"{key}={value!r}" for key, value in asdict(saved).items() if value != current[key]]
             raise ValueError(
                 f"{path} was trained with train.{', train.'.join(changed)}; set the same in the config to resume "
                 "it with the loss it started with"
@@ -231,18 +213,7 @@ class Trainer:
         windows = self.train_set.sample(self.rng, self.rank_batch)
         obs, actions = to_batch(windows, self.codec, self.device)
         rewards, continues = head_targets(windows, self.device) or (None, None)
-        out = self.train_model(
-            obs,
-            actions,
-            beta=kl_weight(t, self.steps_done),
-            rssm_scale=t.rssm_scale,
-            overshooting=t.overshooting,
-            free_nats=t.free_nats,
-            recon_change_weight=t.recon_change_weight,
-            rewards=rewards,
-            continues=continues,
-            head_overshooting=t.head_overshooting,
-        )
+        out = self.train_model(obs, actions, t.loss.at_step(self.steps_done), rewards=rewards, continues=continues)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         clip_gradients(self.model, t.grad_clip, t.grad_clip_per_part)
