@@ -57,9 +57,11 @@ def environment(device: str = "cpu") -> dict:
     }
     for module in OPTIONAL:
         try:
-            env[module] = importlib.import_module(module).__version__
+            version = getattr(importlib.import_module(module), "__version__", None)
         except ImportError:
-            pass
+            continue
+        if version is not None:  # None: a namespace package of type stubs (typings/tensorrt), not the runtime
+            env[module] = version
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(device)
         env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
