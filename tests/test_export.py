@@ -90,7 +90,7 @@ def test_export_writes_the_contract_files_next_to_the_checkpoint(checkpoint, exp
         assert model.opset_import[0].version == 17
         assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
         props = {p.key: p.value for p in model.metadata_props}
-        assert props["format"] == "wm-artifacts" and props["format_version"] == "2" and props["graph"] == name
+        assert props["format"] == "wm-artifacts" and props["format_version"] == "3" and props["graph"] == name
         assert (props["deter"], props["latent"], props["action"]) == (str(D), str(S), str(A))
         assert props["action_mode"] == "continuous" and json.loads(props["frame"]) == [64, 64, 3]
 
@@ -120,7 +120,7 @@ def test_graphs_accept_any_batch_size_and_match_the_model(checkpoint, exported):
 def test_manifest_holds_dims_codec_hashes_versions_and_parity(checkpoint, exported):
     manifest = verify_folder(exported)
     assert manifest == load_manifest(exported)
-    assert manifest["format"] == "wm-artifacts" and manifest["format_version"] == 2
+    assert manifest["format"] == "wm-artifacts" and manifest["format_version"] == 3 and manifest["action_repeat"] == 1
     assert manifest["dims"] == {"deter": 32, "latent": 8, "action": 3, "frame": [64, 64, 3]}
     assert manifest["action_codec"] == {
         "mode": "continuous",
