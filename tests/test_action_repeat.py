@@ -165,3 +165,21 @@ def test_saved_planner_episodes_must_match_the_folders_action_repeat(repeat_run,
     check_episode_folder(data, "CarRacing-v3", 64, [100], action_repeat=2)
     with pytest.raises(ValueError, match="recorded with action_repeat 2, the model holds each action 1"):
         check_episode_folder(data, "CarRacing-v3", 64, [100], action_repeat=1)
+
+
+def test_resuming_on_data_of_another_action_repeat_is_refused(repeat_run, tmp_path, tiny_config):
+    import shutil
+
+    from wm_train.trainer import Trainer
+
+    data, checkpoint, _ = repeat_run
+    shutil.copytree(data, tmp_path / "data")
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    (tmp_path / "data" / "meta.json").write_text(json.dumps({**meta, "action_repeat": 1}))
+    (tmp_path / "run").mkdir()
+    shutil.copy(checkpoint.parent / "last.pt", tmp_path / "run" / "last.pt")
+    cfg = tiny_config(tmp_path / "data", tmp_path / "run", epochs=2)
+    cfg.model.heads = True
+    refused = r"last.pt was trained on data recorded with action_repeat 2, .* holds action_repeat 1"
+    with pytest.raises(ValueError, match=refused):
+        Trainer(cfg, progress=False).resume()

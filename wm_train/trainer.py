@@ -291,15 +291,14 @@ class Trainer:
             best_val_loss=min(self.best_val_loss, metrics.val["loss"]),
             history=[asdict(m) for m in self.history],
             rng=rng_states[0],
-            action_repeat=self.action_repeat,
         )
         if self.dist.enabled:  # each rank continues its own sampling and noise on --resume
             extras["rank_rng"] = rng_states
         # best.pt before last.pt: a run killed between the two redoes this epoch on --resume and rewrites the
         # same best.pt; the other order would lose it (last.pt already counts this epoch's loss as the best).
         if metrics.val["loss"] < self.best_val_loss:
-            save_checkpoint(self.out_dir / "best.pt", self.model, self.cfg, self.codec, **extras)
-        save_checkpoint(self.out_dir / "last.pt", self.model, self.cfg, self.codec, **extras)
+            save_checkpoint(self.out_dir / "best.pt", self.model, self.cfg, self.codec, self.action_repeat, **extras)
+        save_checkpoint(self.out_dir / "last.pt", self.model, self.cfg, self.codec, self.action_repeat, **extras)
 
 
 def _log_tensorboard(out_dir: Path, metrics: EpochMetrics) -> None:
