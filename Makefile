@@ -15,8 +15,13 @@ PY := $(VENV)/bin/python
 # machine. Where the pinned CPU build is not on a local index, add e.g. TORCH_PIP_ARGS="--index-url <CPU index>".
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
-DEMO_DATA := data/carracing
-DEMO_RUN := runs/carracing
+# `make demo ACTION_REPEAT=4`: record with each action held 4 frames (wm-collect --action-repeat), into folders of
+# their own; training, export and wm-control take K from the data.
+ACTION_REPEAT ?= 1
+DEMO_SUFFIX := $(if $(filter-out 1,$(ACTION_REPEAT)),_k$(ACTION_REPEAT))
+DEMO_DATA := data/carracing$(DEMO_SUFFIX)
+DEMO_RUN := runs/carracing$(DEMO_SUFFIX)
+DEMO_SET := --set data.path=$(DEMO_DATA) --set train.out_dir=$(DEMO_RUN)
 
 .PHONY: setup demo test lint docs results gpu-check clean
 
@@ -31,11 +36,11 @@ $(VENV)/.installed: pyproject.toml
 
 # meta.json is written last, once every episode is there (recordings without it predate rewards: re-record)
 $(DEMO_DATA)/meta.json: | setup
-	$(VENV)/bin/wm-collect CarRacing-v3 -o $(DEMO_DATA) --episodes 32 --steps 200 --seed 0
+	$(VENV)/bin/wm-collect CarRacing-v3 -o $(DEMO_DATA) --episodes 32 --steps 200 --seed 0 --action-repeat $(ACTION_REPEAT)
 
 demo: setup $(DEMO_DATA)/meta.json
-	@if [ -f $(DEMO_RUN)/last.pt ]; then $(VENV)/bin/wm-train configs/carracing.yaml --resume; \
-	else $(VENV)/bin/wm-train configs/carracing.yaml; fi
+	@if [ -f $(DEMO_RUN)/last.pt ]; then $(VENV)/bin/wm-train configs/carracing.yaml $(DEMO_SET) --resume; \
+	else $(VENV)/bin/wm-train configs/carracing.yaml $(DEMO_SET); fi
 	$(VENV)/bin/wm-export $(DEMO_RUN)/best.pt --data $(DEMO_DATA) --force
 	$(PY) benchmarks/rollout_latency.py --artifacts $(DEMO_RUN)/artifacts --quick --plot $(DEMO_RUN)/rollout_latency.png
 	$(VENV)/bin/wm-control $(DEMO_RUN)/artifacts --episodes 1 --steps 300 --seed 100 --no-progress

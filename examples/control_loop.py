@@ -7,8 +7,9 @@
 Each tick of CarRacing-v3: the 96x96 frame is resized to the model's frame size and `observe`d (encoder and
 one prior step); the planner (wm_deploy.Planner: MPPI/CEM as in TD-MPC2) imagines `--samples` action sequences
 of `--horizon` steps in one batched call per iteration, scores them by the rewards the model's heads predict,
-refits to the best and returns the first action of the plan; the car takes it. Every tick prints its time,
-split into observe and plan, and what the planner expects of its plan.
+refits to the best and returns the first action of the plan; the car takes it, held for the model's action
+repeat (`rollout.action_repeat` environment steps, the training data's: one imagined step is that many frames).
+Every tick prints its time, split into observe and plan, and what the planner expects of its plan.
 
 The model needs reward and continuation heads (`model: heads: true`); the fresh model made when no path is
 given has untrained ones, so its choices are meaningless, but every call, and so the timing, is what a trained
@@ -45,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--ticks", type=int, default=40, help="control ticks to run")
+    parser.add_argument("--ticks", type=int, default=40, help="control ticks (decisions) to run")
     parser.add_argument("--samples", type=int, default=DEFAULTS.samples, help="candidates per iteration")
     parser.add_argument("--horizon", type=int, default=DEFAULTS.horizon, help="imagined steps per candidate")
     parser.add_argument("--iterations", type=int, default=DEFAULTS.iterations, help="refits per tick")
@@ -87,10 +88,10 @@ def main() -> None:
         planner.warmup()
         rollout.warmup(1, 1)
 
-        env = make_env(ENV_ID)
+        env = make_env(ENV_ID, rollout.action_repeat)  # env.step holds each action that many frames
         observation, _ = env.reset(seed=args.seed)
-        for _ in range(SKIP_START["CarRacing"]):  # the zoom at the start: nothing to control yet
-            observation, *_ = env.step(np.zeros(3, np.float32))
+        for _ in range(SKIP_START["CarRacing"]):  # the zoom at the start, frame by frame: nothing to control yet
+            observation, *_ = env.hold(np.zeros(3, np.float32), 1)
         resize(render_frame(env, observation), frame_size)  # its first call imports PIL: keep that out of tick 0
         state, prev_action = rollout.initial(1), None
         ticks = []

@@ -23,6 +23,17 @@ def test_round_trip_restores_weights_config_and_codec(tmp_path, saved):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left
 
 
+def test_the_action_repeat_is_saved_and_a_bad_one_refused(tmp_path, untrained_model):
+    model, cfg, codec = untrained_model()
+    save_checkpoint(tmp_path / "k4.pt", model, cfg, codec, action_repeat=4)
+    assert load_checkpoint(tmp_path / "k4.pt")[2]["action_repeat"] == 4
+    payload = torch.load(tmp_path / "k4.pt", weights_only=True)
+    payload["action_repeat"] = 0
+    torch.save(payload, tmp_path / "k0.pt")
+    with pytest.raises(ValueError, match=r"k0.pt: action_repeat must be an integer >= 1, got 0"):
+        load_checkpoint(tmp_path / "k0.pt")
+
+
 def test_checkpoint_is_plain_data(saved):
     path, *_ = saved
     payload = torch.load(path, weights_only=True)
@@ -34,7 +45,7 @@ def test_other_format_version_is_refused(saved):
     payload = torch.load(path, weights_only=True)
     payload["format_version"] = 99
     torch.save(payload, path)
-    with pytest.raises(ValueError, match=r"format version 99, expected one of \[1, 2\]"):
+    with pytest.raises(ValueError, match=r"format version 99, expected one of \[1, 2, 3\]"):
         load_checkpoint(path)
 
 

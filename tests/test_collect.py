@@ -6,12 +6,14 @@ import json
 import numpy as np
 import pytest
 
+from wm_core.dataset_meta import dataset_action_repeat
 from wm_core.envs import (
     POLICIES,
     describe_action_space,
     make_env,
     policy_for,
     render_frame,
+    resize,
     road_offset,
     skip_start,
 )
@@ -53,6 +55,25 @@ def test_reward_and_terminated_are_what_each_action_returned(env_id, steps, rewa
     np.testing.assert_array_equal(terminated, replayed_terminated)
 
 
+def test_an_action_repeat_holds_each_action_for_k_steps_and_records_every_kth_frame():
+    obs, action, reward, terminated = record_episode("CarRacing-v3", seed=0, steps=6, frame_size=16, action_repeat=3)
+    assert len(obs) == len(action) == len(reward) == 6 and not terminated.any()
+    env = make_env("CarRacing-v3")  # one step at a time
+    policy = POLICIES["carracing-driver"]("CarRacing-v3", env.action_space, np.random.default_rng(0))
+    observation, _ = env.reset(seed=0)
+    for _ in range(skip_start("CarRacing-v3")):  # the zoom: environment steps, whatever the action repeat
+        observation, *_ = env.step(policy(render_frame(env, observation)))
+    for t in range(6):
+        np.testing.assert_array_equal(obs[t], resize(render_frame(env, observation), 16))
+        total = 0.0
+        for _ in range(3):
+            observation, step_reward, *_ = env.step(action[t])
+            total += float(step_reward)
+        assert reward[t] == np.float32(total)
+    env.close()
+    assert np.isclose(reward.min(), -0.3) and reward.max() > 2.5  # three steps of -0.1, or a tile among them
+
+
 def test_an_episode_that_ends_is_terminated_at_its_last_step_only():
     # CartPole under random actions falls over within a few dozen steps.
     _, action, reward, terminated = record_episode("CartPole-v1", seed=0, steps=200, frame_size=16)
@@ -60,21 +81,33 @@ def test_an_episode_that_ends_is_terminated_at_its_last_step_only():
     np.testing.assert_array_equal(reward, np.ones(len(action), np.float32))
 
 
+def test_a_termination_inside_a_hold_ends_the_episode_terminated():
+    _, action, reward, terminated = record_episode("CartPole-v1", seed=0, steps=200, frame_size=16, action_repeat=3)
+    assert len(action) < 200 and terminated[-1] and not terminated[:-1].any()
+    np.testing.assert_array_equal(reward[:-1], 3.0)  # +1 per environment step, three to a decision
+    assert 1.0 <= reward[-1] <= 3.0
+
+
 def test_a_time_limit_truncation_is_not_terminated():
     # MountainCar-v0 is cut at 200 steps by its TimeLimit; random actions never reach the flag.
     _, action, _, terminated = record_episode("MountainCar-v0", seed=0, steps=300, frame_size=16)
     assert len(action) == 200 and not terminated.any()
+    _, action, reward, terminated = record_episode("MountainCar-v0", seed=0, steps=300, frame_size=16, action_repeat=3)
+    assert len(action) == 67 and not terminated.any()  # 66 holds of 3, then steps 199 and 200 cut short
+    assert reward[-1] == -2.0 and (reward[:-1] == -3.0).all()
 
 
 @pytest.mark.parametrize(
-    "env_id, space",
+    "env_id, space, repeat, frameskip",
     [
-        ("CarRacing-v3", {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}),
-        ("ALE/Pong-v5", {"type": "discrete", "n": 6}),
+        ("CarRacing-v3", {"type": "box", "shape": [3], "low": [-1.0, 0.0, 0.0], "high": [1.0, 1.0, 1.0]}, 1, 1),
+        ("ALE/Pong-v5", {"type": "discrete", "n": 6}, 2, 4),  # v5 repeats 4 frames inside; K multiplies on top
     ],
 )
-def test_collect_describes_the_collection_in_meta_json(env_id, space, tmp_path):
-    paths = collect(env_id, tmp_path, episodes=2, steps=4, seed=7, frame_size=32, workers=1, progress=False)
+def test_collect_describes_the_collection_in_meta_json(env_id, space, repeat, frameskip, tmp_path):
+    paths = collect(
+        env_id, tmp_path, episodes=2, steps=4, seed=7, frame_size=32, workers=1, progress=False, action_repeat=repeat
+    )
     meta = json.loads((tmp_path / "meta.json").read_text())
     versions = meta.pop("versions")
     assert meta == {
@@ -89,7 +122,10 @@ def test_collect_describes_the_collection_in_meta_json(env_id, space, tmp_path):
         "steps": 4,
         "frames": 8,
         "skip_start": skip_start(env_id),
+        "action_repeat": repeat,
+        "env_frameskip": frameskip,
     }
+    assert dataset_action_repeat(tmp_path) == repeat
     assert set(versions) == {"gymnasium", "wm"} and all(versions.values())
     assert read_meta(tmp_path) == {**meta, "versions": versions}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["episode_00000.npz", "episode_00001.npz", "meta.json"]

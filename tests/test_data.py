@@ -175,13 +175,21 @@ def _episodes_with_rewards(folder, rewards: list[np.ndarray], ended: list[bool])
         save_episode(folder / f"episode_{i:05d}.npz", obs, action, reward=reward, terminated=terminated)
 
 
-def test_reward_targets_are_n_step_means_that_stop_at_the_episode_end():
+def test_reward_targets_are_n_step_means_that_stop_at_a_truncated_episode_end():
     reward = np.array([1.0, 2.0, 3.0, 4.0, 6.0], np.float32)
-    np.testing.assert_allclose(reward_targets(reward, 1), reward)
-    np.testing.assert_allclose(reward_targets(reward, 2), [1.5, 2.5, 3.5, 5.0, 6.0])
-    np.testing.assert_allclose(reward_targets(reward, 3), [2.0, 3.0, 13 / 3, 5.0, 6.0], rtol=1e-6)
-    np.testing.assert_allclose(reward_targets(reward, 9), [16 / 5, 15 / 4, 13 / 3, 5.0, 6.0], rtol=1e-6)
-    assert reward_targets(reward, 2).dtype == np.float32
+    np.testing.assert_allclose(reward_targets(reward, 1, False), reward)
+    np.testing.assert_allclose(reward_targets(reward, 2, False), [1.5, 2.5, 3.5, 5.0, 6.0])
+    np.testing.assert_allclose(reward_targets(reward, 3, False), [2.0, 3.0, 13 / 3, 5.0, 6.0], rtol=1e-6)
+    np.testing.assert_allclose(reward_targets(reward, 9, False), [16 / 5, 15 / 4, 13 / 3, 5.0, 6.0], rtol=1e-6)
+    assert reward_targets(reward, 2, False).dtype == np.float32
+
+
+def test_reward_targets_count_the_steps_after_a_termination_as_zero_rewards():
+    # CarRacing's -100 for leaving the playfield: spread over the window, not a -100 target at the last step
+    reward = np.array([1.0, 1.0, 1.0, 1.0, -100.0], np.float32)
+    np.testing.assert_allclose(reward_targets(reward, 4, True), [1.0, -97 / 4, -98 / 4, -99 / 4, -100 / 4])
+    np.testing.assert_allclose(reward_targets(reward, 1, True), reward)  # a window of one step is the reward
+    np.testing.assert_allclose(reward_targets(reward, 9, True), [-96 / 9, -97 / 9, -98 / 9, -99 / 9, -100 / 9])
 
 
 def test_heads_load_reward_targets_and_continues_into_the_windows(tmp_path, tiny_config):
@@ -193,10 +201,13 @@ def test_heads_load_reward_targets_and_continues_into_the_windows(tmp_path, tiny
     for targets, continues in zip(train.rewards + val.rewards, train.continues + val.continues):
         first = targets[0] - 1.5  # the episode's reward at step 0: the mean of r, r+1, r+2, r+3 is r + 1.5
         assert first in (0, 100, 200, 300)
-        # mean of reward[t : t+4]: r + t + 1.5 while 4 steps remain, then the mean of what is left
-        expected = [first + t + 1.5 if t <= 12 else first + (t + 15) / 2 for t in range(16)]
-        np.testing.assert_allclose(targets, expected)
+        # mean of reward[t : t+4]: r + t + 1.5 while 4 steps remain; then, after a termination, the sum of what
+        # is left over 4 (zeros past the end), else the mean of what is left
         ended = first in (0, 200)
+        left = np.minimum(16 - np.arange(16), 4)
+        tail = [(first + t + first + 15) * left[t] / 2 / (4 if ended else left[t]) for t in range(16)]
+        expected = [first + t + 1.5 if t <= 12 else tail[t] for t in range(16)]
+        np.testing.assert_allclose(targets, expected)
         np.testing.assert_array_equal(continues, [1.0] * 15 + [0.0 if ended else 1.0])
     windows = val.fixed_windows()
     assert len(windows) == 2 and all(len(w) == 4 for w in windows)

@@ -123,3 +123,17 @@ class ActionCodec:
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
         return (actions.astype(np.float32) - mean) / std
+
+
+def read_action_repeat(record: dict, source: str) -> int:
+    """The action repeat K that a checkpoint, a manifest or a dataset's meta.json records under "action_repeat":
+    every action of the data was held for K environment steps (wm_core.action_repeat). 1 where the key is absent
+    (files written before it existed); ValueError naming `source` for anything but an integer >= 1."""
+    return check_action_repeat(record.get("action_repeat", 1), f"{source}: action_repeat")
+
+
+def check_action_repeat(value, name: str = "action_repeat") -> int:
+    """`value` when it is an integer >= 1; ValueError naming `name` and the value otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value

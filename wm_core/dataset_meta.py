@@ -3,12 +3,16 @@
     {"format": "wm-episodes", "format_version": 1, "env_id": "CarRacing-v3",
      "action_space": {"type": "box", "shape": [A], "low": [...], "high": [...]} | {"type": "discrete", "n": N},
      "frame_size": 64, "policy": "carracing-driver", "seed": 0, "episodes": 100, "steps": 1000,
-     "frames": 100000, "skip_start": 50, "versions": {"gymnasium": ..., "wm": ...}}
+     "frames": 100000, "skip_start": 50, "action_repeat": 4, "env_frameskip": 1,
+     "versions": {"gymnasium": ..., "wm": ...}}
 
-`seed` is the first episode's (episode i is recorded with seed + i), `steps` the most steps an episode was
-recorded for, `frames` how many were recorded in all, `skip_start` how many steps at the start of each episode
-were not recorded. A bound of the box that is not finite is null (JSON has no infinity). Training reads the
-action bounds from it (the action codec's low/high); episode folders without one still load.
+`seed` is the first episode's (episode i is recorded with seed + i), `steps` the most steps (decisions) an
+episode was recorded for, `frames` how many were recorded in all, `skip_start` how many environment steps at the
+start of each episode were not recorded. `action_repeat` K: each recorded action was held for K environment steps
+and a frame recorded every K-th (wm_core.action_repeat; a meta.json without the key reads as 1);
+`env_frameskip`: the frames each environment step takes inside (ALE's v5 environments: 4; null when random).
+A bound of the box that is not finite is null (JSON has no infinity). Training reads the action bounds from it
+(the action codec's low/high) and the action repeat (into the checkpoint); episode folders without one still load.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from .actions import read_action_repeat
 
 META = "meta.json"
 FORMAT = "wm-episodes"
@@ -32,8 +38,11 @@ def build_meta(
     steps: int,
     frames: int,
     policy: str,
+    action_repeat: int = 1,
+    env_frameskip: int | None = 1,
 ) -> dict:
-    """The meta.json of a collection recorded by wm-collect from `env_id` with `policy` (a name in POLICIES)."""
+    """The meta.json of a collection recorded by wm-collect from `env_id` with `policy` (a name in POLICIES),
+    each action held for `action_repeat` environment steps of `env_frameskip` frames."""
     from importlib.metadata import PackageNotFoundError, version
 
     import gymnasium
@@ -56,6 +65,8 @@ def build_meta(
         "steps": steps,
         "frames": frames,
         "skip_start": skip_start(env_id),
+        "action_repeat": action_repeat,
+        "env_frameskip": env_frameskip,
         "versions": {"gymnasium": gymnasium.__version__, "wm": package},
     }
 
@@ -102,3 +113,10 @@ def box_bounds(meta: dict, folder: str | Path, dim: int) -> tuple[np.ndarray, np
         return np.array([np.nan if v is None else float(v) for v in bounds], dtype=np.float64)
 
     return values(low), values(high)
+
+
+def dataset_action_repeat(folder: str | Path) -> int:
+    """The action repeat of the episodes at `folder` (an episode folder or store): its meta.json's, 1 without
+    one or without the key (recorded before it existed); ValueError naming the file for a bad value."""
+    meta = read_meta(folder)
+    return 1 if meta is None else read_action_repeat(meta, str(Path(folder) / META))

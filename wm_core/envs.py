@@ -1,6 +1,10 @@
 """Gymnasium environments as the package sees them: making one, reading its frame, and the scripted policies
 that record data. Shared by `wm-collect` (wm_train.collect) and the closed-loop controller (wm_deploy), which
 must not import the trainer; gymnasium and ale-py are imported only when an environment is made.
+
+Every environment made here is wrapped in wm_core.action_repeat.ActionRepeat: `step` holds an action for the
+environment's action repeat K (1 unless asked for), `hold(action, frames)` for a given number of environment
+steps (CarRacing's zoom at the start is skipped in environment steps, whatever K).
 """
 
 from __future__ import annotations
@@ -10,17 +14,23 @@ from typing import Any
 
 import numpy as np
 
+from .actions import check_action_repeat
+
 # CarRacing zooms in on the car for its first 50 frames; those frames show no driving.
 SKIP_START = {"CarRacing": 50}
 
 
-def make_env(env_id: str):
-    """The gymnasium environment `env_id`, rendering RGB frames when its observations are not pixels.
+def make_env(env_id: str, action_repeat: int = 1):
+    """The gymnasium environment `env_id`, rendering RGB frames when its observations are not pixels, each action
+    held for `action_repeat` environment steps (ActionRepeat; on top of any frameskip of the environment's own).
     ImportError naming the extra when gymnasium or ale-py is missing; ValueError for an unknown id."""
     try:
         import gymnasium as gym
     except ImportError:
         raise ImportError('environments need gymnasium: pip install ".[envs]"') from None
+    from .action_repeat import ActionRepeat
+
+    check_action_repeat(action_repeat)
     if env_id.startswith("ALE/"):
         try:
             import ale_py
@@ -34,7 +44,15 @@ def make_env(env_id: str):
             env = gym.make(env_id, render_mode="rgb_array")
     except gym.error.Error as error:
         raise ValueError(f"cannot make environment {env_id!r}: {error}") from None
-    return env
+    return ActionRepeat(env, action_repeat)
+
+
+def env_frameskip(env) -> int | None:
+    """Emulator frames each step of `env` takes inside, before any action repeat of ours: the `frameskip` its
+    spec makes it with (ALE's v5 environments: 4), else 1; None when it is drawn at random (a range)."""
+    spec = getattr(env, "spec", None)
+    frameskip = (spec.kwargs if spec is not None else {}).get("frameskip", 1)
+    return frameskip if isinstance(frameskip, int) else None
 
 
 def is_pixel_space(space) -> bool:

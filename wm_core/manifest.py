@@ -13,17 +13,18 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from .actions import ActionCodec
+from .actions import ActionCodec, check_action_repeat, read_action_repeat
 from .config import ModelConfig
 from .confined import confined_path, read_confined
 from .graphs import GraphSpec
 from .publish import atomic_write_bytes, restore_aside
 
 FORMAT = "wm-artifacts"
-FORMAT_VERSION = 2
-"""2: the prior step of a model with heads also outputs `reward` and `cont`; the action codec holds the action
-bounds. Version 1 folders (no heads) still load."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""3: `action_repeat`, the environment steps each planned action is held for (the training data's). 2: the prior
+step of a model with heads also outputs `reward` and `cont`; the action codec holds the action bounds. Versions 1
+(no heads) and 2 still load, with action_repeat 1."""
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 
 
@@ -40,6 +41,7 @@ def build_manifest(
     *,
     model_cfg: ModelConfig,
     codec: ActionCodec,
+    action_repeat: int,
     opset: int,
     specs: dict[str, GraphSpec],
     checkpoint: str | Path,
@@ -74,6 +76,7 @@ def build_manifest(
         "format_version": FORMAT_VERSION,
         "dims": {"deter": model_cfg.deter_dim, "latent": model_cfg.latent_dim, "action": codec.dim, "frame": [H, H, 3]},
         "action_codec": codec.to_dict(),
+        "action_repeat": check_action_repeat(action_repeat),
         "opset": opset,
         "graphs": graphs,
         "checkpoint": {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)},
@@ -136,7 +139,14 @@ def load_manifest(folder: str | Path) -> dict:
         raise ValueError(damaged) from None
     for entry, name in entries.items():
         confined_path(folder, name, str(path), entry)
+    manifest_action_repeat(manifest, folder)
     return manifest
+
+
+def manifest_action_repeat(manifest: dict, folder: str | Path = "") -> int:
+    """The environment steps each action is held for (1 for folders before version 3); ValueError naming the
+    manifest for a bad value."""
+    return read_action_repeat(manifest, str(Path(folder) / MANIFEST))
 
 
 def has_heads(manifest: dict) -> bool:

@@ -66,7 +66,17 @@ def planner_options(command: Callable) -> Callable:
     "--episodes", type=click.IntRange(min=1), default=REQUEST_DEFAULTS["episodes"], help="Episodes per policy."
 )
 @click.option(
-    "--steps", type=click.IntRange(min=1), default=REQUEST_DEFAULTS["steps"], help="Most controlled steps per episode."
+    "--steps",
+    type=click.IntRange(min=1),
+    default=REQUEST_DEFAULTS["steps"],
+    help="Most controlled environment steps per episode, whatever the model's action repeat.",
+)
+@click.option(
+    "--action-repeat",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Refuse a model trained at another action repeat. Default: the model's own (each decision is held for "
+    "that many environment steps).",
 )
 @click.option(
     "--seed",
@@ -131,6 +141,7 @@ def control_command(
     env_id: str,
     episodes: int,
     steps: int,
+    action_repeat: int | None,
     seed: int,
     backend: str,
     device: str,
@@ -160,6 +171,7 @@ def control_command(
         env_id=env_id,
         episodes=episodes,
         steps=steps,
+        action_repeat=action_repeat,
         seed=seed,
         backend=backend,
         device=device,

@@ -7,7 +7,12 @@ prior step) -- "observe"; `Planner.act` -- "plan"; `env.step` -- "env". A refere
 frame -- "observe"; the policy's call on the frame at the environment's resolution -- "plan"; `env.step`.
 Episodes start with the environment's uncontrolled steps (CarRacing zooms in for 50 frames: wm_core.envs
 SKIP_START), taken with a neutral action for every policy alike; an episode's return counts every reward from
-reset on, those steps included, and its length counts the controlled steps.
+reset on, those steps included, and its length counts the controlled environment steps.
+
+The environment is made with the model's action repeat K (Rollout.action_repeat, the training data's): each
+decision (a tick) is held for K environment steps, the last one of an episode for what is left of `steps`; the
+reference policies decide at the same rate. `steps` counts environment steps whatever K, so returns compare
+across models of different K (1000 environment steps are 250 decisions at K = 4).
 
 This module computes and returns a `ControlResult`; wm_deploy.control_report writes it out.
 """
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from wm_core import envs
-from wm_core.dataset_meta import META, read_meta
+from wm_core.dataset_meta import META, dataset_action_repeat, read_meta
 from wm_core.episode_file import save_episode
 
 from .ensemble import Ensemble
@@ -43,11 +48,11 @@ class Episode:
     episode_return: float
     """sum of the rewards from reset on (the uncontrolled start included)"""
     length: int
-    """controlled steps"""
+    """controlled environment steps (each tick holds its action for up to action_repeat of them)"""
     terminated: bool
     """the environment ended the episode (not a time limit, not --steps)"""
     seconds: np.ndarray
-    """[length, 3] seconds of each tick's PARTS"""
+    """[ticks, 3] seconds of each tick's PARTS"""
     frames: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     """recorded planner episode only: per tick (real frame, decoded imagined frame at the planner's horizon),
     uint8 [H, W, 3] each at the model's frame size"""
@@ -66,8 +71,11 @@ class ControlResult:
     objective: str
     """Planner.objective"""
     steps: int
+    """most controlled environment steps per episode"""
     seed: int
     skip_start: int
+    action_repeat: int
+    """environment steps each decision is held for (the model's)"""
     reference_policy: str | None
     reference_from: str
     """where the name of the recording policy came from"""
@@ -146,21 +154,22 @@ def run_control(
     record: bool = True,
     keep_episodes: bool = False,
     source: str | Path = "",
-    on_step: Callable[[], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> ControlResult:
-    """`episodes` planner episodes of at most `steps` controlled steps with seeds seed, seed + 1, ..., then the
-    same episodes for each policy named in `references` (keys of wm_core.envs.POLICIES; the first one is
-    reported as the recording policy). The planner is reseeded with the episode's seed at its start, so a run is
-    repeatable. `record`: keep the first planner episode's (real, imagined) frames for a video (needs the
-    decoder). `keep_episodes`: keep the planner episodes' transitions (Episode.transitions) to train on.
-    `on_step` is called after every environment step (a progress bar)."""
+    """`episodes` planner episodes of at most `steps` controlled environment steps with seeds seed, seed + 1, ...,
+    each decision held for the model's action repeat, then the same episodes for each policy named in `references`
+    (keys of wm_core.envs.POLICIES; the first one is reported as the recording policy). The planner is reseeded
+    with the episode's seed at its start, so a run is repeatable. `record`: keep the first planner episode's
+    (real, imagined) frames for a video (needs the decoder). `keep_episodes`: keep the planner episodes'
+    transitions (Episode.transitions) to train on.
+    `on_step(n)` is called after every decision with the environment steps it took (a progress bar)."""
     if episodes < 1 or steps < 1:
         raise ValueError(f"episodes and steps must be >= 1, got episodes={episodes} steps={steps}")
     unknown = [name for name in references if name not in envs.POLICIES]
     if unknown:
         raise ValueError(f"unknown reference policy {unknown}; expected one of {sorted(envs.POLICIES)}")
     settings = settings or PlannerSettings()
-    env = envs.make_env(env_id)
+    env = envs.make_env(env_id, rollout.action_repeat)
     try:
         planner = Planner(rollout, settings, bounds=planner_bounds(env, rollout), goal=goal)
         planner.warmup()
@@ -187,6 +196,7 @@ def run_control(
         steps=steps,
         seed=seed,
         skip_start=skip,
+        action_repeat=rollout.action_repeat,
         reference_policy=references[0] if references else None,
         reference_from=reference_from,
         episodes=results,
@@ -200,8 +210,8 @@ def _start(env, seed: int, skip: int) -> tuple[object, float, bool]:
     space = env.action_space
     neutral = 0 if hasattr(space, "n") else np.clip(np.zeros(space.shape, np.float32), space.low, space.high)
     total = 0.0
-    for _ in range(skip):
-        observation, reward, terminated, truncated, _ = env.step(neutral)
+    for _ in range(skip):  # environment steps, whatever the action repeat
+        observation, reward, terminated, truncated, _ = env.hold(neutral, 1)
         total += float(reward)
         if terminated or truncated:
             return observation, total, True
@@ -216,7 +226,7 @@ def planner_episode(
     steps: int,
     skip: int,
     record: bool = False,
-    on_step: Callable[[], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
     keep: bool = False,
 ) -> Episode:
     """One episode driven by `planner` (see the module docstring for what each part of a tick times); `keep`:
@@ -228,16 +238,17 @@ def planner_episode(
     seconds: list[tuple[float, float, float]] = []
     frames: list[tuple[np.ndarray, np.ndarray]] = []
     kept: list[tuple[np.ndarray, object, float, bool]] = []
-    terminated = False
-    while not done and len(seconds) < steps:
+    terminated, length = False, 0
+    while not done and length < steps:
         t0 = time.perf_counter()
         frame = envs.resize(envs.render_frame(env, observation), size)
         state = rollout.observe(state, frame[None], previous)
         t1 = time.perf_counter()
         action = planner.act(state)
         t2 = time.perf_counter()
-        observation, reward, terminated, truncated, _ = env.step(action)
+        observation, reward, terminated, truncated, info = env.hold(action, min(env.repeat, steps - length))
         t3 = time.perf_counter()
+        length += info["frames"]
         seconds.append((t1 - t0, t2 - t1, t3 - t2))
         total += float(reward)
         done = terminated or truncated
@@ -247,7 +258,7 @@ def planner_episode(
         if keep:
             kept.append((frame, action, float(reward), bool(terminated)))
         if on_step is not None:
-            on_step()
+            on_step(info["frames"])
     transitions = None
     if keep:
         obs, actions, rewards, ends = zip(*kept) if kept else ((), (), (), ())
@@ -257,7 +268,7 @@ def planner_episode(
             "reward": np.asarray(rewards, np.float32),
             "terminated": np.asarray(ends, bool),
         }
-    return Episode(PLANNER, seed, total, len(seconds), bool(terminated), _seconds(seconds), frames, transitions)
+    return Episode(PLANNER, seed, total, length, bool(terminated), _seconds(seconds), frames, transitions)
 
 
 def episode_file_name(seed: int) -> str:
@@ -265,14 +276,21 @@ def episode_file_name(seed: int) -> str:
     return f"planner_{seed:05d}.npz"
 
 
-def check_episode_folder(folder: Path, env_id: str, frame_size: int, seeds: Sequence[int]) -> None:
-    """Before any episode runs: ValueError when `folder` holds episodes of another environment or frame size
-    (its meta.json), or already holds the file of one of `seeds`."""
+def check_episode_folder(
+    folder: Path, env_id: str, frame_size: int, seeds: Sequence[int], action_repeat: int = 1
+) -> None:
+    """Before any episode runs: ValueError when `folder` holds episodes of another environment, frame size or
+    action repeat (its meta.json), or already holds the file of one of `seeds`."""
     meta = read_meta(folder)
     if meta is not None and (meta.get("env_id"), meta.get("frame_size")) != (env_id, frame_size):
         raise ValueError(
             f"{folder / META}: episodes of {meta.get('env_id')} at {meta.get('frame_size')} px, not {env_id} at "
             f"{frame_size} px; save into another folder"
+        )
+    if meta is not None and dataset_action_repeat(folder) != action_repeat:
+        raise ValueError(
+            f"{folder / META}: episodes recorded with action_repeat {dataset_action_repeat(folder)}, the model "
+            f"holds each action {action_repeat} environment steps; save into another folder"
         )
     taken = [name for name in map(episode_file_name, seeds) if (folder / name).exists()]
     if taken:
@@ -300,28 +318,30 @@ def imagined_frame(rollout: Rollout | Ensemble, planner: Planner) -> np.ndarray:
 
 
 def policy_episode(
-    env, name: str, seed: int, steps: int, skip: int, on_step: Callable[[], None] | None = None
+    env, name: str, seed: int, steps: int, skip: int, on_step: Callable[[int], None] | None = None
 ) -> Episode:
-    """One episode driven by the policy `name` of wm_core.envs.POLICIES, seeded with the episode's seed."""
+    """One episode driven by the policy `name` of wm_core.envs.POLICIES, seeded with the episode's seed, deciding
+    at the environment's action repeat as the planner does."""
     observation, total, done = _start(env, seed, skip)
     env_id = env.spec.id if env.spec is not None else ""
     policy = envs.POLICIES[name](env_id, env.action_space, np.random.default_rng(seed))
     seconds: list[tuple[float, float, float]] = []
-    terminated = False
-    while not done and len(seconds) < steps:
+    terminated, length = False, 0
+    while not done and length < steps:
         t0 = time.perf_counter()
         frame = envs.render_frame(env, observation)
         t1 = time.perf_counter()
         action = policy(frame)
         t2 = time.perf_counter()
-        observation, reward, terminated, truncated, _ = env.step(action)
+        observation, reward, terminated, truncated, info = env.hold(action, min(env.repeat, steps - length))
         t3 = time.perf_counter()
+        length += info["frames"]
         seconds.append((t1 - t0, t2 - t1, t3 - t2))
         total += float(reward)
         done = terminated or truncated
         if on_step is not None:
-            on_step()
-    return Episode(name, seed, total, len(seconds), bool(terminated), _seconds(seconds))
+            on_step(info["frames"])
+    return Episode(name, seed, total, length, bool(terminated), _seconds(seconds))
 
 
 def _seconds(rows: list[tuple[float, float, float]]) -> np.ndarray:

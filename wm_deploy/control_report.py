@@ -3,12 +3,14 @@ observe / plan / env, the planner's settings), a plot of the returns and a side-
 episode (wm_deploy.control_plots draws those two).
 
 control.json:
-    {"env", "source", "backend", "backend_detail", "objective", "steps", "seed", "skip_start",
+    {"env", "source", "backend", "backend_detail", "objective", "steps", "seed", "skip_start", "action_repeat",
      "planner": {settings}, "reference_policy", "reference_from",
      "policies": {name: {"episodes": [{"seed", "return", "length", "terminated"}], "mean_return", "std_return",
                          "mean_length", "latency_ms": {part: {"p50", "p90", "p99", "mean", "max"}}}},
      "files": {"returns_plot", "video"}}
 latency parts: observe, plan, env, and tick = observe + plan (what the controller adds to the environment's step).
+"steps" and an episode's "length" count environment steps; a tick (a decision) holds its action "action_repeat"
+of them, and "env" times them all.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def summary(result: ControlResult) -> dict:
         "steps": result.steps,
         "seed": result.seed,
         "skip_start": result.skip_start,
+        "action_repeat": result.action_repeat,
         "planner": dataclasses.asdict(result.settings),
         "reference_policy": result.reference_policy,
         "reference_from": result.reference_from,

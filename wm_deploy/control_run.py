@@ -36,7 +36,9 @@ class ControlRequest:
     episodes: int = 3
     """episodes per policy"""
     steps: int = 1000
-    """most controlled steps per episode"""
+    """most controlled environment steps per episode (each decision is held for the model's action repeat)"""
+    action_repeat: int | None = None
+    """the action repeat the models must have been trained at (ValueError otherwise); None: theirs"""
     seed: int = 0
     """episode i uses environment seed seed + i; also the planner's seed (it replaces planner.seed)"""
     backend: str = "auto"
@@ -71,6 +73,8 @@ class ControlRequest:
             raise ValueError("give at least one artifact folder or checkpoint")
         if self.episodes < 1 or self.steps < 1:
             raise ValueError(f"episodes and steps must be >= 1, got episodes={self.episodes} steps={self.steps}")
+        if self.action_repeat is not None and self.action_repeat < 1:
+            raise ValueError(f"--action-repeat must be >= 1, got {self.action_repeat}")
         if self.reference_policy is not None and self.reference_policy not in envs.POLICIES:
             raise ValueError(
                 f"--reference-policy must be one of {sorted(envs.POLICIES)}, got {self.reference_policy!r}"
@@ -116,6 +120,11 @@ def run_request(request: ControlRequest) -> ControlRun:
         rollout = Ensemble.load(
             sources, request.backend, request.device, disagreement=request.disagreement, seed=request.seed
         )
+    if request.action_repeat is not None and request.action_repeat != rollout.action_repeat:
+        raise ValueError(
+            f"--action-repeat {request.action_repeat} asked for, but {sources[0]} was trained on data recorded with "
+            f"action_repeat {rollout.action_repeat}: each of its steps is {rollout.action_repeat} environment steps"
+        )
     source = sources[0]  # where the recording policy is looked up and the report goes by default
     goal = None if request.goal is None else read_goal(request.goal, rollout.dims.frame[0])
     references: list[str] = []
@@ -128,7 +137,8 @@ def run_request(request: ControlRequest) -> ControlRun:
         references = [name] + (["random"] if name != "random" else [])
     seeds = range(request.seed, request.seed + request.episodes)
     if request.save_episodes is not None:
-        check_episode_folder(request.save_episodes, request.env_id, rollout.dims.frame[0], seeds)
+        frame_size = rollout.dims.frame[0]
+        check_episode_folder(request.save_episodes, request.env_id, frame_size, seeds, rollout.action_repeat)
     total = request.episodes * request.steps * (1 + len(references))
     with tqdm(total=total, desc=f"control {request.env_id}", unit="step", disable=not request.progress) as bar:
         result = run_control(

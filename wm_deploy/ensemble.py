@@ -51,6 +51,7 @@ class Ensemble:
         self.members = list(members)
         self.disagreement = disagreement
         self.codec = first.codec
+        self.action_repeat = first.action_repeat
         self.device = first.device
         self.max_batch = min(member.max_batch for member in members)
         self.has_heads = all(member.has_heads for member in members)
@@ -142,9 +143,9 @@ class Ensemble:
 
 
 def _contract(rollout: Rollout) -> tuple:
-    """What members must share: the actions they take and the frames they see."""
+    """What members must share: the actions they take, the frames they see and how long an action is held."""
     codec = rollout.codec
-    return (codec.mode, codec.dim, tuple(codec.low), tuple(codec.high), rollout.dims.frame)
+    return (codec.mode, codec.dim, tuple(codec.low), tuple(codec.high), rollout.dims.frame, rollout.action_repeat)
 
 
 def _cat(parts: list):

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from wm_core.actions import ActionCodec
-from wm_core.checkpoint import load_checkpoint
+from wm_core.actions import ActionCodec, read_action_repeat
+from wm_core.checkpoint import load_checkpoint, read_checkpoint
 from wm_core.config import ExportConfig
-from wm_core.manifest import has_heads, load_manifest, read_verified, sha256_file
+from wm_core.manifest import has_heads, load_manifest, manifest_action_repeat, read_verified, sha256_file
 from wm_core.onnxruntime_session import ProviderUnavailableError
 from wm_core.tensorrt_engine import TensorRTUnavailableError
 
@@ -59,6 +59,14 @@ def open_source(path: str | Path) -> Source:
     if path.is_file():
         return Source(path, None)
     raise FileNotFoundError(f"no artifact folder or checkpoint at {path}")
+
+
+def source_action_repeat(source: Source) -> int:
+    """The environment steps each action of `source`'s model is held for: its manifest's or checkpoint's
+    `action_repeat` (1 for files from before format version 3)."""
+    if source.manifest is not None:
+        return manifest_action_repeat(source.manifest, source.path)
+    return read_action_repeat(read_checkpoint(source.path, mmap=True), str(source.path))  # weights left on disk
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from wm_core.actions import ActionCodec
+from wm_core.actions import ActionCodec, check_action_repeat
 from wm_core.config import ExportConfig
 from wm_core.model import WorldModel
 
 from . import validation
 from .actions import ActionWriter
 from .backends.base import ArrayOps, Backend, Workspace
-from .loading import Options, build_auto, build_backend, logger, open_source, resolve_device
+from .loading import Options, build_auto, build_backend, logger, open_source, resolve_device, source_action_repeat
 from .state import LatentState, Trajectory
 
 MAX_WORKSPACES = 16
@@ -77,11 +77,15 @@ class Rollout:
         seed: int = 0,
         reason: str = "",
         max_workspaces: int = MAX_WORKSPACES,
+        action_repeat: int = 1,
     ):
         if codec.dim != backend.dims.action:
             raise ValueError(f"action codec width {codec.dim} != the model's action width {backend.dims.action}")
         self.backend = backend
         self.codec = codec
+        self.action_repeat = check_action_repeat(action_repeat)
+        """environment steps each action is held for: one imagined step is that many of the environment's (the
+        training data's action repeat; wm_core.action_repeat)"""
         self.ops = backend.ops
         self.dims = backend.dims
         self.device = backend.device
@@ -136,7 +140,14 @@ class Rollout:
         else:
             built, codec = build_backend(backend, source, device, options)
             reason = ""
-        return cls(built, codec, seed=seed, reason=reason, max_workspaces=max_workspaces)
+        return cls(
+            built,
+            codec,
+            seed=seed,
+            reason=reason,
+            max_workspaces=max_workspaces,
+            action_repeat=source_action_repeat(source),
+        )
 
     @classmethod
     def from_model(
@@ -150,12 +161,14 @@ class Rollout:
         cuda_graphs: bool = True,
         precision: str = "fp32",
         max_workspaces: int = MAX_WORKSPACES,
+        action_repeat: int = 1,
     ) -> Rollout:
-        """The torch backend on a model in memory (e.g. freshly trained), without a checkpoint file."""
+        """The torch backend on a model in memory (e.g. freshly trained), without a checkpoint file;
+        `action_repeat`: its training data's."""
         from .backends.torch_backend import TorchBackend
 
         backend = TorchBackend(model, resolve_device(device), max_batch, cuda_graphs, precision)
-        return cls(backend, codec, seed=seed, max_workspaces=max_workspaces)
+        return cls(backend, codec, seed=seed, max_workspaces=max_workspaces, action_repeat=action_repeat)
 
     @property
     def has_heads(self) -> bool:
@@ -178,7 +191,8 @@ class Rollout:
     def __repr__(self) -> str:
         return (
             f"Rollout(backend={self.backend_name!r} [{self.backend_detail}], dims={self.dims}, "
-            f"max_batch={self.max_batch}, actions={self.codec.mode}[{self.codec.dim}])"
+            f"max_batch={self.max_batch}, actions={self.codec.mode}[{self.codec.dim}], "
+            f"action_repeat={self.action_repeat})"
         )
 
     # --- the API ------------------------------------------------------------------------------------------

@@ -131,6 +131,7 @@ def export_artifacts(
             staging,
             model_cfg=cfg.model,
             codec=codec,
+            action_repeat=extras["action_repeat"],
             opset=settings.opset,
             specs=specs,
             checkpoint=checkpoint,

@@ -53,7 +53,14 @@ def train_command(config_path, overrides, resume, progress):
     "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder for the episode files."
 )
 @click.option("--episodes", default=20, help="Number of episodes.")
-@click.option("--steps", default=200, help="Recorded steps per episode (fewer if the episode ends).")
+@click.option("--steps", default=200, help="Recorded steps (decisions) per episode (fewer if the episode ends).")
+@click.option(
+    "--action-repeat",
+    default=1,
+    type=click.IntRange(min=1),
+    help="Hold each action for K environment steps, summing their rewards, and record every K-th frame "
+    "(on top of a frameskip of the environment's own: ALE's v5 environments already repeat 4).",
+)
 @click.option("--seed", default=0, help="Episode i uses seed SEED + i.")
 @click.option("--frame-size", default=64, help="Frames are resized to FRAME_SIZE x FRAME_SIZE.")
 @click.option("--workers", default=2, help="Processes recording episodes in parallel.")
@@ -66,15 +73,18 @@ def train_command(config_path, overrides, resume, progress):
 )
 @click.option("--progress/--no-progress", default=True)
 @one_line_errors
-def collect_command(env_id, out_dir, episodes, steps, seed, frame_size, workers, store, policy, progress):
+def collect_command(
+    env_id, out_dir, episodes, steps, action_repeat, seed, frame_size, workers, store, policy, progress
+):
     """Record episodes from the gymnasium environment ENV_ID (e.g. CarRacing-v3, ALE/Pong-v5)."""
     from .collect import collect, collect_to_store
 
+    args = (env_id, out_dir, episodes, steps, seed, frame_size, workers, progress, policy, action_repeat)
     if store:
-        count = collect_to_store(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress, policy)
+        count = collect_to_store(*args)
         click.echo(f"wrote {count} episodes to the store {out_dir}")
         return
-    paths = collect(env_id, out_dir, episodes, steps, seed, frame_size, workers, progress, policy)
+    paths = collect(*args)
     click.echo(f"wrote {len(paths)} episodes to {out_dir}")
 
 

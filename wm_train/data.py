@@ -78,13 +78,17 @@ def load_head_arrays(path: Path, frames: int) -> tuple[np.ndarray, np.ndarray]:
     return reward.astype(np.float32), terminated
 
 
-def reward_targets(reward: np.ndarray, window: int) -> np.ndarray:
-    """float32 [T]: target[t] = mean of reward[t : t + window], over the fewer steps left near the episode's end
-    (train.reward_window; the head learns the rate of reward, not the next tile event)."""
+def reward_targets(reward: np.ndarray, window: int, terminated: bool) -> np.ndarray:
+    """float32 [T]: target[t] = mean of reward[t : t + window] (train.reward_window; the head learns the rate of
+    reward, not the next tile event). Near the end of an episode that `terminated` the steps past it count as zero
+    rewards (the world ended: nothing more comes), so the sum is still divided by `window`; dividing by the steps
+    left would make a terminal -100 a -100 target at the last step. The end of an episode that did not terminate
+    (a time limit, the end of a recording) hides what came next: the mean is over the steps left."""
     sums = np.concatenate([[0.0], np.cumsum(reward, dtype=np.float64)])  # sums[i] = reward[:i].sum()
     start = np.arange(len(reward))
     end = np.minimum(start + window, len(reward))
-    return ((sums[end] - sums[start]) / (end - start)).astype(np.float32)
+    steps = np.full(len(reward), window) if terminated else end - start
+    return ((sums[end] - sums[start]) / steps).astype(np.float32)
 
 
 def episode_paths(folder: str | Path) -> list[Path]:
@@ -260,7 +264,8 @@ def load_splits(cfg: Config, per_step: tuple[str, ...] = ()) -> tuple[EpisodeSet
         split = EpisodeSet([o for _, (o, _) in kept], [a for _, (_, a) in kept], d.seq_len, arrays)
         if m.heads:
             heads = [load_heads(name, len(o)) for name, (o, _) in kept]
-            split.rewards = [reward_targets(reward, cfg.train.reward_window) for reward, _ in heads]
+            window = cfg.train.reward_window
+            split.rewards = [reward_targets(reward, window, bool(terminated[-1])) for reward, terminated in heads]
             split.continues = [1.0 - terminated.astype(np.float32) for _, terminated in heads]
         splits.append(split)
     train, val = splits

@@ -20,8 +20,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from wm_core.actions import read_action_repeat
 from wm_core.checkpoint import read_checkpoint, save_checkpoint
 from wm_core.config import Config, saved_config
+from wm_core.dataset_meta import dataset_action_repeat
 from wm_core.losses import WorldModelOutput
 from wm_core.model import WorldModel
 from wm_core.publish import atomic_write_bytes
@@ -118,6 +120,7 @@ class Trainer:
             if not self.dist.is_main:  # the data warnings are the same on every rank: rank 0 shows them
                 warnings.simplefilter("ignore")
             self.train_set, self.val_set, self.codec = load_splits(cfg)
+        self.action_repeat = dataset_action_repeat(cfg.data.path)  # the checkpoint carries it to control
         self.model = WorldModel(cfg.model).to(self.device)
         # What runs forward and backward: the model itself, or DDP around it, which broadcasts rank 0's weights
         # now and averages gradients in backward. Every parameter gets a gradient from `loss` (encoder and
@@ -155,6 +158,11 @@ class Trainer:
             raise ValueError(
                 f"{path} was trained with train.{', train.'.join(changed)}; set the same in the config to resume "
                 "it with the loss it started with"
+            )
+        if read_action_repeat(state, str(path)) != self.action_repeat:
+            raise ValueError(
+                f"{path} was trained on data recorded with action_repeat {read_action_repeat(state, str(path))}, "
+                f"{self.cfg.data.path} holds action_repeat {self.action_repeat}: train it from scratch"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -289,8 +297,8 @@ class Trainer:
         # best.pt before last.pt: a run killed between the two redoes this epoch on --resume and rewrites the
         # same best.pt; the other order would lose it (last.pt already counts this epoch's loss as the best).
         if metrics.val["loss"] < self.best_val_loss:
-            save_checkpoint(self.out_dir / "best.pt", self.model, self.cfg, self.codec, **extras)
-        save_checkpoint(self.out_dir / "last.pt", self.model, self.cfg, self.codec, **extras)
+            save_checkpoint(self.out_dir / "best.pt", self.model, self.cfg, self.codec, self.action_repeat, **extras)
+        save_checkpoint(self.out_dir / "last.pt", self.model, self.cfg, self.codec, self.action_repeat, **extras)
 
 
 def _log_tensorboard(out_dir: Path, metrics: EpochMetrics) -> None:
