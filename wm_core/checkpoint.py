@@ -13,10 +13,12 @@ from .model import WorldModel
 from .publish import atomic_write
 
 FORMAT = "wm-checkpoint"
-FORMAT_VERSION = 2
-"""2: optional reward and continuation heads (config model.heads, weights `heads.*`) and action bounds in the
-codec. Version 1 checkpoints (no heads) still load."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""3: an optional critic, its target and an actor (config model.actor_critic, weights `critic.*`,
+`critic_target.*`, `actor.*`) and their optimisers (`actor_critic_optimizers`). 2: optional reward and
+continuation heads (config model.heads, weights `heads.*`) and action bounds in the codec. Versions 1 and 2 still
+load (no critic, no actor)."""
+READABLE_VERSIONS = (1, 2, 3)
 
 
 def versions() -> dict[str, str]:
