@@ -34,7 +34,7 @@ def test_other_format_version_is_refused(saved):
     payload = torch.load(path, weights_only=True)
     payload["format_version"] = 99
     torch.save(payload, path)
-    with pytest.raises(ValueError, match=r"format version 99, expected one of \[1, 2\]"):
+    with pytest.raises(ValueError, match=r"format version 99, expected one of \[1, 2, 3\]"):
         load_checkpoint(path)
 
 

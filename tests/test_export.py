@@ -90,7 +90,7 @@ def test_export_writes_the_contract_files_next_to_the_checkpoint(checkpoint, exp
         assert model.opset_import[0].version == 17
         assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
         props = {p.key: p.value for p in model.metadata_props}
-        assert props["format"] == "wm-artifacts" and props["format_version"] == "2" and props["graph"] == name
+        assert props["format"] == "wm-artifacts" and props["format_version"] == "3" and props["graph"] == name
         assert (props["deter"], props["latent"], props["action"]) == (str(D), str(S), str(A))
         assert props["action_mode"] == "continuous" and json.loads(props["frame"]) == [64, 64, 3]
 
@@ -120,7 +120,7 @@ def test_graphs_accept_any_batch_size_and_match_the_model(checkpoint, exported):
 def test_manifest_holds_dims_codec_hashes_versions_and_parity(checkpoint, exported):
     manifest = verify_folder(exported)
     assert manifest == load_manifest(exported)
-    assert manifest["format"] == "wm-artifacts" and manifest["format_version"] == 2
+    assert manifest["format"] == "wm-artifacts" and manifest["format_version"] == 3
     assert manifest["dims"] == {"deter": 32, "latent": 8, "action": 3, "frame": [64, 64, 3]}
     assert manifest["action_codec"] == {
         "mode": "continuous",
@@ -179,8 +179,8 @@ def test_verify_file_and_load_manifest_reject_damaged_folders(exported, tmp_path
     with pytest.raises(ValueError, match="not listed"):
         verify_file(folder, manifest, "other.onnx")
 
-    (folder / "manifest.json").write_text(json.dumps({**manifest, "format_version": 3}))
-    with pytest.raises(ValueError, match=r"format version 3, expected one of \[1, 2\]"):
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(ValueError, match=r"format version 99, expected one of \[1, 2, 3\]"):
         load_manifest(folder)
     (folder / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match="unreadable manifest"):
@@ -252,7 +252,7 @@ def _write_payload(path, payload):
         ("missing", FileNotFoundError, "checkpoint not found"),
         ("not_a_checkpoint", ValueError, "not a readable wm checkpoint"),
         ("other_format", ValueError, "is not a wm checkpoint"),
-        ("other_version", ValueError, r"checkpoint format version 3, expected one of \[1, 2\]"),
+        ("other_version", ValueError, r"checkpoint format version 99, expected one of \[1, 2, 3\]"),
     ],
 )
 def test_bad_checkpoints_fail_clearly_and_write_nothing(checkpoint, tmp_path, case, error, message):
@@ -265,7 +265,7 @@ def test_bad_checkpoints_fail_clearly_and_write_nothing(checkpoint, tmp_path, ca
         _write_payload(path, {"model": {}})
     elif case == "other_version":
         payload = torch.load(checkpoint, weights_only=True)
-        _write_payload(path, {**payload, "format_version": 3})
+        _write_payload(path, {**payload, "format_version": 99})
     before = sorted(p.name for p in folder.iterdir())
     with pytest.raises(error, match=message):
         export_artifacts(path)

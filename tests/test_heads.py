@@ -39,7 +39,7 @@ def test_prior_step_graph_outputs_reward_and_continuation_of_the_new_state(untra
 
 def test_export_with_heads_is_format_2_and_gates_the_head_outputs(heads_artifacts):
     manifest = load_manifest(heads_artifacts)
-    assert manifest["format_version"] == 2 and has_heads(manifest)
+    assert manifest["format_version"] == 3 and has_heads(manifest)
     assert manifest["graphs"]["prior_step"]["outputs"]["reward"] == {"dtype": "float32", "shape": ["batch"]}
     gate = manifest["parity"]["onnxruntime"]
     assert gate["prior_step.reward"]["max_abs"] <= gate["prior_step.reward"]["tolerance"]

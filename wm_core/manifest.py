@@ -20,10 +20,11 @@ from .graphs import GraphSpec
 from .publish import atomic_write_bytes, restore_aside
 
 FORMAT = "wm-artifacts"
-FORMAT_VERSION = 2
-"""2: the prior step of a model with heads also outputs `reward` and `cont`; the action codec holds the action
-bounds. Version 1 folders (no heads) still load."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""3: the prior step of a model with a critic (model.actor_critic) also outputs `value`, and a `policy` graph
+gives the actor's action. 2: the prior step of a model with heads also outputs `reward` and `cont`; the action
+codec holds the action bounds. Versions 1 and 2 (no value, no policy) still load."""
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 
 
@@ -142,6 +143,16 @@ def load_manifest(folder: str | Path) -> dict:
 def has_heads(manifest: dict) -> bool:
     """Whether the folder's prior step outputs the reward and continuation (a model trained with heads)."""
     return "reward" in manifest["graphs"]["prior_step"]["outputs"]
+
+
+def has_value(manifest: dict) -> bool:
+    """Whether the folder's prior step outputs the critic's value (a model trained with model.actor_critic)."""
+    return "value" in manifest["graphs"]["prior_step"]["outputs"]
+
+
+def has_policy(manifest: dict) -> bool:
+    """Whether the folder holds the actor's `policy` graph (a model trained with model.actor_critic)."""
+    return "policy" in manifest["graphs"]
 
 
 def _get(manifest, key):
