@@ -1,12 +1,16 @@
 """The critic's targets, the actor's behaviour cloning and training with model.actor_critic end to end."""
 
+import numpy as np
 import pytest
 import torch
 
 from wm_core.checkpoint import load_checkpoint
 from wm_core.losses import LossSettings
 from wm_train.actor_critic import ActorCritic, lambda_returns, window_value_targets
+from wm_train.eval_report import summary_lines
+from wm_train.evaluate import evaluate_checkpoint
 from wm_train.trainer import train
+from wm_train.value_metrics import returns_to_go, value_r2
 
 
 def _constant_target(model, value: float) -> None:
@@ -64,3 +68,30 @@ def test_training_with_actor_critic_writes_a_loadable_checkpoint(carracing_dir, 
     model, _, extras = load_checkpoint(tmp_path / "run" / "last.pt")
     assert model.critic is not None and model.actor is not None and not model.actor.is_discrete
     assert set(extras["actor_critic_optimizers"]) == {"value", "actor"}
+
+
+def test_returns_to_go_discount_and_stop_at_a_termination():
+    rewards = np.array([1.0, 2.0, 3.0, 4.0])
+    continues = np.array([1.0, 0.0, 1.0, 1.0])  # the episode ends after action 1 (a later one starts anew)
+    np.testing.assert_allclose(returns_to_go(rewards, continues, 0.5), [2.0, 2.0, 5.0, 4.0])
+
+
+def test_wm_eval_reports_the_value_r2_on_both_splits(carracing_dir, tiny_config, tmp_path):
+    cfg = tiny_config(carracing_dir, tmp_path / "run", epochs=1, imagine_horizon=2)
+    cfg.model.heads = cfg.model.actor_critic = True
+    train(cfg, progress=False)
+    report = evaluate_checkpoint(tmp_path / "run" / "last.pt", carracing_dir, context=2, horizon=3, progress=False)
+    for split in ("train", "val"):
+        r2 = report.splits[split].value_r2
+        assert r2 is not None and np.isfinite(r2) and r2 <= 1.0
+    assert any("value (critic)" in line for line in summary_lines(report))
+
+
+def test_a_model_without_a_critic_has_no_value_r2(untrained_model, carracing_dir, tiny_config, tmp_path):
+    from wm_train.data import load_splits
+
+    cfg = tiny_config(carracing_dir, tmp_path / "run")
+    cfg.model.heads = True
+    _, val, codec = load_splits(cfg)
+    model, _, _ = untrained_model(heads=True)
+    assert value_r2(model, codec, val, 0.99) is None
