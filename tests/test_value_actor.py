@@ -95,3 +95,19 @@ def test_a_model_without_a_critic_has_no_value_r2(untrained_model, carracing_dir
     _, val, codec = load_splits(cfg)
     model, _, _ = untrained_model(heads=True)
     assert value_r2(model, codec, val, 0.99) is None
+
+
+def test_a_run_with_actor_critic_resumes_exactly(carracing_dir, tiny_config, tmp_path):
+    def config(name: str, epochs: int):
+        cfg = tiny_config(carracing_dir, tmp_path / name, epochs=epochs, imagine_horizon=2)
+        cfg.model.heads = cfg.model.actor_critic = True
+        return cfg
+
+    straight = train(config("straight", 2), progress=False)
+    train(config("split", 1), progress=False)
+    resumed = train(config("split", 2), resume=True, progress=False)
+    assert [(m.train, m.val) for m in resumed] == [(m.train, m.val) for m in straight]
+    changed = config("split", 3)
+    changed.train.actor_bc = 0.5
+    with pytest.raises(ValueError, match="train.actor_bc=1.0"):
+        train(changed, resume=True, progress=False)
