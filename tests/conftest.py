@@ -136,44 +136,57 @@ def random_batch():
 
 
 def _untrained_model(
-    size: str = "tiny", action_mode: str = "continuous", heads: bool = False
+    size: str = "tiny", action_mode: str = "continuous", heads: bool = False, actor_critic: bool = False
 ) -> tuple[WorldModel, Config, ActionCodec]:
     codec = CODECS[action_mode]
-    model = {"size": size, "frame_size": 64, "action_dim": codec.dim, "heads": heads}
+    model = {"size": size, "frame_size": 64, "action_dim": codec.dim, "heads": heads or actor_critic}
+    model["actor_critic"] = actor_critic
     cfg = Config.from_dict({"data": {"action_mode": action_mode}, "model": model})
     with torch.random.fork_rng(devices=[]):  # the same weights for every caller, the caller's RNG untouched
         torch.manual_seed(0)
-        return WorldModel(cfg.model), cfg, codec
+        built = WorldModel(cfg.model)
+    if built.actor is not None:
+        built.actor.set_actions(codec)
+    return built, cfg, codec
 
 
 @pytest.fixture(scope="session")
 def untrained_model():
-    """Factory: untrained_model(size="tiny", action_mode="continuous", heads=False) -> (model, cfg, codec): a
-    freshly initialised WorldModel of a size preset (64x64 frames, seed 0, a new object each call; with reward
-    and continuation heads when `heads`), its Config and CODECS[action_mode]."""
+    """Factory: untrained_model(size="tiny", action_mode="continuous", heads=False, actor_critic=False) -> (model,
+    cfg, codec): a freshly initialised WorldModel of a size preset (64x64 frames, seed 0, a new object each call;
+    with reward and continuation heads when `heads`, and also a critic and an actor when `actor_critic`), its
+    Config and CODECS[action_mode]."""
     return _untrained_model
 
 
 @pytest.fixture(scope="session")
 def untrained_checkpoint(tmp_path_factory):
-    """Factory: untrained_checkpoint(size="tiny", action_mode="continuous", path=None, heads=False) -> the
-    checkpoint of untrained_model(size, action_mode, heads). Without `path`, one shared file per (size,
-    action_mode, heads), written once per session: treat it as read-only. With `path`, a new file there."""
+    """Factory: untrained_checkpoint(size="tiny", action_mode="continuous", path=None, heads=False,
+    actor_critic=False) -> the checkpoint of untrained_model(size, action_mode, heads, actor_critic). Without
+    `path`, one shared file per (size, action_mode, heads, actor_critic), written once per session: treat it as
+    read-only. With `path`, a new file there."""
     folder = tmp_path_factory.mktemp("untrained")
 
     @functools.cache
-    def shared(size: str, action_mode: str, heads: bool) -> Path:
-        return write(size, action_mode, heads, folder / f"{size}_{action_mode}{'_heads' if heads else ''}.pt")
+    def shared(size: str, action_mode: str, heads: bool, actor_critic: bool) -> Path:
+        name = f"{size}_{action_mode}{'_heads' if heads else ''}{'_ac' if actor_critic else ''}.pt"
+        return write(size, action_mode, heads, actor_critic, folder / name)
 
-    def write(size: str, action_mode: str, heads: bool, path: Path) -> Path:
-        model, cfg, codec = _untrained_model(size, action_mode, heads)
+    def write(size: str, action_mode: str, heads: bool, actor_critic: bool, path: Path) -> Path:
+        model, cfg, codec = _untrained_model(size, action_mode, heads, actor_critic)
         save_checkpoint(path, model, cfg, codec)
         return Path(path)
 
     def make(
-        size: str = "tiny", action_mode: str = "continuous", path: str | Path | None = None, heads: bool = False
+        size: str = "tiny",
+        action_mode: str = "continuous",
+        path: str | Path | None = None,
+        heads: bool = False,
+        actor_critic: bool = False,
     ) -> Path:
-        return shared(size, action_mode, heads) if path is None else write(size, action_mode, heads, Path(path))
+        if path is None:
+            return shared(size, action_mode, heads, actor_critic)
+        return write(size, action_mode, heads, actor_critic, Path(path))
 
     return make
 

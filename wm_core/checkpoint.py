@@ -14,9 +14,11 @@ from .publish import atomic_write
 
 FORMAT = "wm-checkpoint"
 FORMAT_VERSION = 3
-"""3: `action_repeat`, the environment steps each action of the training data was held for. 2: optional reward
-and continuation heads (config model.heads, weights `heads.*`) and action bounds in the codec. Versions 1 (no
-heads) and 2 still load, with action_repeat 1."""
+"""3: `action_repeat`, the environment steps each action of the training data was held for; an optional critic,
+its target and an actor (config model.actor_critic, weights `critic.*`, `critic_target.*`, `actor.*`) and their
+optimisers (`actor_critic_optimizers`). 2: optional reward and continuation heads (config model.heads, weights
+`heads.*`) and action bounds in the codec. Versions 1 (no heads) and 2 still load, with action_repeat 1 and no
+critic or actor."""
 READABLE_VERSIONS = (1, 2, 3)
 
 

@@ -65,6 +65,10 @@ class ModelConfig:
     heads: bool = False
     """add a reward head and a continuation head on the RSSM features [h, z] (trained on detached features, so
     they change nothing else); needs episodes with `reward` and `terminated` arrays"""
+    actor_critic: bool = False
+    """with heads: add a value head (critic, with a slow target copy) and a policy prior (actor) on the detached
+    features [h, z], trained in imagination on a frozen copy of the dynamics and the heads (wm_train.actor_critic;
+    docs/control.md, "Value and policy prior"); default off"""
 
 
 @dataclass
@@ -104,6 +108,24 @@ class TrainConfig:
     """steps averaged into the reward head's target (LossSettings.reward_window)"""
     head_overshooting: int = LossSettings.head_overshooting
     """open-loop distance in steps the heads learn at (LossSettings.head_overshooting)"""
+    discount: float = LossSettings.discount
+    """with model.actor_critic: discount per decision of the value and the actor's returns (LossSettings.discount)"""
+    value_lambda: float = LossSettings.value_lambda
+    """with model.actor_critic: lambda of the value's TD(lambda) targets (LossSettings.value_lambda)"""
+    value_target_decay: float = LossSettings.value_target_decay
+    """with model.actor_critic: decay per step of the target critic's average (LossSettings.value_target_decay)"""
+    value_repval: float = LossSettings.value_repval
+    """with model.actor_critic: weight of the value's loss on the real windows (LossSettings.value_repval)"""
+    imagine_horizon: int = LossSettings.imagine_horizon
+    """with model.actor_critic: steps the actor imagines from each state (LossSettings.imagine_horizon)"""
+    actor_entropy: float = LossSettings.actor_entropy
+    """with model.actor_critic: weight of the actor's entropy bonus (LossSettings.actor_entropy)"""
+    actor_bc: float = LossSettings.actor_bc
+    """with model.actor_critic: weight of the actor's behaviour cloning (LossSettings.actor_bc)"""
+    value_lr: float = 3e-4
+    """with model.actor_critic: Adam learning rate of the critic"""
+    actor_lr: float = 3e-4
+    """with model.actor_critic: Adam learning rate of the actor"""
     seed: int = 0
     """random seed of the model's initial weights, the window sampling and the reparameterisation noise"""
     device: str = "cpu"
@@ -221,6 +243,19 @@ def _check_values(cfg: Config, source: str) -> None:
             f"got {cfg.train.head_overshooting}",
         ),
         (cfg.train.reward_window >= 1, f"train.reward_window must be >= 1, got {cfg.train.reward_window}"),
+        (not cfg.model.actor_critic or cfg.model.heads, "model.actor_critic needs model.heads (rewards to learn from)"),
+        (0 < cfg.train.discount <= 1, f"train.discount must be in (0, 1], got {cfg.train.discount}"),
+        (0 <= cfg.train.value_lambda <= 1, f"train.value_lambda must be in [0, 1], got {cfg.train.value_lambda}"),
+        (
+            0 <= cfg.train.value_target_decay < 1,
+            f"train.value_target_decay must be in [0, 1), got {cfg.train.value_target_decay}",
+        ),
+        (cfg.train.imagine_horizon >= 1, f"train.imagine_horizon must be >= 1, got {cfg.train.imagine_horizon}"),
+        (
+            min(cfg.train.value_repval, cfg.train.actor_entropy, cfg.train.actor_bc) >= 0,
+            "train.value_repval, train.actor_entropy and train.actor_bc must be >= 0",
+        ),
+        (cfg.train.value_lr > 0 and cfg.train.actor_lr > 0, "train.value_lr and train.actor_lr must be > 0"),
         (cfg.train.kl_warmup_steps >= 0, f"train.kl_warmup_steps must be >= 0, got {cfg.train.kl_warmup_steps}"),
         (cfg.train.free_nats >= 0, f"train.free_nats must be >= 0, got {cfg.train.free_nats}"),
         (

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .model import RSSM, Decoder, Encoder, Heads, WorldModel
+from .model import RSSM, Actor, Critic, Decoder, Encoder, Heads, WorldModel
 
 BATCH = "batch"
 """name of the dynamic batch axis in every graph"""
@@ -49,18 +49,29 @@ class GraphSpec:
 
 HEAD_OUTPUTS = ("reward", "cont")
 """outputs the prior step gains for a model with heads (model.heads)"""
+VALUE_OUTPUT = "value"
+"""the output the prior step gains for a model with a critic (model.actor_critic)"""
+POLICY = "policy"
+"""the graph of the actor (model.actor_critic): h, z -> action"""
 
 
 def graph_specs(cfg: ModelConfig, decoder: bool = True) -> dict[str, GraphSpec]:
     """The graphs of an artifact folder for a model of this config, by name."""
-    return graph_specs_of(cfg.frame_size, cfg.latent_dim, cfg.deter_dim, cfg.action_dim, decoder, cfg.heads)
+    return graph_specs_of(
+        cfg.frame_size, cfg.latent_dim, cfg.deter_dim, cfg.action_dim, decoder, cfg.heads, cfg.actor_critic
+    )
 
 
-def graph_specs_of(H: int, S: int, D: int, A: int, decoder: bool = True, heads: bool = False) -> dict[str, GraphSpec]:
+def graph_specs_of(
+    H: int, S: int, D: int, A: int, decoder: bool = True, heads: bool = False, actor_critic: bool = False
+) -> dict[str, GraphSpec]:
     """`graph_specs` from the dimensions alone (frame size H, latent S, deter D, encoded action A); `heads`: the
-    prior step also outputs the reward and continuation predicted for the new state."""
+    prior step also outputs the reward and continuation predicted for the new state; `actor_critic`: it also
+    outputs the critic's value of the new state, and a `policy` graph gives the actor's action."""
     B = BATCH
     head_outputs = tuple(TensorSpec(name, "float32", (B,)) for name in HEAD_OUTPUTS) if heads else ()
+    if actor_critic:
+        head_outputs += (TensorSpec(VALUE_OUTPUT, "float32", (B,)),)
     specs = {
         "encoder": GraphSpec(
             "encoder",
@@ -82,6 +93,12 @@ def graph_specs_of(H: int, S: int, D: int, A: int, decoder: bool = True, heads: 
             ),
         ),
     }
+    if actor_critic:
+        specs[POLICY] = GraphSpec(
+            POLICY,
+            inputs=(TensorSpec("h", "float32", (B, D)), TensorSpec("z", "float32", (B, S))),
+            outputs=(TensorSpec("action", "float32", (B, A)),),
+        )
     if decoder:
         specs["decoder"] = GraphSpec(
             "decoder",
@@ -111,18 +128,42 @@ class EncoderGraph(nn.Module):
 
 class PriorStepGraph(nn.Module):
     """h [B, D], z [B, S], encoded action [B, A] -> h_next [B, D], prior_mean, prior_std [B, S]; with heads also
-    reward [B] and cont [B] (the probability that the episode goes on) of the new state [h_next, prior_mean]."""
+    reward [B] and cont [B] (the probability that the episode goes on) of the new state [h_next, prior_mean]; with
+    a critic also its value [B]."""
 
-    def __init__(self, rssm: RSSM, heads: Heads | None = None):
+    def __init__(self, rssm: RSSM, heads: Heads | None = None, critic: Critic | None = None):
         super().__init__()
         self.rssm = rssm
         self.heads = heads
+        self.critic = critic
 
     def forward(self, h: torch.Tensor, z: torch.Tensor, action: torch.Tensor):
         h_next, prior_mean, prior_std = self.rssm.step(h, z, action)
-        if self.heads is None:
-            return h_next, prior_mean, prior_std
-        return h_next, prior_mean, prior_std, *self.heads.predict(h_next, prior_mean)
+        return (h_next, prior_mean, prior_std, *state_outputs(h_next, prior_mean, self.heads, self.critic))
+
+
+def state_outputs(h: torch.Tensor, z: torch.Tensor, heads: Heads | None, critic: Critic | None) -> tuple:
+    """What the prior step reads off its new state beside the dynamics: (reward, cont) with heads, then value with
+    a critic; each [B]."""
+    outputs: tuple = ()
+    if heads is not None:
+        outputs += heads.predict(h, z)
+    if critic is not None:
+        outputs += (critic.predict(h, z),)
+    return outputs
+
+
+class PolicyGraph(nn.Module):
+    """h [B, D], z [B, S] -> action [B, A]: the actor's deterministic action, encoded (continuous: the squashed mean
+    in training stds, within the environment's bounds; discrete: the probabilities of the A actions)."""
+
+    def __init__(self, actor: Actor):
+        super().__init__()
+        self.actor = actor
+        self.discrete = actor.is_discrete  # a Python bool: the traced graph holds one branch
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.actor.mode(torch.cat([h, z], dim=-1), self.discrete)
 
 
 class DecoderGraph(nn.Module):
@@ -138,7 +179,12 @@ class DecoderGraph(nn.Module):
 
 def build_graphs(model: WorldModel, decoder: bool = True) -> dict[str, nn.Module]:
     """The wrapper modules of `model` (sharing its weights), by graph name, in eval mode."""
-    graphs = {"encoder": EncoderGraph(model.encoder), "prior_step": PriorStepGraph(model.rssm, model.heads)}
+    graphs: dict[str, nn.Module] = {
+        "encoder": EncoderGraph(model.encoder),
+        "prior_step": PriorStepGraph(model.rssm, model.heads, model.critic),
+    }
+    if model.actor is not None:
+        graphs[POLICY] = PolicyGraph(model.actor)
     if decoder:
         graphs["decoder"] = DecoderGraph(model.decoder)
     return {name: graph.eval() for name, graph in graphs.items()}

@@ -39,6 +39,28 @@ class LossSettings:
     head_overshooting: int = 1
     """with model.heads, in steps: the heads also learn on the states 2..K steps open loop (prior means fed back,
     true actions), the states a planner imagines; below data.seq_len; default 1: the one-step states only"""
+    discount: float = 0.99
+    """with model.actor_critic: discount per decision of the value (critic) and of the actor's returns; unitless,
+    default 0.99 (an effective horizon of ~100 decisions). Plan with the same --discount"""
+    value_lambda: float = 0.95
+    """with model.actor_critic: lambda of the TD(lambda) returns the critic learns (0: one-step TD targets, 1:
+    the whole window's or imagined rewards before the bootstrap); default 0.95 (DreamerV3)"""
+    value_target_decay: float = 0.98
+    """with model.actor_critic: per optimiser step, the target critic keeps this share of itself and takes the rest
+    from the critic (a slow exponential average the targets bootstrap from); default 0.98 (DreamerV3's 0.02)"""
+    value_repval: float = 1.0
+    """with model.actor_critic: weight of the critic's loss on the lambda-returns of the real windows (real rewards
+    and continuation flags) beside its loss on the imagined ones (DreamerV3's repval); unitless, default 1"""
+    imagine_horizon: int = 15
+    """with model.actor_critic, in decisions: how far the actor imagines from each state of a window (the frozen
+    RSSM, reward and continuation heads, bootstrapped by the target critic); default 15 (DreamerV3)"""
+    actor_entropy: float = 3e-4
+    """with model.actor_critic: weight of the actor's entropy bonus, per unit of normalised return; default 3e-4
+    (DreamerV3)"""
+    actor_bc: float = 1.0
+    """with model.actor_critic: weight of the actor's behaviour cloning towards the recorded actions (squared error
+    of the encoded action, or cross-entropy for discrete ones), against exploiting actions the model never saw
+    (TD3+BC, MBOP); unitless, default 1; 0: pure imagination"""
 
     def kl_weight(self, step: int) -> float:
         """The KL's weight at optimiser step `step` (0-based): `beta`, ramped in over `kl_warmup_steps`."""
@@ -70,6 +92,29 @@ PLAIN_LOSS = LossSettings(free_nats=0.0, kl_warmup_steps=0, recon_change_weight=
 one-step RSSM loss. What WorldModel.forward computes unless told otherwise, what a checkpoint saved before the
 anti-collapse options existed trained with (wm_core.config.saved_config), and the loss the isolation study
 compares designs on."""
+
+
+@dataclass
+class ActorCriticOutput:
+    """What one step of the critic and the actor (wm_train.actor_critic) logs; every field a scalar tensor."""
+
+    value_loss: torch.Tensor
+    """squared error of the critic against the lambda-returns of the imagined rollouts"""
+    repval_loss: torch.Tensor
+    """squared error of the critic against the lambda-returns of the real windows (real rewards, bootstrapped by the
+    target critic at the window's end)"""
+    actor_loss: torch.Tensor
+    """minus the normalised imagined return, less the entropy bonus, plus actor_bc times bc_loss"""
+    bc_loss: torch.Tensor
+    """behaviour cloning: squared error (continuous, encoded units) or cross-entropy (discrete) of the actor's
+    action against the recorded one"""
+    imagined_return: torch.Tensor
+    """mean lambda-return of the imagined rollouts, in reward units"""
+    return_range: torch.Tensor
+    """the running 95% - 5% percentile range of the imagined returns the actor divides by (at least 1)"""
+
+    def scalars(self) -> dict[str, float]:
+        return {f.name: float(getattr(self, f.name).detach()) for f in fields(self)}
 
 
 @dataclass

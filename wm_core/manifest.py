@@ -21,9 +21,10 @@ from .publish import atomic_write_bytes, restore_aside
 
 FORMAT = "wm-artifacts"
 FORMAT_VERSION = 3
-"""3: `action_repeat`, the environment steps each planned action is held for (the training data's). 2: the prior
-step of a model with heads also outputs `reward` and `cont`; the action codec holds the action bounds. Versions 1
-(no heads) and 2 still load, with action_repeat 1."""
+"""3: `action_repeat`, the environment steps each planned action is held for (the training data's); the prior
+step of a model with a critic (model.actor_critic) also outputs `value`, and a `policy` graph gives the actor's
+action. 2: the prior step of a model with heads also outputs `reward` and `cont`; the action codec holds the
+action bounds. Versions 1 (no heads) and 2 still load, with action_repeat 1 and no value or policy."""
 READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 
@@ -152,6 +153,16 @@ def manifest_action_repeat(manifest: dict, folder: str | Path = "") -> int:
 def has_heads(manifest: dict) -> bool:
     """Whether the folder's prior step outputs the reward and continuation (a model trained with heads)."""
     return "reward" in manifest["graphs"]["prior_step"]["outputs"]
+
+
+def has_value(manifest: dict) -> bool:
+    """Whether the folder's prior step outputs the critic's value (a model trained with model.actor_critic)."""
+    return "value" in manifest["graphs"]["prior_step"]["outputs"]
+
+
+def has_policy(manifest: dict) -> bool:
+    """Whether the folder holds the actor's `policy` graph (a model trained with model.actor_critic)."""
+    return "policy" in manifest["graphs"]
 
 
 def _get(manifest, key):

@@ -6,12 +6,15 @@ A encoded action, K hidden width, N any number of rows.
 The VAE loss never reaches the RSSM (the RSSM is not in its graph) and the RSSM loss never reaches the
 encoder or decoder (its inputs and targets are detached), so each part is trained for one job only. The
 optional reward and continuation heads read detached RSSM features: they learn from the latents and change
-nothing else. What isolation buys against training the RSSM through pixel reconstruction (the coupled design,
+nothing else. So do the optional value (critic) and policy prior (actor) of model.actor_critic, which
+wm_train.actor_critic trains in imagination on a frozen copy of the dynamics and the heads.
+What isolation buys against training the RSSM through pixel reconstruction (the coupled design,
 wm_train.coupled) is measured by benchmarks/isolation_ablation.py; see docs/isolation_study.md.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -173,6 +176,97 @@ class Heads(nn.Module):
         return reward, torch.sigmoid(cont_logit)
 
 
+def two_layer_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Two hidden layers of `hidden_dim`: in_dim -> out_dim."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.SiLU(), nn.Linear(hidden_dim, hidden_dim), nn.SiLU(),
+        nn.Linear(hidden_dim, out_dim),
+    )  # fmt: skip
+
+
+class Critic(nn.Module):
+    """The value of a state: the expected discounted sum of the rewards the reward head predicts from its next
+    action on, each weighted by the chance that the episode is still going (train.discount per decision).
+
+    features [N, D + S] -> value [N]."""
+
+    def __init__(self, deter_dim: int, latent_dim: int, hidden_dim: int):
+        super().__init__()
+        self.net = two_layer_mlp(deter_dim + latent_dim, hidden_dim, 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1)  # [N, 1] -> [N]
+
+    def predict(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The value [N] of the state (h [N, D], z [N, S])."""
+        return self(torch.cat([h, z], dim=-1))
+
+
+class Actor(nn.Module):
+    """The policy prior: a distribution over ENCODED actions (what the RSSM takes) given the features [h, z].
+
+    features [N, D + S] -> [N, 2A]. Continuous actions: the mean and a softplus std of a Gaussian whose draws are
+    squashed by tanh onto [low, high], the environment's bounds in encoded units (set_actions), so that the actor
+    never asks for an action outside them. Discrete actions: the first A outputs are the logits of a categorical.
+    The action mode and the bounds are buffers (saved with the weights), set from the action codec."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+    discrete: torch.Tensor
+    return_low: torch.Tensor
+    return_high: torch.Tensor
+
+    def __init__(self, deter_dim: int, latent_dim: int, hidden_dim: int, action_dim: int):
+        super().__init__()
+        self.action_dim = action_dim
+        self.net = two_layer_mlp(deter_dim + latent_dim, hidden_dim, 2 * action_dim)
+        self.register_buffer("low", -torch.ones(action_dim))
+        self.register_buffer("high", torch.ones(action_dim))
+        self.register_buffer("discrete", torch.zeros((), dtype=torch.bool))
+        # The running 5% and 95% percentiles of the imagined returns (DreamerV3's return normalisation): kept with
+        # the weights so that a resumed run scales its returns as the run it continues.
+        self.register_buffer("return_low", torch.zeros(()))
+        self.register_buffer("return_high", torch.zeros(()))
+
+    def set_actions(self, codec) -> None:
+        """Take the action mode and the encoded bounds from the training run's ActionCodec."""
+        with torch.no_grad():
+            self.discrete.fill_(codec.mode == "discrete")
+            if codec.mode == "continuous" and codec.low:
+                low = torch.tensor([codec.low], dtype=torch.float32)  # [1, A]
+                high = torch.tensor([codec.high], dtype=torch.float32)
+                self.low.copy_(codec.encode(low)[0])
+                self.high.copy_(codec.encode(high)[0])
+
+    @property
+    def is_discrete(self) -> bool:
+        return bool(self.discrete)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+    def squash(self, u: torch.Tensor) -> torch.Tensor:
+        """Unbounded u [N, A] -> encoded actions in [low, high]."""
+        return self.low + 0.5 * (torch.tanh(u) + 1.0) * (self.high - self.low)
+
+    def mode(self, features: torch.Tensor, discrete: bool) -> torch.Tensor:
+        """The deterministic action [N, A]: continuous, the squashed mean (encoded); discrete, the probabilities
+        of the A actions."""
+        raw = self(features)
+        if discrete:
+            return torch.softmax(raw[..., : self.action_dim], dim=-1)
+        return self.squash(raw[..., : self.action_dim])
+
+    def distribution(self, features: torch.Tensor, discrete: bool) -> torch.distributions.Distribution:
+        """discrete: a Categorical over action indices; continuous: the Normal in the unbounded space (its draws
+        go through `squash`)."""
+        raw = self(features)
+        if discrete:
+            return torch.distributions.Categorical(logits=raw[..., : self.action_dim])
+        mean, raw_std = raw.chunk(2, dim=-1)
+        return torch.distributions.Normal(mean, F.softplus(raw_std) + 0.05)
+
+
 class WorldModel(nn.Module):
     def __init__(
         self,
@@ -195,6 +289,15 @@ class WorldModel(nn.Module):
         self.decoder = Decoder(cfg.frame_size, cfg.channels, cfg.latent_dim)
         self.rssm = RSSM(cfg.latent_dim, cfg.action_dim, cfg.deter_dim, cfg.hidden_dim, cfg.min_std)
         self.heads = Heads(cfg.deter_dim, cfg.latent_dim, cfg.hidden_dim) if cfg.heads else None
+        self.critic: Critic | None = None
+        self.critic_target: Critic | None = None
+        self.actor: Actor | None = None
+        if cfg.actor_critic:
+            self.critic = Critic(cfg.deter_dim, cfg.latent_dim, cfg.hidden_dim)
+            # The slow copy the value targets bootstrap from (an exponential moving average of the critic, updated
+            # by wm_train.actor_critic; DreamerV3's slow critic, TD-MPC2's target Q). Never trained by a gradient.
+            self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+            self.actor = Actor(cfg.deter_dim, cfg.latent_dim, cfg.hidden_dim, cfg.action_dim)
 
     def parts(self) -> dict[str, list[nn.Parameter]]:
         """The parameters each loss trains, grouped as the isolation separates them (VAE: encoder and decoder;
@@ -203,6 +306,11 @@ class WorldModel(nn.Module):
         if self.heads is not None:
             groups["heads"] = [*self.heads.parameters()]
         return groups
+
+    def world_parameters(self) -> list[nn.Parameter]:
+        """The parameters the world model's loss trains (every part of `parts()`): not the critic and the actor,
+        which have optimisers of their own (wm_train.actor_critic)."""
+        return [p for group in self.parts().values() for p in group]
 
     def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """obs [B, T, C, H, W] -> posterior mean, std [B, T, S]."""

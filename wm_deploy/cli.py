@@ -96,6 +96,13 @@ def planner_options(command: Callable) -> Callable:
     default=None,
     help="Report folder. Default: control/ beside the artifact folder or checkpoint.",
 )
+@click.option(
+    "--policy",
+    type=click.Choice(["planner", "actor"]),
+    default=REQUEST_DEFAULTS["policy"],
+    help="What drives the model's episodes: the planner, or the actor alone (one forward pass per tick; a model "
+    "trained with model.actor_critic). control.json says which.",
+)
 @planner_options
 @click.option(
     "--disagreement",
@@ -146,6 +153,7 @@ def control_command(
     backend: str,
     device: str,
     out_dir: Path | None,
+    policy: str,
     disagreement: float,
     goal: Path | None,
     no_references: bool,
@@ -177,6 +185,7 @@ def control_command(
         device=device,
         out_dir=out_dir,
         planner=settings,
+        policy=policy,
         disagreement=disagreement,
         goal=goal,
         references=not no_references,

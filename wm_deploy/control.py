@@ -31,14 +31,16 @@ from wm_core.dataset_meta import META, dataset_action_repeat, read_meta
 from wm_core.episode_file import save_episode
 
 from .ensemble import Ensemble
-from .planner import Planner, PlannerSettings
+from .planner import ActorPolicy, Planner, PlannerSettings
 from .rollout import Rollout
 
 PARTS = ("observe", "plan", "env")
 """the timed parts of a tick, the columns of `Episode.seconds`"""
 
 PLANNER = "planner"
-"""the name the planner's episodes go under in a ControlResult"""
+"""the name the planner's episodes go under in a ControlResult (also when the actor drove them: see `policy`)"""
+DRIVERS = ("planner", "actor")
+"""what can drive the model's episodes: the planner, or the actor alone (a model with model.actor_critic)"""
 
 
 @dataclass
@@ -81,6 +83,8 @@ class ControlResult:
     """where the name of the recording policy came from"""
     episodes: dict[str, list[Episode]]
     """policy name -> its episodes; the planner's under PLANNER, first"""
+    policy: str = "planner"
+    """what drove the episodes under PLANNER: `planner` (the search) or `actor` (the actor alone)"""
 
 
 def recording_policy(env_id: str, source: str | Path, data: str | Path | None = None) -> tuple[str, str]:
@@ -155,6 +159,7 @@ def run_control(
     keep_episodes: bool = False,
     source: str | Path = "",
     on_step: Callable[[int], None] | None = None,
+    policy: str = "planner",
 ) -> ControlResult:
     """`episodes` planner episodes of at most `steps` controlled environment steps with seeds seed, seed + 1, ...,
     each decision held for the model's action repeat, then the same episodes for each policy named in `references`
@@ -162,7 +167,10 @@ def run_control(
     with the episode's seed at its start, so a run is repeatable. `record`: keep the first planner episode's
     (real, imagined) frames for a video (needs the decoder). `keep_episodes`: keep the planner episodes'
     transitions (Episode.transitions) to train on.
-    `on_step(n)` is called after every decision with the environment steps it took (a progress bar)."""
+    `on_step(n)` is called after every decision with the environment steps it took (a progress bar). `policy`:
+    `actor` drives with the actor alone (ActorPolicy) instead of the planner."""
+    if policy not in DRIVERS:
+        raise ValueError(f"policy must be one of {DRIVERS}, got {policy!r}")
     if episodes < 1 or steps < 1:
         raise ValueError(f"episodes and steps must be >= 1, got episodes={episodes} steps={steps}")
     unknown = [name for name in references if name not in envs.POLICIES]
@@ -171,10 +179,15 @@ def run_control(
     settings = settings or PlannerSettings()
     env = envs.make_env(env_id, rollout.action_repeat)
     try:
-        planner = Planner(rollout, settings, bounds=planner_bounds(env, rollout), goal=goal)
+        planner: Planner | ActorPolicy
+        if policy == "actor":
+            planner_bounds(env, rollout)  # the same check that the model's actions are the environment's
+            planner = ActorPolicy(rollout, settings)
+        else:
+            planner = Planner(rollout, settings, bounds=planner_bounds(env, rollout), goal=goal)
         planner.warmup()
         rollout.warmup(1, 1)
-        record = record and rollout.has_decoder
+        record = record and rollout.has_decoder and policy == "planner"  # the actor imagines nothing to show
         skip = envs.skip_start(env_id)
         results: dict[str, list[Episode]] = {PLANNER: []}
         for i in range(episodes):
@@ -200,6 +213,7 @@ def run_control(
         reference_policy=references[0] if references else None,
         reference_from=reference_from,
         episodes=results,
+        policy=policy,
     )
 
 
@@ -221,7 +235,7 @@ def _start(env, seed: int, skip: int) -> tuple[object, float, bool]:
 def planner_episode(
     env,
     rollout: Rollout | Ensemble,
-    planner: Planner,
+    planner: Planner | ActorPolicy,
     seed: int,
     steps: int,
     skip: int,
@@ -310,7 +324,7 @@ def save_planner_episodes(result: ControlResult, folder: Path) -> list[Path]:
     return paths
 
 
-def imagined_frame(rollout: Rollout | Ensemble, planner: Planner) -> np.ndarray:
+def imagined_frame(rollout: Rollout | Ensemble, planner: Planner | ActorPolicy) -> np.ndarray:
     """The decoded latent at the horizon of the plan just chosen: uint8 [H, W, 3]."""
     assert planner.last_plan is not None  # called after act
     decoded = rollout.decode(planner.last_plan.z[-1:])  # [1, S] -> [1, H, W, 3] in [0, 1]

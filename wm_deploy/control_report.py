@@ -3,7 +3,8 @@ observe / plan / env, the planner's settings), a plot of the returns and a side-
 episode (wm_deploy.control_plots draws those two).
 
 control.json:
-    {"env", "source", "backend", "backend_detail", "objective", "steps", "seed", "skip_start", "action_repeat",
+    {"env", "source", "backend", "backend_detail", "objective", "policy", "steps", "seed", "skip_start",
+     "action_repeat",
      "planner": {settings}, "reference_policy", "reference_from",
      "policies": {name: {"episodes": [{"seed", "return", "length", "terminated"}], "mean_return", "std_return",
                          "mean_length", "latency_ms": {part: {"p50", "p90", "p99", "mean", "max"}}}},
@@ -11,6 +12,7 @@ control.json:
 latency parts: observe, plan, env, and tick = observe + plan (what the controller adds to the environment's step).
 "steps" and an episode's "length" count environment steps; a tick (a decision) holds its action "action_repeat"
 of them, and "env" times them all.
+"policy" says what drove the episodes under "planner": the planner, or the actor alone (--policy actor).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def summary(result: ControlResult) -> dict:
         "backend": result.backend,
         "backend_detail": result.backend_detail,
         "objective": result.objective,
+        "policy": result.policy,
         "steps": result.steps,
         "seed": result.seed,
         "skip_start": result.skip_start,

@@ -17,7 +17,7 @@ import numpy as np
 
 from wm_core import envs
 
-from .control import ControlResult, check_episode_folder, recording_policy, run_control, save_planner_episodes
+from .control import DRIVERS, ControlResult, check_episode_folder, recording_policy, run_control, save_planner_episodes
 from .control_report import format_table, summary, write_report
 from .ensemble import Ensemble
 from .planner import PlannerSettings
@@ -49,6 +49,9 @@ class ControlRequest:
     """report folder; None: control/ beside the first artifact folder or checkpoint"""
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     """the planner's settings (its seed is `seed`)"""
+    policy: str = "planner"
+    """what drives the model's episodes: `planner` (the search) or `actor` (the actor alone, one forward pass per
+    tick; a model trained with model.actor_critic)"""
     disagreement: float = 0.0
     """several models: a candidate's reward is the members' mean less this many times their std"""
     goal: Path | None = None
@@ -81,6 +84,8 @@ class ControlRequest:
             )
         if not 0 <= self.disagreement < float("inf"):
             raise ValueError(f"--disagreement must be finite and >= 0, got {self.disagreement}")
+        if self.policy not in DRIVERS:
+            raise ValueError(f"--policy must be one of {DRIVERS}, got {self.policy!r}")
         if self.disagreement and len(self.sources) == 1:
             raise ValueError("--disagreement needs several models (an ensemble), got one")
         self.planner.check()
@@ -155,6 +160,7 @@ def run_request(request: ControlRequest) -> ControlRun:
             keep_episodes=request.save_episodes is not None,
             source=", ".join(map(str, sources)),
             on_step=bar.update,
+            policy=request.policy,
         )
     path = write_report(result, request.out_dir if request.out_dir is not None else source.parent / "control")
     saved = [] if request.save_episodes is None else save_planner_episodes(result, request.save_episodes)

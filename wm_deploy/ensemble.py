@@ -12,8 +12,9 @@ uncertainty penalty of MOPO, Yu et al. 2020), which with two members and λ = 1 
 An Ensemble offers the part of the Rollout API that the planner and the control loop use. Its state is every
 member's state side by side: h [B, M*D] and z [B, M*S], member m's at columns m*D..(m+1)*D (and m*S..); each
 member observes the same frames and imagines the same actions in turn (M times one member's time), and
-`imagine` returns the members' mean reward (less the disagreement penalty) and mean continuation. `decode` shows
-the first member's latent.
+`imagine` returns the members' mean reward and, for models with a critic, mean value (each less the disagreement
+penalty) and mean continuation. `decode` shows the first member's latent; `policy` and `policy_plan` are the first
+member's actor's.
 
 Dimensions: M members, B batch, H horizon, D GRU state, S latent (per member).
 """
@@ -55,6 +56,8 @@ class Ensemble:
         self.device = first.device
         self.max_batch = min(member.max_batch for member in members)
         self.has_heads = all(member.has_heads for member in members)
+        self.has_value = all(member.has_value for member in members)
+        self.has_policy = first.has_policy
         self.has_decoder = first.has_decoder
         M = len(members)
         self.dims = dataclasses.replace(first.dims, deter=M * first.dims.deter, latent=M * first.dims.latent)
@@ -95,8 +98,8 @@ class Ensemble:
         return _join([m.observe(part, obs, prev_action) for m, part in zip(self.members, parts)])
 
     def imagine(self, state: LatentState, actions) -> Trajectory:
-        """The members' trajectories side by side (z, h, prior mean and std), with their mean reward (less
-        `disagreement` times their std) and mean continuation [B, H]."""
+        """The members' trajectories side by side (z, h, prior mean and std), with their mean reward and value
+        (each less `disagreement` times their std) and mean continuation [B, H]."""
         parts = self._split(state)
         runs = [member.imagine(part, actions) for member, part in zip(self.members, parts)]
         heads = self.has_heads
@@ -105,9 +108,18 @@ class Ensemble:
             h=_cat([run.h for run in runs]),
             prior_mean=_cat([run.prior_mean for run in runs]),
             prior_std=_cat([run.prior_std for run in runs]),
-            reward=self._reward([run.reward for run in runs]) if heads else None,
+            reward=self._pessimistic([run.reward for run in runs]) if heads else None,
             cont=sum(run.cont for run in runs) / len(runs) if heads else None,
+            value=self._pessimistic([run.value for run in runs]) if self.has_value else None,
         )
+
+    def policy(self, state: LatentState):
+        """The first member's actor's action in its part of `state`."""
+        return self.members[0].policy(self._split(state)[0])
+
+    def policy_plan(self, state: LatentState, horizon: int):
+        """The first member's actor's open-loop plan from its part of `state`."""
+        return self.members[0].policy_plan(self._split(state)[0], horizon)
 
     def encode(self, obs):
         """-> every member's posterior mean and std side by side, [B, M*S] each."""
@@ -122,11 +134,12 @@ class Ensemble:
         for member in self.members:
             member.warmup(batch, horizon, frames=frames)
 
-    def _reward(self, rewards: list):
-        mean = sum(rewards) / len(rewards)
+    def _pessimistic(self, predictions: list):
+        """The members' mean prediction less `disagreement` times their (population) std."""
+        mean = sum(predictions) / len(predictions)
         if not self.disagreement:
             return mean
-        variance = sum((reward - mean) ** 2 for reward in rewards) / len(rewards)  # the members' population std
+        variance = sum((x - mean) ** 2 for x in predictions) / len(predictions)
         return mean - self.disagreement * variance**0.5
 
     def _split(self, state: LatentState) -> list[LatentState]:

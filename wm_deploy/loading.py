@@ -18,7 +18,7 @@ import torch
 from wm_core.actions import ActionCodec, read_action_repeat
 from wm_core.checkpoint import load_checkpoint, read_checkpoint
 from wm_core.config import ExportConfig
-from wm_core.manifest import has_heads, load_manifest, manifest_action_repeat, read_verified, sha256_file
+from wm_core.manifest import has_heads, has_value, load_manifest, manifest_action_repeat, read_verified, sha256_file
 from wm_core.onnxruntime_session import ProviderUnavailableError
 from wm_core.tensorrt_engine import TensorRTUnavailableError
 
@@ -163,6 +163,7 @@ def _build_ort(source: Source, device: torch.device, options: Options) -> tuple[
         options.precision or "fp32",
         heads=has_heads(manifest),
         thread_spinning=options.thread_spinning,
+        value=has_value(manifest),
     )
     return backend, ActionCodec.from_dict(manifest["action_codec"])
 
@@ -201,7 +202,14 @@ def _build_trt(source: Source, device: torch.device, options: Options) -> tuple[
         raise ValueError(f"max_batch {max_batch} exceeds the TensorRT engines' profile maximum {profile_max}")
     plans = {g: read_verified(source.path, manifest, e["file"]) for g, e in section["engines"].items()}
     backend = TrtBackend(
-        plans, section, manifest_dims(manifest), device, max_batch, options.cuda_graphs, heads=has_heads(manifest)
+        plans,
+        section,
+        manifest_dims(manifest),
+        device,
+        max_batch,
+        options.cuda_graphs,
+        heads=has_heads(manifest),
+        value=has_value(manifest),
     )
     return backend, ActionCodec.from_dict(manifest["action_codec"])
 
@@ -294,7 +302,7 @@ def _manifest(source: Source) -> dict:
 
 
 def _graphs(manifest: dict) -> list[str]:
-    return [g for g in ("encoder", "prior_step", "decoder") if g in manifest["graphs"]]
+    return [g for g in ("encoder", "prior_step", "decoder", "policy") if g in manifest["graphs"]]
 
 
 def _folder_max_batch(manifest: dict | None) -> int | None:

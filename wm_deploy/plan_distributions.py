@@ -126,10 +126,26 @@ class Gaussian:
         self.mean = self.center + 0.0  # a copy
         self.std = self.ceiling + 0.0
 
-    def begin(self) -> None:
-        """Start a tick from the (already shifted) mean with the widest std. TD-MPC2 resets the std every step
-        too: a std that shrank onto last tick's elites would hide what changed since."""
+    def begin(self, start=None) -> None:
+        """Start a tick from the (already shifted) mean, or from `start` u [H, A] (the actor's plan), with the
+        widest std. TD-MPC2 resets the std every step too: a std that shrank onto last tick's elites would hide
+        what changed since."""
         self.std = self.ceiling + 0.0
+        if start is not None:
+            self.mean = start + 0.0
+
+    def around(self, u, count: int, rng: np.random.Generator):
+        """`count` copies of the sequence u [H, A] jittered by min_std -> [count, H, A] in [-1, 1]."""
+        noise = self.xp.asarray(rng.standard_normal((count, *self.shape), dtype=np.float32))
+        return self.xp.clip(u + self.min_std * noise, -1.0, 1.0)
+
+    def from_actions(self, actions):
+        """Raw actions [..., A] -> u [..., A] (clipped into [-1, 1])."""
+        return self.xp.clip((actions - self.low) / self.half_range - 1.0, -1.0, 1.0)
+
+    def mode(self):
+        """The distribution's most likely sequence: its mean u [H, A]."""
+        return self.mean + 0.0
 
     def sample(self, count: int, rng: np.random.Generator):
         """-> u [count, H, A] in [-1, 1]."""
@@ -163,8 +179,31 @@ class Categorical:
     def reset(self) -> None:
         self.probs = self.xp.asarray(np.full((self.horizon, self.actions), 1.0 / self.actions, np.float32))  # [H, n]
 
-    def begin(self) -> None:
-        pass  # the floor already keeps every action possible; nothing widens between ticks
+    def begin(self, start=None) -> None:
+        """Start a tick from the (already shifted) probabilities, or from the sequence `start` int [H] (the actor's
+        plan) floored at min_prob. Otherwise nothing widens between ticks: the floor keeps every action
+        possible."""
+        if start is not None:
+            self.probs = self._floored(self.xp.one_hot(start, self.actions))
+
+    def around(self, indices, count: int, rng: np.random.Generator):
+        """`count` draws from the sequence `indices` int [H] floored at min_prob -> int64 [count, H]."""
+        saved = self.probs
+        self.probs = self._floored(self.xp.one_hot(indices, self.actions))
+        try:
+            return self.sample(count, rng)
+        finally:
+            self.probs = saved
+
+    def from_actions(self, actions):
+        return actions
+
+    def mode(self):
+        """The most probable action of every step: int64 [H]."""
+        return self.probs.argmax(-1)
+
+    def _floored(self, frequencies):
+        return (1.0 - self.actions * self.min_prob) * frequencies + self.min_prob
 
     def sample(self, count: int, rng: np.random.Generator):
         """-> int64 [count, H]: inverse-CDF draws, one uniform number per step."""
@@ -179,7 +218,7 @@ class Categorical:
         mixing with the uniform distribution (which keeps them summing to 1)."""
         onehot = self.xp.one_hot(elites, self.actions)  # [K, H] -> [K, H, n]
         frequencies = (weights[:, None, None] * onehot).sum(0)  # [H, n]
-        self.probs = (1.0 - self.actions * self.min_prob) * frequencies + self.min_prob
+        self.probs = self._floored(frequencies)
 
     def end(self) -> None:
         """Shift one step; the new last step is uniform (nothing is known about it yet)."""

@@ -9,13 +9,22 @@ Every tick starts from the observed state and runs `iterations` rounds of: draw 
 sequences of `horizon` steps (all but `replay` of them from the current distribution; those `replay` are the
 previous tick's best elites shifted one step, the chosen one first), imagine them all in ONE batched
 `Rollout.imagine` call, score them, keep the `elites` best and refit the distribution to them with weights
-exp(temperature * (value - best value)). The action taken is the first of an elite drawn by those weights
-(TD-MPC2 does this too: the weighted mean of a two-peaked elite set, steer left or right, could be neither).
-The refit mean, shifted one step, warm-starts the next tick. No Python loop runs over candidates.
+exp(temperature * (value - best value) / spread), the spread being the elite values' std (`weights="scaled"`,
+so that the temperature means the same whatever the scale of the values; `weights="raw"`: no division, as
+TD-MPC2). The action taken is the first of an elite drawn by those weights (`execute="draw"`; TD-MPC2 does this
+too: the weighted mean of a two-peaked elite set, steer left or right, could be neither), or the refit mean's
+first step (`execute="mean"`, as PlaNet). The refit mean, shifted one step, warm-starts the next tick. No Python
+loop runs over candidates.
+
+With a model that has an actor (model.actor_critic), each tick first rolls the actor out open loop from the
+state (`Rollout.policy_plan`): the search starts at that plan instead of the shifted mean, and `policy_samples`
+candidates of every iteration are the plan itself and copies jittered by `min_std` (TD-MPC2 mixes policy
+rollouts into its samples the same way).
 
 A candidate's value is the discounted sum of the rewards the model predicts, each weighted by the predicted
-probability that the episode is still going when it is received:
-    value = sum_k discount^k * reward_k * prod_{j<k} cont_j
+probability that the episode is still going when it is received, plus, with a model that has a critic, the
+critic's value of the last imagined state (what lies beyond the horizon; TD-MPC2, MBOP):
+    value = sum_{k<H} discount^k * reward_k * alive_k + discount^H * alive_H * V(s_H),  alive_k = prod_{j<k} cont_j
 With a goal frame instead (`goal=` or `set_goal`, for a model without reward and continuation heads), it is
 minus the discounted latent distance to the goal's encoding: -sum_k discount^k * ||z_k - z_goal||.
 
@@ -44,6 +53,14 @@ from .state import LatentState, Trajectory
 Prior = Literal["data", "bounds"]
 """where a continuous search starts each tick (PlannerSettings.prior)"""
 PRIORS: tuple[str, ...] = get_args(Prior)
+Weights = Literal["scaled", "raw"]
+"""how the elite values become weights (PlannerSettings.weights)"""
+WEIGHTS: tuple[str, ...] = get_args(Weights)
+Execute = Literal["draw", "mean"]
+"""which action a tick takes (PlannerSettings.execute)"""
+EXECUTES: tuple[str, ...] = get_args(Execute)
+MIN_SPREAD = 1e-6
+"""`weights="scaled"`: the elite values' std is floored here (elites of equal value weigh alike)"""
 DATA_PRIOR_SCALE = 2.0
 """prior `data`: the search's std is capped at this many training stds per action dimension"""
 
@@ -65,8 +82,22 @@ class PlannerSettings:
     """R: candidates per iteration that are the previous tick's best elites shifted one step (the chosen one
     first); 0: none"""
     temperature: float = 0.5
-    """elites are weighted exp(temperature * (value - best value)), per unit of value (discounted predicted
-    reward, or latent distance to a goal): higher trusts the best more"""
+    """elites are weighted exp(temperature * (value - best value) / spread): higher trusts the best more. The
+    spread is the elite values' std with `weights` scaled, 1 (a unit of value) with raw"""
+    weights: Weights = "scaled"
+    """`scaled`: the elite values are divided by their std before the temperature, so that the weights tell the
+    elites apart whatever the scale of the values (CarRacing's ~1-2 left the raw weights near-uniform);
+    `raw`: per unit of value, as TD-MPC2 (and this planner before)"""
+    execute: Execute = "draw"
+    """`draw`: take the first action of an elite drawn by the weights (TD-MPC2); `mean`: the first step of the
+    refit mean (PlaNet), which can fall between two elite modes"""
+    policy_samples: int = 24
+    """with a model that has an actor: candidates per iteration that are the actor's open-loop plan (the first)
+    and copies of it jittered by min_std; the search also starts each tick at that plan (TD-MPC2: 24 of 512).
+    0: the actor is not used"""
+    use_value: bool = True
+    """with a model that has a critic: add discount^H * alive_H * V(last state) to each candidate's value (what
+    lies beyond the horizon); off: the rewards within the horizon only"""
     min_std: float = 0.05
     """continuous actions: floor of the search's std per step and dimension, in half-ranges of the dimension's
     bounds"""
@@ -98,6 +129,9 @@ class PlannerSettings:
             (1 <= self.elites <= self.samples, f"elites must be in [1, samples={self.samples}]"),
             (0 <= self.replay <= min(self.elites, self.samples - 1), "replay must be in [0, min(elites, samples - 1)]"),
             (math.isfinite(self.temperature) and self.temperature > 0, "temperature must be finite and > 0"),
+            (self.weights in WEIGHTS, f"weights must be one of {WEIGHTS}"),
+            (self.execute in EXECUTES, f"execute must be one of {EXECUTES}"),
+            (self.policy_samples >= 0, "policy_samples must be >= 0"),
             (0 < self.min_std <= self.max_std < math.inf, "std bounds need 0 < min_std <= max_std < inf"),
             (self.prior in PRIORS, f"prior must be one of {PRIORS}"),
             (0 <= self.min_prob < 1, "min_prob must be in [0, 1)"),
@@ -116,7 +150,7 @@ class Plan:
     actions: np.ndarray
     """raw actions of the chosen candidate: float32 [H, A] (continuous) or int64 [H] (discrete)"""
     value: float
-    """its value under the objective"""
+    """its value under the objective (for execute="mean": the best candidate's)"""
     z: np.ndarray
     """[H, S] its imagined latents z_1..z_H (prior means): decode z[-1] to see the planner's horizon"""
     reward: np.ndarray | None
@@ -195,6 +229,12 @@ class Planner:
         )
         self.goal: Any = None  # [1, S]
         self.has_heads = rollout.has_heads
+        self.policy_count = s.policy_samples if getattr(rollout, "has_policy", False) else 0
+        if self.policy_count and s.replay + self.policy_count >= s.samples:
+            raise ValueError(
+                f"planner: replay={s.replay} + policy_samples={s.policy_samples} must leave room for fresh samples "
+                f"among samples={s.samples}"
+            )
         if goal is not None:
             self.set_goal(goal)
         elif not self.has_heads:
@@ -253,11 +293,15 @@ class Planner:
         """One tick of planning from `state` -> the chosen Plan (also kept as `last_plan`)."""
         s, xp, dist = self.settings, self.xp, self.distribution
         start = self._start(state)
-        dist.begin()
+        guide = self._policy_plan(state)  # [H, ...] the actor's plan in the distribution's coordinates, or None
+        dist.begin(guide)
         replay = self._replay
         for iteration in range(s.iterations):
-            fresh = dist.sample(s.samples - (0 if replay is None else len(replay)), self.rng)
-            candidates = fresh if replay is None else xp.cat([replay, fresh])  # [N, H, ...]
+            given = [] if replay is None else [replay]
+            if guide is not None:
+                given.append(xp.cat([guide[None], dist.around(guide, self.policy_count - 1, self.rng)]))
+            fresh = dist.sample(s.samples - sum(len(x) for x in given), self.rng)
+            candidates = xp.cat([*given, fresh]) if given else fresh  # [N, H, ...]
             actions = dist.to_actions(candidates)  # [N, H, A] raw, or [N, H] indices
             trajectory = self.rollout.imagine(start, actions)
             values = self._values(trajectory)  # [N]
@@ -270,16 +314,17 @@ class Planner:
                     f"{iteration}); its weights or the observed state may be corrupt"
                 )
             elite_values, elite_index = xp.top(values, s.elites)  # best first
-            weights = xp.softmax(s.temperature * elite_values)  # exp(t (v - best)) / sum
+            weights = elite_weights(xp, elite_values, s.temperature, s.weights)
             dist.refit(candidates[elite_index], weights)
-        chosen = self._draw(xp.numpy(weights), xp.numpy(elite_index))
+        chosen = 0 if s.execute == "mean" else self._draw(xp.numpy(weights), xp.numpy(elite_index))
         order = [chosen, *range(chosen), *range(chosen + 1, s.elites)][: s.replay]  # the chosen one first
         self._replay = shift(candidates[elite_index[order]]) if s.replay else None
+        executed = dist.mode() if s.execute == "mean" else None  # [H, ...], before end() shifts it
         dist.end()
         index = int(elite_index[chosen])
         reward, cont = trajectory.reward, trajectory.cont
         self.last_plan = Plan(
-            actions=xp.numpy(dist.to_actions(candidates[index])).copy(),
+            actions=xp.numpy(dist.to_actions(candidates[index] if executed is None else executed)).copy(),
             value=float(values[index]),
             z=xp.numpy(trajectory.z[index]).copy(),
             reward=None if reward is None else xp.numpy(reward[index]).copy(),
@@ -307,6 +352,14 @@ class Planner:
         n = self.settings.samples
         return LatentState(xp.expand(h, n), xp.expand(z, n))  # [1, D] -> [N, D] without a copy
 
+    def _policy_plan(self, state: LatentState):
+        """The actor's open-loop plan from `state` in the distribution's coordinates [H, ...], or None (no actor,
+        or policy_samples 0)."""
+        if not self.policy_count:
+            return None
+        plan = self.rollout.policy_plan(state, self.settings.horizon)  # [1, H, A] raw or [1, H]
+        return self.distribution.from_actions(self.xp.asarray(plan[0], np.int64 if self.discrete else np.float32))
+
     def _values(self, trajectory: Trajectory):
         """[N]: the objective of each candidate (see the module docstring)."""
         xp = self.xp
@@ -318,7 +371,13 @@ class Planner:
             return (reward * self.discounts).sum(-1)
         # Reward k is received after action k: weighted by the chance that the episode outlived actions 0..k-1.
         alive = xp.cumprod(xp.cat([xp.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
-        return (reward * alive * self.discounts).sum(-1)
+        values = (reward * alive * self.discounts).sum(-1)
+        if trajectory.value is not None and self.settings.use_value:
+            # V of the last state counts the rewards from action H on: discounted H steps, and only if the episode
+            # outlived actions 0..H-1.
+            alive_h = alive[:, -1] * cont[:, -1]
+            values = values + self.settings.discount**self.settings.horizon * alive_h * trajectory.value[:, -1]
+        return values
 
     def _penalty(self, actions):
         """[N, H, A] raw actions -> [N]: the action_penalty of each candidate (see PlannerSettings)."""
@@ -335,6 +394,43 @@ class Planner:
         gumbel = self.rng.gumbel(size=self.settings.samples)[elite_index]
         with np.errstate(divide="ignore"):  # a weight that underflowed to 0 is never drawn: log 0 = -inf
             return int(np.argmax(np.log(weights) + gumbel))
+
+
+class ActorPolicy:
+    """Drives with the actor alone (a model trained with model.actor_critic): its deterministic action, one
+    `policy` graph call per tick, no search. The baseline the planner should beat, and its fast path. Offers what
+    the control loop uses of a Planner (act, reset, warmup, settings, objective, last_plan)."""
+
+    objective = "actor"
+
+    def __init__(self, rollout: Rollout | Ensemble, settings: PlannerSettings | None = None):
+        if not rollout.has_policy:
+            raise ValueError("the actor policy needs a model trained with `model: actor_critic: true`; it has none")
+        self.rollout = rollout
+        self.settings = settings or PlannerSettings()
+        self.discrete = rollout.codec.mode == "discrete"
+        self.last_plan: Plan | None = None  # no plan: nothing is imagined
+
+    def reset(self, seed: int | None = None) -> None:
+        """Nothing to forget: the actor is deterministic and keeps no state between ticks."""
+
+    def warmup(self) -> None:
+        self.rollout.warmup(1, 1, frames=False)
+
+    def act(self, state: LatentState) -> np.ndarray | int:
+        """The actor's action in `state` (batch 1): float32 [A] in the environment's units, or an int."""
+        action = self.rollout.policy(state)
+        action = action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
+        return int(action[0]) if self.discrete else action[0].copy()
+
+
+def elite_weights(xp: Arrays, elite_values, temperature: float, mode: str):
+    """[K] elite values, best first -> weights [K] summing to 1: softmax(temperature * values / spread), the spread
+    being the values' std (floored at MIN_SPREAD) for `scaled`, 1 for `raw`."""
+    if mode == "scaled":
+        spread = float(xp.numpy(elite_values).std())
+        return xp.softmax(temperature * elite_values / max(spread, MIN_SPREAD))
+    return xp.softmax(temperature * elite_values)  # exp(t (v - best)) / sum
 
 
 def action_bounds(codec, bounds: tuple[Any, Any] | None) -> tuple[np.ndarray, np.ndarray]:

@@ -176,6 +176,16 @@ class Rollout:
         return self.backend.has_heads
 
     @property
+    def has_value(self) -> bool:
+        """Whether `imagine` also returns the critic's values (the model was trained with model.actor_critic)."""
+        return self.backend.has_value
+
+    @property
+    def has_policy(self) -> bool:
+        """Whether `policy` and `policy_plan` work (the model was trained with model.actor_critic)."""
+        return self.backend.has_policy
+
+    @property
     def has_decoder(self) -> bool:
         """Whether `decode` works (the artifacts include the decoder)."""
         return self.backend.has_decoder
@@ -247,8 +257,8 @@ class Rollout:
         By default each next z is the prior mean. With `sample=True` it is mean + std * noise: `noise`
         [B, H, S] when given (to compare backends on identical noise), else standard normal draws from the
         rollout's generator (or from a fresh one seeded with `seed`), drawn on the backend's device.
-        -> Trajectory(z, prior_mean, prior_std [B, H, S], h [B, H, D], reward, cont [B, H]); reward and cont are
-        None for a model without heads."""
+        -> Trajectory(z, prior_mean, prior_std [B, H, S], h [B, H, D], reward, cont, value [B, H]); reward and
+        cont are None for a model without heads, value for a model without a critic."""
         batch = validation.check_state(state, self.dims, self.max_batch, finite=False)
         horizon = validation.check_actions(actions, self.codec, batch, "actions", sequence=True, finite=False)
         kind = "torch" if isinstance(actions, torch.Tensor) else "numpy"
@@ -285,7 +295,45 @@ class Rollout:
                 prior_std=ops.read(views["prior_std"], kind),
                 reward=ops.read(views["reward"], kind) if heads else None,
                 cont=ops.read(views["cont"], kind) if heads else None,
+                value=ops.read(views["value"], kind) if self.backend.has_value else None,
             )
+
+    def policy(self, state: LatentState):
+        """The actor's deterministic action in `state` (h [B, D], z [B, S]; a model trained with
+        model.actor_critic): raw float32 [B, A] within the codec's bounds (continuous) or int64 [B] (discrete),
+        numpy or torch as state.h. One forward pass of the `policy` graph."""
+        kind = self._check_policy(state)
+        batch = state.batch
+        ops = self.ops
+        with self._exclusive():
+            ws = self._workspace(batch, 1, frames=False)
+            ops.write(ws.hs[0], state.h)
+            ops.write(ws.zs[0], state.z)
+            self.backend.policy_into(ws)
+            return self._raw_actions(ops.read(ws.policy_action, kind))
+
+    def policy_plan(self, state: LatentState, horizon: int):
+        """The actor's open-loop plan from `state`: `horizon` steps, each the actor's action in the state the prior
+        mean reaches under the actions before -> raw actions [B, H, A] (continuous) or int64 [B, H] (discrete),
+        the kind of state.h. 2 x horizon small graph calls."""
+        kind = self._check_policy(state)
+        if horizon < 1:
+            raise ValueError(f"policy_plan: horizon must be >= 1, got {horizon}")
+        ops = self.ops
+        actions = []
+        with self._exclusive():
+            ws = self._workspace(state.batch, 1, frames=False)
+            ops.write(ws.hs[0], state.h)
+            ops.write(ws.zs[0], state.z)
+            for _ in range(horizon):
+                self.backend.policy_into(ws)
+                raw = self._raw_actions(ops.read(ws.policy_action, kind))
+                actions.append(raw)
+                self._actions.write(ws.actions[0], raw)
+                self.backend.step_into(ws, 0)
+                ops.copy(ws.hs[0], ws.hs[1])
+                ops.copy(ws.zs[0], ws.zs[1])
+        return torch.stack(actions, 1) if kind == "torch" else np.stack(actions, 1)
 
     def decode(self, z):
         """z [..., S] -> frames float32 [..., H, W, 3] in [0, 1] (needs the decoder in the artifacts)."""
@@ -348,6 +396,32 @@ class Rollout:
                     self.backend.decode_into(frames_ws)
 
     # --- internals ----------------------------------------------------------------------------------------
+
+    def _check_policy(self, state: LatentState) -> str:
+        """-> the array kind of `state`, after checking that there is a policy and that the state fits it."""
+        if not self.has_policy:
+            raise ValueError("policy: this model has no actor (train it with `model: actor_critic: true`)")
+        if not isinstance(state, LatentState):
+            raise ValueError(f"policy: expected a LatentState, got {type(state).__name__}")
+        kind = validation.array_kind(state.h, "state.h")
+        validation.check_state(state, self.dims, self.max_batch)
+        return kind
+
+    def _raw_actions(self, encoded):
+        """The policy's encoded actions [B, A] -> raw: continuous decoded with the codec (mean + std x code) and
+        clipped into its bounds; discrete, the most probable action [B] (int64)."""
+        codec = self.codec
+        if codec.mode == "discrete":
+            return encoded.argmax(-1)
+        if isinstance(encoded, torch.Tensor):
+            mean, std = (torch.tensor(x, device=encoded.device) for x in (codec.mean, codec.std))
+            raw = encoded * std + mean
+            if codec.low:
+                low, high = (torch.tensor(b, device=encoded.device) for b in (codec.low, codec.high))
+                raw = torch.minimum(torch.maximum(raw, low), high)
+            return raw.float()
+        raw = (encoded * np.asarray(codec.std, np.float32) + np.asarray(codec.mean, np.float32)).astype(np.float32)
+        return codec.clip(raw)
 
     @contextlib.contextmanager
     def _exclusive(self):

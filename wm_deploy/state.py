@@ -39,6 +39,9 @@ class Trajectory:
     """[B, H] the reward predicted for taking action k, read off the state after step k (None: no heads)"""
     cont: Any = None
     """[B, H] the predicted probability that the episode goes on after action k (None: no heads)"""
+    value: Any = None
+    """[B, H] the critic's value of the state after action k: the discounted rewards predicted from action k + 1 on
+    (None: a model without model.actor_critic)"""
 
     @property
     def last(self) -> LatentState:

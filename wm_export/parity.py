@@ -49,8 +49,8 @@ class Tolerances:
     """Largest accepted absolute difference from the PyTorch reference."""
 
     latent: float
-    """every output but frames (z_mean, z_std, h_next, prior_mean, prior_std, reward, cont, the rollout's z and
-    h)"""
+    """every output but frames (z_mean, z_std, h_next, prior_mean, prior_std, reward, cont, value, the policy's
+    action, the rollout's z and h)"""
     frames: float
     """decoded frames in [0, 1]; one 8-bit grey level is 1/255 = 3.9e-3"""
 
@@ -174,6 +174,8 @@ def make_inputs(
     graphs = {"encoder": {"obs": frames}, "prior_step": {"h": h, "z": z, "action": actions(batch)}}
     if "decoder" in specs:
         graphs["decoder"] = {"z": z}
+    if "policy" in specs:
+        graphs["policy"] = {"h": h, "z": z}
     return ParityInputs(graphs, actions(ROLLOUT_STEPS, batch), source)
 
 

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 from wm_core.graphs import GraphSpec, TensorSpec, graph_specs_of
-from wm_core.manifest import has_heads, load_manifest, read_verified
+from wm_core.manifest import has_heads, has_value, load_manifest, read_verified
 from wm_core.publish import staged_dir
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
@@ -61,6 +61,7 @@ def write_triton_repository(artifacts: str | Path, target: str | Path, max_batch
         dims["action"],
         "decoder" in manifest["graphs"],
         heads=has_heads(manifest),
+        actor_critic=has_value(manifest),
     )
     if set(specs) != set(manifest["graphs"]):
         raise ValueError(f"{artifacts}: graphs {sorted(manifest['graphs'])}, expected {sorted(specs)}")

@@ -116,6 +116,9 @@ class SplitMetrics:
     open_loop: OpenLoopMetrics
     actions: ActionMetrics
     latents: LatentMetrics
+    value_r2: float | None = None
+    """with model.actor_critic: R² of the critic's value of every state of the split's episodes against the
+    discounted return-to-go that followed (train.discount; value_metrics.value_r2); None without a critic"""
 
 
 @dataclass
@@ -179,6 +182,8 @@ def summary_lines(report: EvalReport) -> list[str]:
     if ol.reward_r2 is not None:
         r2 = ", ".join(f"step {s} {ol.reward_r2[s - 1]:.2f}" for s in steps)
         lines.append(f"reward head, R² of the imagined reward: {r2} (what a planner scores candidates on)")
+    if metrics.value_r2 is not None:
+        lines.append(f"value (critic), R² against the discounted return-to-go: {metrics.value_r2:.2f}")
     lat = metrics.latents
     lines.append(
         f"latents: {lat.active_dims}/{lat.latent_dim} dimensions vary across frames (std of the posterior means "

@@ -23,6 +23,7 @@ from .data import EpisodeSet, load_splits
 from .eval_metrics import evenly_spaced, loss_gap, open_loop, sequences_of, teacher_forced_losses
 from .eval_report import EvalReport, LatentMetrics, SplitMetrics
 from .probe import fit_probe
+from .value_metrics import value_r2
 
 SPLITS = ("train", "val")
 REPORT_FILE = "report.json"
@@ -79,7 +80,13 @@ def evaluate_model(
             **dataclasses.asdict(activity), collapsed=reason is not None, collapse_reason=reason or ""
         )
         results[name] = SplitMetrics(
-            sequences[name].episodes, len(sequences[name].obs), losses, open_loop_metrics, action_metrics, latents
+            sequences[name].episodes,
+            len(sequences[name].obs),
+            losses,
+            open_loop_metrics,
+            action_metrics,
+            latents,
+            value_r2(model, codec, episodes[name], cfg.train.discount, device),
         )
         shown = split_examples if name == split else shown
     bar.close()

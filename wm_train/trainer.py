@@ -24,10 +24,11 @@ from wm_core.actions import read_action_repeat
 from wm_core.checkpoint import read_checkpoint, save_checkpoint
 from wm_core.config import Config, saved_config
 from wm_core.dataset_meta import dataset_action_repeat
-from wm_core.losses import WorldModelOutput
+from wm_core.losses import ActorCriticOutput, WorldModelOutput
 from wm_core.model import WorldModel
 from wm_core.publish import atomic_write_bytes
 
+from .actor_critic import ActorCritic
 from .collapse import COLLAPSE_CHECKLIST, STALL_EPOCHS, LatentActivity, collapse_reason, latent_activity
 from .data import EpisodeSet, head_targets, load_splits, to_batch
 from .distributed import Distributed, setup
@@ -47,9 +48,11 @@ RSSM_ZERO_CHECKLIST = (
 class EpochMetrics:
     epoch: int
     train: dict[str, float]
-    """mean over the epoch's steps of every WorldModelOutput field"""
+    """mean over the epoch's steps of every WorldModelOutput field (and ActorCriticOutput field, with
+    model.actor_critic)"""
     val: dict[str, float]
-    """mean over the fixed validation windows of every WorldModelOutput field, plus `latent_std`,
+    """mean over the fixed validation windows of every WorldModelOutput field (and ActorCriticOutput field, with
+    model.actor_critic), plus `latent_std`,
     `posterior_std` and `active_dims` of the posteriors over those windows (wm_train.collapse.LatentActivity),
     and the open-loop pixel MSE at a few horizons (`open_loop_mse@k`, eval_metrics.open_loop_mse)"""
     frames_per_s: float
@@ -65,6 +68,8 @@ class EpochMetrics:
             parts.append(f"os={values['overshooting']:.2f}")
         if values.get("reward_loss"):
             parts.append(f"rew={values['reward_loss']:.4f}")
+        if "repval_loss" in values:
+            parts.append(f"val={values['repval_loss']:.3f} bc={values['bc_loss']:.3f}")
         parts += [f"ol@{key.split('@')[1]}={value:.4f}" for key, value in values.items() if "@" in key]
         return f"epoch {self.epoch} {split} " + " ".join(parts)
 
@@ -92,7 +97,7 @@ def clip_gradients(model: WorldModel, max_norm: float, per_part: bool) -> None:
 
     Per part keeps the isolation through the optimiser: with one global norm, the decoder's gradient (hundreds,
     against the RSSM's tens and the heads' few) decides how far the RSSM and the heads move on every step."""
-    groups = model.parts().values() if per_part else [list(model.parameters())]
+    groups = model.parts().values() if per_part else [model.world_parameters()]
     for params in groups:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
 
@@ -133,7 +138,16 @@ class Trainer:
         if self.dist.rank:  # its own windows and noise; rank 0 keeps the streams of a single-process run
             self.rng = np.random.default_rng([t.seed, self.dist.rank])
             torch.manual_seed(rank_seed(t.seed, self.dist.rank))
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        # The world model's parts only: the critic and the actor have optimisers of their own (ActorCritic).
+        self.optimizer = torch.optim.AdamW(self.model.world_parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        self.actor_critic: ActorCritic | None = None
+        if self.model.actor is not None:
+            if self.dist.enabled:
+                raise ValueError("model.actor_critic is not supported under torchrun yet; train it in one process")
+            self.model.actor.set_actions(self.codec)
+            self.actor_critic = ActorCritic(self.model, t.value_lr, t.actor_lr, t.grad_clip)
+        self.last_actor_critic: ActorCriticOutput | None = None
+        """what the last train_step's actor-critic step logged (None without model.actor_critic)"""
         self.steps_per_epoch = max(1, math.ceil(self.train_set.frames / (t.batch_size * cfg.data.seq_len)))
         self.epoch = 0
         self.best_val_loss = math.inf
@@ -166,6 +180,8 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.actor_critic is not None:
+            self.actor_critic.load_state_dict(state["actor_critic_optimizers"])
         self.epoch = state["epoch"]
         self.steps_done = self.epoch * self.steps_per_epoch
         self.best_val_loss = state["best_val_loss"]
@@ -207,7 +223,8 @@ class Trainer:
         start = time.perf_counter()
         for _ in bar:
             out = self.train_step()
-            for name, value in vars(out).items():
+            logged = vars(out) | (vars(self.last_actor_critic) if self.last_actor_critic is not None else {})
+            for name, value in logged.items():
                 sums[name] = sums.get(name, 0.0) + value.detach()
         seconds = time.perf_counter() - start
         frames = self.steps_per_epoch * t.batch_size * self.cfg.data.seq_len  # all ranks': the global batch
@@ -226,6 +243,8 @@ class Trainer:
         out.loss.backward()
         clip_gradients(self.model, t.grad_clip, t.grad_clip_per_part)
         self.optimizer.step()
+        if self.actor_critic is not None and rewards is not None and continues is not None:
+            self.last_actor_critic = self.actor_critic.step(obs, actions, rewards, continues, t.loss)
         self.steps_done += 1
         return out
 
@@ -243,6 +262,8 @@ class Trainer:
         losses = {n: v / len(windows) for n, v in zip(names, reduced)}
         # The open-loop MSE and the latent activity read the same windows on every rank: no reduction needed.
         activity = latent_activity(self.model, windows, self.codec, self.cfg.train.batch_size, self.device)
+        if self.actor_critic is not None:
+            losses |= self._actor_critic_losses(windows)
         return {
             **losses,
             **open_loop_mse(self.model, windows, self.codec, self.device),
@@ -250,6 +271,22 @@ class Trainer:
             "posterior_std": activity.posterior_std,
             "active_dims": float(activity.active_dims),
         }
+
+    def _actor_critic_losses(self, windows) -> dict[str, float]:
+        """The critic's and the actor's losses on `windows` (validation: no step, the return range unmoved)."""
+        assert self.actor_critic is not None
+        sums: dict[str, float] = {}
+        size = self.cfg.train.batch_size
+        for first in range(0, len(windows), size):
+            chunk = windows[first : first + size]
+            obs, actions = to_batch(chunk, self.codec, self.device)
+            rewards, continues = head_targets(chunk, self.device) or (None, None)
+            assert rewards is not None and continues is not None
+            with torch.no_grad():
+                *_, out = self.actor_critic.losses(obs, actions, rewards, continues, self.cfg.train.loss, False)
+            for name, value in out.scalars().items():
+                sums[name] = sums.get(name, 0.0) + value * len(chunk)
+        return {name: total / len(windows) for name, total in sums.items()}
 
     def _report(self, metrics: EpochMetrics) -> None:
         for split in ("train", "val"):
@@ -292,6 +329,8 @@ class Trainer:
             history=[asdict(m) for m in self.history],
             rng=rng_states[0],
         )
+        if self.actor_critic is not None:
+            extras["actor_critic_optimizers"] = self.actor_critic.state_dict()
         if self.dist.enabled:  # each rank continues its own sampling and noise on --resume
             extras["rank_rng"] = rng_states
         # best.pt before last.pt: a run killed between the two redoes this epoch on --resume and rewrites the

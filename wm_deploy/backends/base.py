@@ -6,8 +6,9 @@ H, W frame height and width.
 
 A backend computes three graphs, the ones `wm_export` exports (docs/artifacts.md): the encoder (uint8 frames
 [B, H, W, 3] -> posterior mean, std [B, S]), the prior step (h [B, D], z [B, S], encoded action [B, A] ->
-h_next [B, D], prior mean, std [B, S], and for a model with heads reward, cont [B]) and the decoder (z [B, S]
--> frames [B, H, W, 3] in [0, 1]). It reads and writes preallocated buffers held in a `Workspace`, one per
+h_next [B, D], prior mean, std [B, S], for a model with heads reward, cont [B], and with a critic value [B]), the
+decoder (z [B, S] -> frames [B, H, W, 3] in [0, 1]) and, for a model with an actor, the policy (h [B, D],
+z [B, S] -> encoded action [B, A]). It reads and writes preallocated buffers held in a `Workspace`, one per
 (batch, steps) bucket, so that a call allocates nothing per step and a GPU backend can capture the whole loop
 in a CUDA graph.
 """
@@ -141,7 +142,9 @@ class Workspace:
     and action [T, B, A] are indexed by step. A step writes its prior mean into z[t+1], which is the next z
     as it stands when rolling out the mean (no copy per step); only a sampling loop keeps the mean apart in
     prior_mean[t] before replacing z[t+1] with the draw. reward and cont [T, B] hold the heads' predictions for
-    the state after step t (left at 0 by a model without heads). With `frames`, also obs uint8 [B, H, W, 3],
+    the state after step t (left at 0 by a model without heads), value [T, B] the critic's (left at 0 without
+    one); policy_action [B, A] is the policy's encoded action for (h[0], z[0]). With `frames`, also obs uint8
+    [B, H, W, 3],
     the posterior post_mean, post_std [B, S] and the decoded recon float32 [B, H, W, 3].
     """
 
@@ -155,6 +158,8 @@ class Workspace:
     noise: Any
     reward: Any
     cont: Any
+    value: Any
+    policy_action: Any
     obs: Any = None
     post_mean: Any = None
     post_std: Any = None
@@ -174,6 +179,7 @@ class Workspace:
         self.noises = [self.noise[t] for t in range(self.steps)]
         self.rewards = [self.reward[t] for t in range(self.steps)]
         self.conts = [self.cont[t] for t in range(self.steps)]
+        self.values = [self.value[t] for t in range(self.steps)]
         # Batch-major [B, T, ...] views of what a trajectory returns, made once for the copy out of each call.
         self.trajectory = {
             "z": self.z[1:].swapaxes(0, 1),
@@ -182,6 +188,7 @@ class Workspace:
             "prior_std": self.prior_std.swapaxes(0, 1),
             "reward": self.reward.swapaxes(0, 1),
             "cont": self.cont.swapaxes(0, 1),
+            "value": self.value.swapaxes(0, 1),
         }
 
     @classmethod
@@ -214,6 +221,8 @@ class Workspace:
             noise=slabs(T, (B, S)),
             reward=slabs(T, (B,)),
             cont=slabs(T, (B,)),
+            value=slabs(T, (B,)),
+            policy_action=slabs(1, (B, A))[0],
             **extra,
         )
 
@@ -249,6 +258,10 @@ class Backend(Protocol):
     has_decoder: bool
     has_heads: bool
     """the prior step also predicts reward and continuation (a model trained with heads)"""
+    has_value: bool
+    """the prior step also predicts the critic's value (a model trained with model.actor_critic)"""
+    has_policy: bool
+    """`policy_into` works (a model trained with model.actor_critic)"""
 
     def workspace(self, batch: int, steps: int, frames: bool) -> Workspace:
         """Buffers for `batch` rows and `steps` prior steps (and frames when `frames`)."""
@@ -258,7 +271,11 @@ class Backend(Protocol):
 
     def step_into(self, ws: Workspace, t: int) -> None:
         """(ws.h[t], ws.z[t], ws.action[t]) -> h_next into ws.h[t + 1], prior mean into ws.z[t + 1], prior std
-        into ws.prior_std[t]; with heads, reward and cont into ws.reward[t], ws.cont[t]."""
+        into ws.prior_std[t]; with heads, reward and cont into ws.reward[t], ws.cont[t]; with a critic, value into
+        ws.value[t]."""
+
+    def policy_into(self, ws: Workspace) -> None:
+        """(ws.h[0], ws.z[0]) -> the actor's encoded action into ws.policy_action."""
 
     def decode_into(self, ws: Workspace) -> None:
         """ws.post_mean -> ws.recon."""

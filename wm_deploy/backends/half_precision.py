@@ -21,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wm_core.model import RSSM, Heads, gaussian_params
+from wm_core.graphs import state_outputs
+from wm_core.model import RSSM, Critic, Heads, gaussian_params
 
 
 class HalfPrecisionPriorStep(nn.Module):
     """h [B, D], z [B, S], encoded action [B, A], all float32 -> h_next [B, D], prior mean, std [B, S] float32;
-    with heads also reward, cont [B] float32 (the heads run in float32: two small MLPs, a sliver of a step)."""
+    with heads also reward, cont [B] float32, with a critic also value [B] (the heads and the critic run in float32:
+    small MLPs, a sliver of a step)."""
 
     # the half-precision weights, registered as buffers
     input_w: torch.Tensor
@@ -40,10 +42,11 @@ class HalfPrecisionPriorStep(nn.Module):
     head2_w: torch.Tensor
     head2_b: torch.Tensor
 
-    def __init__(self, rssm: RSSM, dtype: torch.dtype, heads: Heads | None = None):
+    def __init__(self, rssm: RSSM, dtype: torch.dtype, heads: Heads | None = None, critic: Critic | None = None):
         super().__init__()
         self.dtype = dtype
         self.heads = heads
+        self.critic = critic
         self.min_std = rssm.min_std
         input_linear, gru, head = rssm.input_layer[0], rssm.gru, rssm.prior_head
         assert isinstance(input_linear, nn.Linear) and isinstance(head[0], nn.Linear) and isinstance(head[2], nn.Linear)
@@ -84,9 +87,7 @@ class HalfPrecisionPriorStep(nn.Module):
         hidden = F.silu(F.linear(h_next.to(half), self.head1_w, self.head1_b))
         raw = F.linear(hidden, self.head2_w, self.head2_b).float()  # [B, 2S]
         prior_mean, prior_std = gaussian_params(raw, self.min_std)
-        if self.heads is None:
-            return h_next, prior_mean, prior_std
-        return h_next, prior_mean, prior_std, *self.heads.predict(h_next, prior_mean)
+        return (h_next, prior_mean, prior_std, *state_outputs(h_next, prior_mean, self.heads, self.critic))
 
 
 def _mm_float32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

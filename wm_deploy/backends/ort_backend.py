@@ -52,17 +52,21 @@ class OrtBackend:
         precision: str = "fp32",
         heads: bool = False,
         thread_spinning: bool = True,
+        value: bool = False,
     ):
         """`files`: graph name -> its .onnx file as read and verified (`read_verified`; `decoder` optional): the
         sessions are made from those bytes, and their inputs and outputs checked against the graph specs.
         precision: `fp32`, or `tf32` on CUDA (the graphs are float32; TF32 is the CUDA provider's opt-in).
-        heads: the prior step outputs reward and cont. thread_spinning: see Rollout.load."""
+        heads: the prior step outputs reward and cont; value: also the critic's value. thread_spinning: see
+        Rollout.load. A `policy` file adds the actor's graph."""
         ort = require_onnxruntime()
         self.dims = dims
         self.device = device
         self.max_batch = max_batch
         self.has_decoder = "decoder" in files
         self.has_heads = heads
+        self.has_value = value
+        self.has_policy = "policy" in files
         # No RunOptions on CPU: onnxruntime's Python wrapper looks up the `gpu_graph_id` entry of any RunOptions it
         # is given, and an absent entry costs a C++ exception per call, more than a whole small step.
         self.run_options = None
@@ -102,7 +106,7 @@ class OrtBackend:
                 )
             self.detail = f"onnxruntime {ort.__version__}, CPUExecutionProvider, IO binding"
 
-        specs = graph_specs_of(dims.frame[0], dims.latent, dims.deter, dims.action, heads=heads)
+        specs = graph_specs_of(dims.frame[0], dims.latent, dims.deter, dims.action, heads=heads, actor_critic=value)
         for name, file in files.items():
             check_session_io(self.sessions[name], specs[name], file.path)
 
@@ -139,10 +143,13 @@ class OrtBackend:
                 "prior_step_wide" if wide else "prior_step",
                 {"h": ws.hs[t], "z": ws.zs[t], "action": ws.actions[t]},
                 {"h_next": ws.hs[t + 1], "prior_mean": ws.zs[t + 1], "prior_std": ws.stds[t]}
-                | ({"reward": ws.rewards[t], "cont": ws.conts[t]} if self.has_heads else {}),
+                | ({"reward": ws.rewards[t], "cont": ws.conts[t]} if self.has_heads else {})
+                | ({"value": ws.values[t]} if self.has_value else {}),
             )
             for t in range(steps)
         ]
+        if self.has_policy:
+            ws.private["policy"] = self._runner("policy", {"h": ws.hs[0], "z": ws.zs[0]}, {"action": ws.policy_action})
         if frames:
             ws.private["encoder"] = self._runner(
                 "encoder", {"obs": ws.obs}, {"z_mean": ws.post_mean, "z_std": ws.post_std}
@@ -159,6 +166,9 @@ class OrtBackend:
 
     def decode_into(self, ws: Workspace) -> None:
         ws.private["decoder"]()
+
+    def policy_into(self, ws: Workspace) -> None:
+        ws.private["policy"]()
 
     def compile(self, loop, ws: Workspace):
         return loop

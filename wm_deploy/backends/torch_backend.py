@@ -47,14 +47,18 @@ class TorchBackend:
         self.max_batch = max_batch
         self.has_decoder = True
         self.has_heads = self.model.heads is not None
+        self.has_value = self.model.critic is not None
+        self.has_policy = self.model.actor is not None
         # The wrappers wm_export exports, so that every backend computes the same function (uint8 NHWC in, ...).
         graphs = build_graphs(self.model)
         self.encoder, self.prior_step, self.decoder = graphs["encoder"], graphs["prior_step"], graphs["decoder"]
+        self.policy = graphs.get("policy")
         if precision in HALF:
             dtype = HALF[precision]
             self.encoder = HalfPrecisionGraph(self.encoder, dtype)
             self.decoder = HalfPrecisionGraph(self.decoder, dtype)
-            self.prior_step = HalfPrecisionPriorStep(self.model.rssm, dtype, self.model.heads).to(device)
+            half_step = HalfPrecisionPriorStep(self.model.rssm, dtype, self.model.heads, self.model.critic)
+            self.prior_step = half_step.to(device)
         self.capture = cuda_graphs and device.type == "cuda"
         self.detail = f"PyTorch {torch.__version__} on {device}, {precision}" + (
             ", CUDA graphs" if self.capture else ", eager"
@@ -76,6 +80,12 @@ class TorchBackend:
         if self.has_heads:
             ws.rewards[t].copy_(outputs[3])
             ws.conts[t].copy_(outputs[4])
+        if self.has_value:
+            ws.values[t].copy_(outputs[5])
+
+    def policy_into(self, ws: Workspace) -> None:
+        assert self.policy is not None, "policy_into: the model has no actor"
+        ws.policy_action.copy_(self.policy(ws.hs[0], ws.zs[0]))
 
     def decode_into(self, ws: Workspace) -> None:
         ws.recon.copy_(self.decoder(ws.post_mean))

@@ -55,10 +55,10 @@ def check_engine_compatible(section: dict, device: torch.device, trt_version: st
         )
 
 
-def tensor_addresses(ws: Workspace, heads: bool = False) -> dict[str, Any]:
+def tensor_addresses(ws: Workspace, heads: bool = False, value: bool = False, policy: bool = False) -> dict[str, Any]:
     """The engine tensor addresses of a workspace: `steps` [t] -> [(name, address)] for prior step t (reading
     h[t], z[t], action[t], writing h[t+1], z[t+1], prior_std[t], with `heads` also reward[t], cont[t]); with
-    frames, `encoder` and `decoder`."""
+    frames, `encoder` and `decoder`; with `value` the prior step also writes value[t]; with `policy`, `policy`."""
 
     def step(t: int) -> list[tuple[str, int]]:
         addresses = [
@@ -71,9 +71,17 @@ def tensor_addresses(ws: Workspace, heads: bool = False) -> dict[str, Any]:
         ]
         if heads:
             addresses += [("reward", ws.rewards[t].data_ptr()), ("cont", ws.conts[t].data_ptr())]
+        if value:
+            addresses.append(("value", ws.values[t].data_ptr()))
         return addresses
 
     bindings: dict[str, Any] = {"steps": [step(t) for t in range(ws.steps)]}
+    if policy:
+        bindings["policy"] = [
+            ("h", ws.hs[0].data_ptr()),
+            ("z", ws.zs[0].data_ptr()),
+            ("action", ws.policy_action.data_ptr()),
+        ]
     if ws.obs is not None:
         bindings["encoder"] = [
             ("obs", ws.obs.data_ptr()),
@@ -96,10 +104,12 @@ class TrtBackend:
         max_batch: int,
         cuda_graphs: bool = True,
         heads: bool = False,
+        value: bool = False,
     ):
         """`plans`: graph name -> its .plan file as read and verified (`read_verified`; `decoder` optional), whose
         bytes are deserialised; `section`: the manifest's
-        `tensorrt` entry; `heads`: the prior step outputs reward and cont."""
+        `tensorrt` entry; `heads`: the prior step outputs reward and cont; `value`: also the critic's value. A
+        `policy` plan adds the actor's graph."""
         version = require_tensorrt().__version__
         check_engine_compatible(section, device, version)
         self.dims = dims
@@ -108,13 +118,15 @@ class TrtBackend:
         self.max_batch = max_batch
         self.has_decoder = "decoder" in plans
         self.has_heads = heads
+        self.has_value = value
+        self.has_policy = "policy" in plans
         self.capture = cuda_graphs
         self.precision = section["precision"]
         self.detail = (
             f"TensorRT {version} {section['precision']} on {section['gpu']}, "
             f"name-based tensor API, {'CUDA graphs' if cuda_graphs else 'one enqueue per step'}"
         )
-        specs = graph_specs_of(dims.frame[0], dims.latent, dims.deter, dims.action, heads=heads)
+        specs = graph_specs_of(dims.frame[0], dims.latent, dims.deter, dims.action, heads=heads, actor_critic=value)
         self.stream = torch.cuda.Stream(device)
         self.runtime = create_runtime()
         self.engines: dict[str, trt.ICudaEngine] = {}
@@ -154,7 +166,7 @@ class TrtBackend:
 
     def workspace(self, batch: int, steps: int, frames: bool) -> Workspace:
         ws = Workspace.allocate(self.ops, self.dims, batch, steps, frames, align=TENSOR_ALIGNMENT)
-        ws.private.update(tensor_addresses(ws, self.has_heads))
+        ws.private.update(tensor_addresses(ws, self.has_heads, self.has_value, self.has_policy))
         return ws
 
     def encode_into(self, ws: Workspace) -> None:
@@ -165,6 +177,9 @@ class TrtBackend:
 
     def decode_into(self, ws: Workspace) -> None:
         self._run("decoder", ws.batch, ws.private["decoder"])
+
+    def policy_into(self, ws: Workspace) -> None:
+        self._run("policy", ws.batch, ws.private["policy"])
 
     def compile(self, loop, ws: Workspace):
         # The warm-up runs inside capture_cuda_graph also flush TensorRT's deferred shape-dependent work, which
