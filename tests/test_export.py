@@ -272,25 +272,33 @@ def test_bad_checkpoints_fail_clearly_and_write_nothing(checkpoint, tmp_path, ca
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
-def test_existing_output_needs_force_and_force_replaces_only_artifact_folders(checkpoint, exported, tmp_path):
+def test_an_existing_output_needs_overwrite_and_overwrite_replaces_only_artifact_folders(
+    checkpoint, exported, tmp_path
+):
     dest = tmp_path / "artifacts"
     dest.mkdir()
     (dest / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="already exists; use --force"):
-        export_artifacts(checkpoint, dest)
-    with pytest.raises(ValueError, match="not an artifact folder"):
-        export_artifacts(checkpoint, dest, force=True)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="not an artifact folder"):
+            export_artifacts(checkpoint, dest, overwrite=overwrite)
     assert [p.name for p in dest.iterdir()] == ["notes.txt"]
 
     shutil.rmtree(dest)
     shutil.copytree(exported, dest)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
         export_artifacts(checkpoint, dest, decoder=False)
     assert set(load_manifest(dest)["graphs"]) == {"encoder", "prior_step", "decoder"}
-    export_artifacts(checkpoint, dest, force=True, decoder=False)
+    (dest / "notes.txt").write_text("mine")  # a user's file inside an earlier export: kept, the export refused
+    with pytest.raises(FileExistsError, match=r"holds files its manifest.json does not list \(notes.txt\)"):
+        export_artifacts(checkpoint, dest, overwrite=True, decoder=False)
+    assert (dest / "notes.txt").read_text() == "mine"
+    (dest / "notes.txt").unlink()
+    export_artifacts(checkpoint, dest, overwrite=True, decoder=False)
     assert set(load_manifest(dest)["graphs"]) == {"encoder", "prior_step"}
     assert {p.name for p in dest.iterdir()} == {"encoder.onnx", "prior_step.onnx", "manifest.json"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts"]  # no staging or swapped-out folders
+    with pytest.warns(DeprecationWarning, match="overwrite"):
+        export_artifacts(checkpoint, dest, force=True, decoder=False)  # the old name still replaces
 
 
 def test_bad_options_fail_before_writing(checkpoint, tmp_path):
