@@ -4,7 +4,10 @@ is damaged. Where an older test already keeps part of a promise it is named here
 - A write fails (ENOSPC) in wm-collect, wm-train, wm-eval or wm-export: one line on stderr naming the path and
   the cause, exit code 1, no traceback, no partial or temporary file. Injected by a patched writer (always) and
   by a full 3 MiB tmpfs (where this machine lets the tests mount one). Also: torch.save failing mid-checkpoint,
-  and a read-only file system (tmpfs only: as root, a missing permission cannot be tested).
+  and a read-only file system, injected (always) and on a remounted tmpfs. Without root the injected variants
+  keep every promise for every command in this process; only the tmpfs variants (root and mount(8)) add the
+  kernel's own refusals: ENOSPC part-way through a write() and in wm-collect's worker processes, EROFS from
+  mkdir, and the console scripts as installed. As root, a missing permission cannot be tested.
   An exception raised by the code that fills a staged report folder: test_evaluate.py.
 - SIGKILL, twice at seeded points, then the same command again: wm-train (`--resume`) ends with the same
   weights, best.pt and metrics as an uninterrupted run; wm-collect --store (`--overwrite`) with the same store
@@ -90,7 +93,7 @@ def cli_case(command, episodes, checkpoint, out):
     """-> (arguments of `command` writing under `out`, the path its first failed write must name)."""
     if command == "wm-collect":
         args = ["CarRacing-v3", "-o", out / "episodes", "--episodes", 2, "--steps", 1, "--no-progress"]
-        return args, out / "episodes" / "episode_00000.npz"
+        return args, out / "episodes"  # built in a staged folder: a failed write names the collection
     if command == "wm-train":
         return train_args(episodes, out / "run"), out / "run" / "metrics.jsonl"
     if command == "wm-eval":
@@ -149,6 +152,43 @@ def test_a_full_disk_is_one_line_naming_the_path_patched_writer(command, episode
         args += ["--workers", 1]  # worker processes would not see the patch
     assert_one_line_error(invoke(command, args), f"Error: cannot write {path}: {NO_SPACE}")
     assert files_under(tmp_path) == []  # every temporary file and staging folder is gone
+
+
+class ReadOnlyFileSystem:
+    """`os` or `tempfile` as the package's writers see them on a read-only file system: creating a temporary file
+    or folder, and renaming one into place, fail with EROFS."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+    @staticmethod
+    def _refuse(*_, **__):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    mkstemp = mkdtemp = replace = _refuse
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_read_only_file_system_is_one_line_naming_the_path_patched_writer(
+    command, episodes, checkpoint, tmp_path, monkeypatch
+):
+    """Without root: the promise of test_a_read_only_file_system_is_one_line_naming_the_path, for every command,
+    with the file system's refusal injected where the package creates and publishes files."""
+    import tempfile
+
+    import wm_export.export
+
+    monkeypatch.setattr(wm_core.publish, "tempfile", ReadOnlyFileSystem(tempfile))
+    monkeypatch.setattr(wm_core.publish, "os", ReadOnlyFileSystem(os))
+    monkeypatch.setattr(wm_export.export, "tempfile", ReadOnlyFileSystem(tempfile))
+    args, path = cli_case(command, episodes, checkpoint, tmp_path / "out")
+    if command == "wm-collect":
+        args += ["--workers", 1]  # worker processes would not see the patch
+    assert_one_line_error(invoke(command, args), f"Error: cannot write {path}: {os.strerror(errno.EROFS)}")
+    assert files_under(tmp_path) == []
 
 
 @pytest.fixture
