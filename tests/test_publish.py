@@ -226,7 +226,8 @@ def test_an_episode_write_failing_part_way_leaves_the_old_or_the_new(tmp_path, m
 
 def test_a_store_write_failing_part_way_leaves_the_old_or_the_new(tmp_path, monkeypatch):
     def store(seeds):
-        return lambda path: write_store(path, [(f"ep{s}", *_episode(s)) for s in seeds], {"meta.json": b"{}\n"})
+        episodes = [(f"ep{s}", *_episode(s)) for s in seeds]
+        return lambda path: write_store(path, episodes, {"meta.json": b"{}\n"}, overwrite=True)
 
     check_writer_never_leaves_a_partial_file(
         store([0, 1]), store([2]), tmp_path / "data" / "store", tmp_path, monkeypatch

@@ -146,20 +146,21 @@ def _record(
     jobs = [(env_id, seed + i, steps, frame_size, policy, folder / EPISODE_FILE.format(i)) for i in indices]
     bar = tqdm(total=len(jobs), desc=f"collect {env_id}", unit="ep", disable=not progress)
     results: Iterable[tuple[Path, int]]
-    if workers <= 1:
-        results = map(_record_to_file, jobs)
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers)
-        results = pool.map(_record_to_file, jobs)
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    results = pool.map(_record_to_file, jobs) if pool is not None else map(_record_to_file, jobs)
     paths, frames = [], 0
-    for path, length in results:
-        paths.append(path)
-        frames += length
-        bar.update()
-        bar.set_postfix(frames=frames)
-    bar.close()
-    if workers > 1:
-        pool.shutdown()
+    try:
+        for path, length in results:
+            paths.append(path)
+            frames += length
+            bar.update()
+            bar.set_postfix(frames=frames)
+    finally:
+        # On an error, wait for the episodes being written: a worker still writing would leave its temporary
+        # file in the staging folder after the caller deleted it.
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     return paths, frames
 
 
