@@ -287,7 +287,7 @@ def _leftover_of(name: str, listed: set[str]) -> bool:
 
 
 @contextlib.contextmanager
-def staged_dir(target: str | Path, check: Callable[[], None] | None = None) -> Iterator[Path]:
+def staged_dir(target: str | Path, check: Callable[[], object] | None = None) -> Iterator[Path]:
     """A fresh, readable folder beside `target` to write into; on a clean exit it replaces `target`
     (`replace_dir`: its files fsync'ed, then renamed), on any error it is deleted and `target` is left as it
     was. A write failing in the block is a WriteError naming `target`. `check` (a `check_replaceable` of the
