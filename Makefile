@@ -41,7 +41,7 @@ $(DEMO_DATA)/meta.json: | setup
 demo: setup $(DEMO_DATA)/meta.json
 	@if [ -f $(DEMO_RUN)/last.pt ]; then $(VENV)/bin/wm-train configs/carracing.yaml $(DEMO_SET) --resume; \
 	else $(VENV)/bin/wm-train configs/carracing.yaml $(DEMO_SET); fi
-	$(VENV)/bin/wm-export $(DEMO_RUN)/best.pt --data $(DEMO_DATA) --force
+	$(VENV)/bin/wm-export $(DEMO_RUN)/best.pt --data $(DEMO_DATA) --overwrite
 	$(PY) benchmarks/rollout_latency.py --artifacts $(DEMO_RUN)/artifacts --quick --plot $(DEMO_RUN)/rollout_latency.png
 	$(VENV)/bin/wm-control $(DEMO_RUN)/artifacts --episodes 1 --steps 300 --seed 100 --no-progress
 

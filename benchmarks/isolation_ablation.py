@@ -297,6 +297,7 @@ def prepare_data(args: Args) -> Path:
     marker = folder / ".complete.json"
     if marker.is_file() and json.loads(marker.read_text()) == settings:
         return folder
+    marker.unlink(missing_ok=True)  # ours: collect replaces only a folder holding nothing but its episodes
     collect(
         args.env,
         folder,
@@ -306,6 +307,7 @@ def prepare_data(args: Args) -> Path:
         workers=max(1, args.workers),
         progress=False,
         policy=args.policy or None,
+        overwrite=True,
     )
     marker.write_text(json.dumps(settings))
     return folder

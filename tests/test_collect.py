@@ -174,3 +174,79 @@ def test_road_offset_steers_towards_the_nearest_road_ahead():
     assert road_offset(frame) == pytest.approx((74.5 - 48) / 12)
     frame[60, 20:30] = 105  # the row ahead shows road to the left: it wins
     assert road_offset(frame) == pytest.approx((24.5 - 48) / 12)
+
+
+def _episodes(folder) -> list[tuple[str, dict[str, np.ndarray]]]:
+    arrays = []
+    for path in episode_paths(folder):
+        with np.load(path) as episode:
+            arrays.append((path.name, {key: episode[key] for key in episode.files}))
+    return arrays
+
+
+QUICK = dict(steps=3, frame_size=16, workers=1, progress=False)
+
+
+def test_collect_keeps_a_folder_it_did_not_write_with_or_without_overwrite(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "episode_00000.npz").write_bytes(b"someone else's")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="not an episode folder"):
+            collect("CarRacing-v3", tmp_path, episodes=1, overwrite=overwrite, **QUICK)
+    assert (tmp_path / "episode_00000.npz").read_bytes() == b"someone else's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["episode_00000.npz", "notes.txt"]
+
+
+def test_collect_replaces_an_earlier_collection_only_with_overwrite(tmp_path):
+    out = tmp_path / "data"
+    collect("CarRacing-v3", out, episodes=2, **QUICK)
+    before = _episodes(out)
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        collect("CarRacing-v3", out, episodes=1, seed=5, **QUICK)
+    assert [name for name, _ in _episodes(out)] == [name for name, _ in before]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"does not list \(notes.txt\)"):
+        collect("CarRacing-v3", out, episodes=1, seed=5, overwrite=True, **QUICK)
+    (out / "notes.txt").unlink()
+    collect("CarRacing-v3", out, episodes=1, seed=5, overwrite=True, **QUICK)
+    assert sorted(p.name for p in out.iterdir()) == ["episode_00000.npz", "meta.json"]
+    assert read_meta(out)["seed"] == 5 and read_meta(out)["episodes"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no staging or swapped-out folder left
+
+
+def test_append_continues_the_numbering_and_equals_one_recording(tmp_path):
+    collect("CarRacing-v3", tmp_path / "parts", episodes=1, seed=3, **QUICK)
+    collect("CarRacing-v3", tmp_path / "parts", episodes=2, seed=3, append=True, **QUICK)
+    collect("CarRacing-v3", tmp_path / "whole", episodes=3, seed=3, **QUICK)
+    parts, whole = _episodes(tmp_path / "parts"), _episodes(tmp_path / "whole")
+    assert [name for name, _ in parts] == ["episode_00000.npz", "episode_00001.npz", "episode_00002.npz"]
+    assert [name for name, _ in parts] == [name for name, _ in whole]
+    for (_, a), (_, b) in zip(parts, whole, strict=True):
+        assert a.keys() == b.keys() and all(np.array_equal(a[key], b[key]) for key in a)
+    assert read_meta(tmp_path / "parts") == read_meta(tmp_path / "whole")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(frame_size=32), "frame_size 16 \\(given: 32\\)"),
+        (dict(seed=9), "seed 3 \\(given: 9\\)"),
+        (dict(policy="random"), "policy 'carracing-driver' \\(given: 'random'\\)"),
+        (dict(env_id="ALE/Pong-v5"), "env_id 'CarRacing-v3' \\(given: 'ALE/Pong-v5'\\); action_space"),
+    ],
+)
+def test_append_refuses_a_collection_recorded_otherwise(tmp_path, change, message):
+    collect("CarRacing-v3", tmp_path, episodes=1, seed=3, **QUICK)
+    before = _episodes(tmp_path)
+    settings = {**QUICK, "seed": 3, **change}
+    env_id = settings.pop("env_id", "CarRacing-v3")
+    with pytest.raises(ValueError, match=f"cannot append to {tmp_path}: its meta.json records {message}"):
+        collect(env_id, tmp_path, episodes=1, append=True, **settings)
+    assert [name for name, _ in _episodes(tmp_path)] == [name for name, _ in before]
+
+
+def test_append_refuses_a_folder_without_meta_json(tmp_path):
+    (tmp_path / "episode_00000.npz").write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError, match="has no meta.json"):
+        collect("CarRacing-v3", tmp_path, episodes=1, append=True, **QUICK)
+    assert (tmp_path / "episode_00000.npz").read_bytes() == b"someone else's"

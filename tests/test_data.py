@@ -37,11 +37,6 @@ def test_collection_is_deterministic_for_a_seed(carracing_dir, tmp_path):
     np.testing.assert_array_equal(action, expected_action)
 
 
-def test_save_episode_is_atomic_and_leaves_no_temporary(tmp_path):
-    save_episode(tmp_path / "episode_00000.npz", np.zeros((3, 64, 64, 3), np.uint8), np.zeros((3, 3), np.float32))
-    assert [p.name for p in tmp_path.iterdir()] == ["episode_00000.npz"]
-
-
 @pytest.mark.parametrize(
     "obs, action, mode, message",
     [

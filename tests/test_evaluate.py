@@ -276,16 +276,27 @@ def test_a_failure_while_writing_leaves_no_partial_report(checkpoint, carracing_
     _assert_no_report(out)
 
 
-def test_an_existing_report_is_kept_unless_overwrite(checkpoint, carracing_dir, tmp_path):
+def test_an_existing_report_is_replaced_only_with_overwrite_and_nothing_else_ever(checkpoint, carracing_dir, tmp_path):
     out = tmp_path / "report"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        run_eval(checkpoint, carracing_dir, out, context=CONTEXT, horizon=HORIZON, progress=False)
+    settings = dict(context=CONTEXT, horizon=HORIZON, progress=False)
+    for overwrite in (False, True):  # not a report: kept, with or without --overwrite
+        with pytest.raises(FileExistsError, match="not a report folder"):
+            run_eval(checkpoint, carracing_dir, out, overwrite=overwrite, **settings)
+        assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    (out / "notes.txt").unlink()
+    run_eval(checkpoint, carracing_dir, out, **settings)  # an empty folder is written into
+    first = sorted(p.name for p in out.iterdir())
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        run_eval(checkpoint, carracing_dir, out, **settings)
+    (out / "notes.txt").write_text("mine")  # a user's file in an earlier report: kept, the report refused
+    with pytest.raises(FileExistsError, match=r"does not list \(notes.txt\)"):
+        run_eval(checkpoint, carracing_dir, out, overwrite=True, **settings)
     assert (out / "notes.txt").read_text() == "mine"
-    run_eval(checkpoint, carracing_dir, out, overwrite=True, context=CONTEXT, horizon=HORIZON, progress=False)
-    assert sorted(p.name for p in out.iterdir())[:2] == ["error_vs_horizon.png", "report.json"]
-    assert not (out / "notes.txt").exists()
+    (out / "notes.txt").unlink()
+    run_eval(checkpoint, carracing_dir, out, overwrite=True, **settings)
+    assert sorted(p.name for p in out.iterdir()) == first and "report.json" in first
 
 
 def _wm_eval(*args):

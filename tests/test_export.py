@@ -3,6 +3,7 @@ and `wm-export` end to end."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -17,7 +18,6 @@ from click.testing import CliRunner
 import wm_export.export
 from wm_core.errors import EXIT_ERROR, EXIT_NO_TENSORRT, EXIT_PARITY
 from wm_core.graphs import build_graphs
-from wm_core.manifest import sha256_file
 from wm_export import ParityError, export_artifacts, graph_specs, load_manifest, verify_file, verify_folder
 from wm_export.cli import main
 from wm_export.onnx_export import export_onnx
@@ -117,6 +117,12 @@ def test_graphs_accept_any_batch_size_and_match_the_model(checkpoint, exported):
                 np.testing.assert_allclose(got[name], want[name], atol=1e-4, rtol=0)
 
 
+def _sha256(path) -> str:
+    """Computed here, not by wm_core.manifest's own function: a hash checked with the code that wrote it proves
+    nothing."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def test_manifest_holds_dims_codec_hashes_versions_and_parity(checkpoint, exported):
     manifest = verify_folder(exported)
     assert manifest == load_manifest(exported)
@@ -133,10 +139,10 @@ def test_manifest_holds_dims_codec_hashes_versions_and_parity(checkpoint, export
     assert manifest["opset"] == 17
     for name, graph in manifest["graphs"].items():
         assert graph["file"] == f"{name}.onnx"
-        assert graph["sha256"] == sha256_file(exported / graph["file"])
+        assert graph["sha256"] == _sha256(exported / graph["file"])
     assert manifest["graphs"]["encoder"]["inputs"] == {"obs": {"dtype": "uint8", "shape": ["batch", 64, 64, 3]}}
     assert manifest["graphs"]["prior_step"]["outputs"]["h_next"] == {"dtype": "float32", "shape": ["batch", 32]}
-    assert manifest["checkpoint"] == {"path": str(checkpoint.resolve()), "sha256": sha256_file(checkpoint)}
+    assert manifest["checkpoint"] == {"path": str(checkpoint.resolve()), "sha256": _sha256(checkpoint)}
     assert manifest["versions"]["torch"] == torch.__version__
     assert manifest["versions"]["onnx"] == onnx.__version__
     assert manifest["versions"]["onnxruntime"] == ort.__version__
@@ -156,9 +162,16 @@ def test_manifest_holds_dims_codec_hashes_versions_and_parity(checkpoint, export
         "rollout50.h",
     }
     assert set(report) == outputs
-    for entry in report.values():
-        assert 0 <= entry["max_abs"] <= entry["tolerance"]
-        assert entry["max_rel"] >= 0
+    # The gate compared two runtimes, not the model with itself: float32 kernels differ somewhere.
+    assert any(entry["max_abs"] > 0 for entry in report.values())
+    # And what it promises holds on frames it never saw: onnxruntime's encoder against the PyTorch one.
+    model, _, _ = load_checkpoint(checkpoint)
+    frames = np.random.default_rng(5).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = build_graphs(model)["encoder"](torch.from_numpy(frames))[0].numpy()
+    session = ort.InferenceSession(str(exported / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"obs": frames})[0]
+    assert np.abs(got - expected).max() <= report["encoder.z_mean"]["tolerance"]
     assert report["encoder.z_mean"]["tolerance"] == 1e-4 and report["decoder.frames"]["tolerance"] == 1e-3
     assert report["encoder.z_mean"]["batch_sizes"] == [1, 7, 256]
     assert (report["rollout50.z"]["steps"], report["rollout50.z"]["batch"]) == (50, 256)
@@ -216,7 +229,6 @@ def test_parity_gate_names_the_output_of_a_perturbed_graph(checkpoint, exported,
     with pytest.raises(ParityError, match=r"decoder\.frames max abs error [0-9.e-]+ > tolerance 1.0e-03") as caught:
         run_parity_gate("onnxruntime", OnnxRuntimeRunner(files), specs, inputs, reference, ONNXRUNTIME_TOLERANCES)
     assert [f.split()[0] for f in caught.value.failures] == ["decoder.frames"]
-    assert caught.value.report["encoder.z_mean"]["max_abs"] <= 1e-4
 
 
 def _perturb_on_export(monkeypatch, graph_name: str) -> None:
@@ -275,25 +287,33 @@ def test_bad_checkpoints_fail_clearly_and_write_nothing(checkpoint, tmp_path, ca
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
-def test_existing_output_needs_force_and_force_replaces_only_artifact_folders(checkpoint, exported, tmp_path):
+def test_an_existing_output_needs_overwrite_and_overwrite_replaces_only_artifact_folders(
+    checkpoint, exported, tmp_path
+):
     dest = tmp_path / "artifacts"
     dest.mkdir()
     (dest / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="already exists; use --force"):
-        export_artifacts(checkpoint, dest)
-    with pytest.raises(ValueError, match="not an artifact folder"):
-        export_artifacts(checkpoint, dest, force=True)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="not an artifact folder"):
+            export_artifacts(checkpoint, dest, overwrite=overwrite)
     assert [p.name for p in dest.iterdir()] == ["notes.txt"]
 
     shutil.rmtree(dest)
     shutil.copytree(exported, dest)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
         export_artifacts(checkpoint, dest, decoder=False)
     assert set(load_manifest(dest)["graphs"]) == {"encoder", "prior_step", "decoder"}
-    export_artifacts(checkpoint, dest, force=True, decoder=False)
+    (dest / "notes.txt").write_text("mine")  # a user's file inside an earlier export: kept, the export refused
+    with pytest.raises(FileExistsError, match=r"holds files its manifest.json does not list \(notes.txt\)"):
+        export_artifacts(checkpoint, dest, overwrite=True, decoder=False)
+    assert (dest / "notes.txt").read_text() == "mine"
+    (dest / "notes.txt").unlink()
+    export_artifacts(checkpoint, dest, overwrite=True, decoder=False)
     assert set(load_manifest(dest)["graphs"]) == {"encoder", "prior_step"}
     assert {p.name for p in dest.iterdir()} == {"encoder.onnx", "prior_step.onnx", "manifest.json"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts"]  # no staging or swapped-out folders
+    with pytest.warns(DeprecationWarning, match="overwrite"):
+        export_artifacts(checkpoint, dest, force=True, decoder=False)  # the old name still replaces
 
 
 def test_bad_options_fail_before_writing(checkpoint, tmp_path):
@@ -345,8 +365,9 @@ def test_cli_errors_are_one_line_with_exit_codes(checkpoint, tmp_path, monkeypat
     assert result.stderr.strip().splitlines() == [f"Error: checkpoint not found: {tmp_path / 'missing.pt'}"]
 
     (tmp_path / "taken").mkdir()
-    result = runner.invoke(main, [str(checkpoint), "-o", str(tmp_path / "taken")])
-    assert result.exit_code == EXIT_ERROR and "already exists" in result.stderr
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
+    result = runner.invoke(main, [str(checkpoint), "-o", str(tmp_path / "taken"), "--overwrite"])
+    assert result.exit_code == EXIT_ERROR and "not an artifact folder" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
     (tmp_path / "notes.txt").write_text("not a checkpoint")

@@ -4,10 +4,16 @@ is damaged. Where an older test already keeps part of a promise it is named here
 - A write fails (ENOSPC) in wm-collect, wm-train, wm-eval or wm-export: one line on stderr naming the path and
   the cause, exit code 1, no traceback, no partial or temporary file. Injected by a patched writer (always) and
   by a full 3 MiB tmpfs (where this machine lets the tests mount one). Also: torch.save failing mid-checkpoint,
-  and a read-only file system (tmpfs only: as root, a missing permission cannot be tested).
+  and a read-only file system, injected (always) and on a remounted tmpfs. Without root the injected variants
+  keep every promise for every command in this process; only the tmpfs variants (root and mount(8)) add the
+  kernel's own refusals: ENOSPC part-way through a write() and in wm-collect's worker processes, EROFS from
+  mkdir, and the console scripts as installed. As root, a missing permission cannot be tested.
   An exception raised by the code that fills a staged report folder: test_evaluate.py.
-- SIGKILL during training, then `--resume`: the same weights, best.pt and metrics as an uninterrupted run.
-  A clean stop after an epoch, then `--resume`: test_trainer.py::test_resume_continues_exactly.
+- SIGKILL, twice at seeded points, then the same command again: wm-train (`--resume`) ends with the same
+  weights, best.pt and metrics as an uninterrupted run; wm-collect --store (`--overwrite`) with the same store
+  as an uninterrupted recording; wm-export (`--overwrite`) with an artifact folder that verifies and loads. A
+  folder named like the output is never partial. A clean stop after an epoch, then `--resume`:
+  test_trainer.py::test_resume_continues_exactly.
 - A truncated episode file: one line naming the file, from every command that reads episodes. Other damaged
   or mismatched episode files: test_data.py, test_evaluate.py.
 - A truncated checkpoint: one line naming it, from every command that reads checkpoints. Files that are no
@@ -24,6 +30,7 @@ import errno
 import json
 import os
 import pickle
+import random
 import shutil
 import signal
 import subprocess
@@ -31,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -45,6 +53,7 @@ from wm_export.cli import main as export_command
 from wm_train import load_checkpoint
 from wm_train.cli import collect_command, eval_command, train_command
 from wm_train.data import episode_paths, split_episodes
+from wm_train.store import open_episode, per_step_path, read_index
 from wm_train.trainer import train
 
 BIN = Path(sys.executable).parent
@@ -84,7 +93,7 @@ def cli_case(command, episodes, checkpoint, out):
     """-> (arguments of `command` writing under `out`, the path its first failed write must name)."""
     if command == "wm-collect":
         args = ["CarRacing-v3", "-o", out / "episodes", "--episodes", 2, "--steps", 1, "--no-progress"]
-        return args, out / "episodes" / "episode_00000.npz"
+        return args, out / "episodes"  # built in a staged folder: a failed write names the collection
     if command == "wm-train":
         return train_args(episodes, out / "run"), out / "run" / "metrics.jsonl"
     if command == "wm-eval":
@@ -143,6 +152,43 @@ def test_a_full_disk_is_one_line_naming_the_path_patched_writer(command, episode
         args += ["--workers", 1]  # worker processes would not see the patch
     assert_one_line_error(invoke(command, args), f"Error: cannot write {path}: {NO_SPACE}")
     assert files_under(tmp_path) == []  # every temporary file and staging folder is gone
+
+
+class ReadOnlyFileSystem:
+    """`os` or `tempfile` as the package's writers see them on a read-only file system: creating a temporary file
+    or folder, and renaming one into place, fail with EROFS."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+    @staticmethod
+    def _refuse(*_, **__):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    mkstemp = mkdtemp = replace = _refuse
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_read_only_file_system_is_one_line_naming_the_path_patched_writer(
+    command, episodes, checkpoint, tmp_path, monkeypatch
+):
+    """Without root: the promise of test_a_read_only_file_system_is_one_line_naming_the_path, for every command,
+    with the file system's refusal injected where the package creates and publishes files."""
+    import tempfile
+
+    import wm_export.export
+
+    monkeypatch.setattr(wm_core.publish, "tempfile", ReadOnlyFileSystem(tempfile))
+    monkeypatch.setattr(wm_core.publish, "os", ReadOnlyFileSystem(os))
+    monkeypatch.setattr(wm_export.export, "tempfile", ReadOnlyFileSystem(tempfile))
+    args, path = cli_case(command, episodes, checkpoint, tmp_path / "out")
+    if command == "wm-collect":
+        args += ["--workers", 1]  # worker processes would not see the patch
+    assert_one_line_error(invoke(command, args), f"Error: cannot write {path}: {os.strerror(errno.EROFS)}")
+    assert files_under(tmp_path) == []
 
 
 @pytest.fixture
@@ -245,41 +291,160 @@ def test_an_error_that_is_no_failed_write_passes_unchanged(tmp_path):
     assert caught.value is bug and files_under(tmp_path) == []
 
 
-# --- SIGKILL during training -----------------------------------------------------------------------------------
+# --- SIGKILL at a random point, then the same command again ------------------------------------------------------
 
 
-def test_sigkill_during_training_then_resume_matches_an_uninterrupted_run(episodes, tmp_path):
+def start_module(module: str, *args) -> subprocess.Popen:
+    """`python -m module args` in a fresh interpreter (this checkout's code, not the installed scripts')."""
+    command = [sys.executable, "-m", module, *map(str, args)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> bool:
+    """SIGKILL `process` as soon as `ready()` holds -> whether it was still running (the kill landed)."""
+    deadline = time.monotonic() + timeout
+    while not ready() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    landed = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    code = process.wait()
+    assert not landed or code == -signal.SIGKILL
+    return landed
+
+
+def after(seconds: float):
+    """A `ready` for kill_when: `seconds` from now."""
+    end = time.monotonic() + seconds
+    return lambda: time.monotonic() >= end
+
+
+def glob_ready(folder: Path, pattern: str):
+    """A `ready` for kill_when: a path matching `pattern` (recursive glob) exists under `folder`."""
+    return lambda: any(folder.glob(pattern))
+
+
+def visible(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def train_module_args(episodes, out_dir, epochs) -> list:
+    return ["wm_train.cli", "train", *train_args(episodes, out_dir, epochs)]
+
+
+def train_kill_points(out: Path) -> list:
+    """Where a training run is killed, then killed again when run once more: a seeded random moment (often
+    before the first checkpoint), and the moment epoch 2's metrics are in place (best.pt, last.pt not yet)."""
+    return [
+        after(random.Random(20240611).uniform(3.0, 8.0)),
+        lambda: '"epoch": 2' in (out / "metrics.jsonl").read_text() if (out / "metrics.jsonl").exists() else False,
+    ]
+
+
+@pytest.fixture(scope="module")
+def straight_run(episodes, tmp_path_factory):
+    """An uninterrupted 2-epoch run of the CLI, the reference a killed and resumed run must equal."""
+    out = tmp_path_factory.mktemp("straight")
+    process = start_module(*train_module_args(episodes, out, epochs=2))
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    return out
+
+
+def test_sigkill_during_training_then_resume_matches_an_uninterrupted_run(episodes, straight_run, tmp_path):
     """test_trainer.py::test_resume_continues_exactly stops cleanly after an epoch; here the process is killed
-    as a crash or the out-of-memory killer would, as soon as epoch 1's last.pt is in place (so while epoch 2
-    runs), and resumed by the CLI. Both runs are processes of their own, started side by side."""
-    straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
-
-    def start(out_dir):
-        command = [BIN / "wm-train", *map(str, train_args(episodes, out_dir, epochs=2))]
-        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-    straight, killed = start(straight_dir), start(killed_dir)
-    deadline = time.monotonic() + 120
-    while not (killed_dir / "last.pt").exists() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    killed.send_signal(signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL  # it was still running: the kill landed during training
-    assert torch.load(killed_dir / "last.pt", weights_only=True)["epoch"] == 1
-
-    resumed = run_script("wm-train", [*train_args(episodes, killed_dir, epochs=2), "--resume"])
-    assert resumed[0] == 0, resumed[1]
-    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+    as a crash or the out-of-memory killer would, run again (with --resume where a last.pt survived, as a user
+    would), killed again at another point, and run again: the same weights, best.pt and metrics as the
+    uninterrupted run."""
+    killed_dir = tmp_path / "killed"
+    for ready in train_kill_points(killed_dir):
+        resume = ["--resume"] if (killed_dir / "last.pt").exists() else []
+        kill_when(start_module(*train_module_args(episodes, killed_dir, epochs=2), *resume), ready)
+    assert (killed_dir / "last.pt").exists()  # the second kill came after epoch 1
+    again = start_module(*train_module_args(episodes, killed_dir, epochs=2), "--resume")
+    assert again.wait(timeout=300) == 0, again.stderr.read()
     for name in ("last.pt", "best.pt"):
-        a, _, a_extras = load_checkpoint(straight_dir / name)
+        a, _, a_extras = load_checkpoint(straight_run / name)
         b, _, b_extras = load_checkpoint(killed_dir / name)
         assert b_extras["epoch"] == a_extras["epoch"]
         for key, tensor in a.state_dict().items():
             torch.testing.assert_close(b.state_dict()[key], tensor, rtol=0, atol=0)
     metrics = [
         [(m["epoch"], m["train"], m["val"]) for m in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]
-        for d in (straight_dir, killed_dir)
+        for d in (straight_run, killed_dir)
     ]
     assert metrics[1] == metrics[0] and [m[0] for m in metrics[0]] == [1, 2]
+
+
+COLLECT_ARGS = ["--episodes", 3, "--steps", 6, "--frame-size", 16, "--workers", 1, "--store", "--no-progress"]
+
+
+def store_contents(folder: Path) -> tuple[dict, list]:
+    index = read_index(folder)
+    arrays = []
+    for episode in index["episodes"]:
+        frames, action = open_episode(folder, episode["name"])
+        extra = [np.load(per_step_path(folder, episode["name"], key)) for key in episode["arrays"]]
+        arrays.append((np.asarray(frames), action, *extra))
+    return index, arrays
+
+
+@pytest.fixture(scope="module")
+def straight_store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight-store") / "store"
+    process = start_module("wm_train.cli", "collect", "CarRacing-v3", "-o", out, *COLLECT_ARGS)
+    assert process.wait(timeout=300) == 0, process.stderr.read()
+    return out
+
+
+def test_sigkill_during_collect_to_a_store_then_again_equals_an_uninterrupted_one(straight_store, tmp_path):
+    """wm-collect --store killed while it records (into its hidden .npz folder) at a random episode, run again
+    and killed while it converts (into the store's staging folder), then run again with --overwrite: the store
+    holds exactly the uninterrupted recording, and no folder named like it ever held part of one."""
+    out = tmp_path / "store"
+    episode = random.Random(7).randrange(3)
+    for ready in (
+        glob_ready(tmp_path, f".store.*/**/episode_{episode:05d}.npz"),
+        glob_ready(tmp_path, ".store.*.tmp/*.obs.npy"),
+    ):
+        process = start_module("wm_train.cli", "collect", "CarRacing-v3", "-o", out, *COLLECT_ARGS, "--overwrite")
+        kill_when(process, lambda ready=ready: ready() or out.exists())
+        if out.exists():  # the kill came after the store was renamed into place: it must be complete
+            assert store_contents(out)[0] == store_contents(straight_store)[0]
+        assert visible(tmp_path) in ([], ["store"])
+    again = start_module("wm_train.cli", "collect", "CarRacing-v3", "-o", out, *COLLECT_ARGS, "--overwrite")
+    assert again.wait(timeout=300) == 0, again.stderr.read()
+    (index, arrays), (expected_index, expected) = store_contents(out), store_contents(straight_store)
+    assert index == expected_index and len(arrays) == len(expected) == 3
+    for got, want in zip(arrays, expected, strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    assert (out / "meta.json").read_bytes() == (straight_store / "meta.json").read_bytes()
+    assert visible(tmp_path) == ["store"]
+
+
+def test_sigkill_during_export_then_again_gives_a_verified_artifact_folder(checkpoint, tmp_path):
+    """wm-export killed at a random point of its staging folder's life (before it exists, while graphs are
+    written, once its manifest is), run again and killed at another, then run again with --overwrite: the
+    manifest verifies and every graph loads in onnxruntime."""
+    import onnxruntime
+
+    out = tmp_path / "artifacts"
+    points = [
+        glob_ready(tmp_path, ".artifacts.*.tmp"),
+        glob_ready(tmp_path, ".artifacts.*.tmp/*.onnx"),
+        glob_ready(tmp_path, ".artifacts.*.tmp/manifest.json"),
+    ]
+    for ready in random.Random(11).sample(points, 2):
+        process = start_module("wm_export.cli", checkpoint, "-o", out, "--no-progress", "--overwrite")
+        kill_when(process, lambda ready=ready: ready() or out.exists())
+        if out.exists():
+            verify_folder(out)  # renamed into place only when complete
+        assert visible(tmp_path) in ([], ["artifacts"])
+    again = start_module("wm_export.cli", checkpoint, "-o", out, "--no-progress", "--overwrite")
+    assert again.wait(timeout=300) == 0, again.stderr.read()
+    manifest = verify_folder(out)
+    assert set(manifest["graphs"]) == {"encoder", "prior_step", "decoder"}
+    for entry in manifest["graphs"].values():
+        onnxruntime.InferenceSession(str(out / entry["file"]), providers=["CPUExecutionProvider"])
+    assert visible(tmp_path) == ["artifacts"]
 
 
 # --- damaged files -----------------------------------------------------------------------------------------------

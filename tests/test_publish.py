@@ -226,7 +226,8 @@ def test_an_episode_write_failing_part_way_leaves_the_old_or_the_new(tmp_path, m
 
 def test_a_store_write_failing_part_way_leaves_the_old_or_the_new(tmp_path, monkeypatch):
     def store(seeds):
-        return lambda path: write_store(path, [(f"ep{s}", *_episode(s)) for s in seeds], {"meta.json": b"{}\n"})
+        episodes = [(f"ep{s}", *_episode(s)) for s in seeds]
+        return lambda path: write_store(path, episodes, {"meta.json": b"{}\n"}, overwrite=True)
 
     check_writer_never_leaves_a_partial_file(
         store([0, 1]), store([2]), tmp_path / "data" / "store", tmp_path, monkeypatch
@@ -521,3 +522,72 @@ def test_a_leftover_old_copy_beside_a_complete_target_is_deleted(tmp_path):
     with staged_dir(target) as folder:
         (folder / "data.txt").write_text("newer")
     assert sorted(os.listdir(tmp_path)) == ["target"]
+
+
+# --- which folder a command may replace ---------------------------------------------------------------------------
+
+
+def _listed(folder: Path) -> set[str]:
+    return set(json.loads((folder / "marker.json").read_text()))
+
+
+def _check(folder: Path, overwrite: bool) -> None:
+    wm_core.publish.check_replaceable(folder, overwrite, "output folder", "marker.json", _listed)
+
+
+def test_check_replaceable_passes_a_missing_or_empty_folder_and_an_own_one_with_overwrite(tmp_path):
+    _check(tmp_path / "missing", overwrite=False)
+    (tmp_path / "empty").mkdir()
+    _check(tmp_path / "empty", overwrite=False)
+    own = tmp_path / "own"
+    (own / "sub").mkdir(parents=True)
+    (own / "marker.json").write_text(json.dumps(["marker.json", "sub/a.bin"]))
+    (own / "sub" / "a.bin").write_bytes(b"a")
+    (own / "sub" / ".a.bin.k2j3h4_x.tmp").write_bytes(b"half")  # what an atomic_write cut short leaves
+    with pytest.raises(FileExistsError, match=f"output folder {own} already exists; pass --overwrite"):
+        _check(own, overwrite=False)
+    _check(own, overwrite=True)
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"photo.jpg": "x"}, "it is not an output folder \\(no marker.json\\)"),
+        ({"marker.json": "not json", "a.bin": "a"}, "its marker.json cannot be read \\(JSONDecodeError"),
+        ({"marker.json": '["marker.json"]', "a.bin": "a"}, "it holds files its marker.json does not list \\(a.bin\\)"),
+        (
+            {"marker.json": '["marker.json"]', ".b.bin.x.tmp": "t"},
+            "it holds files its marker.json does not list \\(.b.bin",
+        ),
+    ],
+)
+def test_check_replaceable_refuses_what_the_command_did_not_write_even_with_overwrite(tmp_path, files, message):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=f"refusing to replace {folder}: {message}"):
+            _check(folder, overwrite)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="exists and is not a folder"):
+        _check(tmp_path / "file", overwrite=True)
+
+
+def test_check_replaceable_checks_the_folder_a_crash_left_aside(tmp_path):
+    target = tmp_path / "out"
+    aside_path(target).mkdir()
+    (aside_path(target) / "photo.jpg").write_text("x")  # a replacement of a user's folder cut short
+    with pytest.raises(FileExistsError, match="not an output folder"):
+        _check(target, overwrite=True)
+    assert (target / "photo.jpg").read_text() == "x"
+
+
+def test_staged_dir_checks_again_before_it_replaces(tmp_path):
+    target = tmp_path / "out"
+    with pytest.raises(FileExistsError, match="not an output folder"):
+        with staged_dir(target, check=lambda: _check(target, overwrite=True)) as folder:
+            (folder / "marker.json").write_text('["marker.json"]')
+            target.mkdir()  # appears while the folder is being written
+            (target / "photo.jpg").write_text("x")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in target.iterdir()] == ["photo.jpg"]

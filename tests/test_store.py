@@ -109,3 +109,44 @@ def test_collect_writes_a_store_directly(tmp_path):
     assert all(e["arrays"] == ["reward", "terminated"] for e in index["episodes"])
     meta = read_meta(tmp_path / "store")
     assert meta is not None and meta["env_id"] == "CarRacing-v3" and meta["episodes"] == 2
+
+
+def test_a_store_replaces_only_an_earlier_store_and_only_with_overwrite(carracing_dir, tmp_path):
+    target = tmp_path / "store"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="not an episode store \\(no store.json\\)"):
+            npz_to_store(carracing_dir, target, overwrite)
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    (target / "notes.txt").unlink()
+    npz_to_store(carracing_dir, target)  # an empty folder is written into
+    written = sorted(p.name for p in target.iterdir())
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        npz_to_store(carracing_dir, target)
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="does not list \\(notes.txt\\)"):
+        npz_to_store(carracing_dir, target, overwrite=True)
+    assert (target / "notes.txt").read_text() == "mine"
+    (target / "notes.txt").unlink()
+    assert npz_to_store(carracing_dir, target, overwrite=True) == 4
+    assert sorted(p.name for p in target.iterdir()) == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_store_and_collect_commands_refuse_a_folder_they_did_not_write_in_one_line(carracing_dir, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    commands = [
+        ["store", str(carracing_dir), "-o", str(tmp_path / "out"), "--overwrite"],
+        ["collect", "CarRacing-v3", "-o", str(tmp_path / "out"), "--episodes", "1", "--steps", "2", "--overwrite"],
+        ["collect", "CarRacing-v3", "-o", str(tmp_path / "out"), "--store", "--episodes", "1", "--overwrite"],
+        ["collect", "CarRacing-v3", "-o", str(tmp_path / "out"), "--episodes", "1", "--append"],
+    ]
+    for args in commands:
+        result = subprocess.run([sys.executable, "-m", "wm_train.cli", *args], capture_output=True, text=True)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+        assert str(tmp_path / "out") in lines[0]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -156,3 +156,20 @@ def test_every_loss_option_trains_and_resumes_exactly(carracing_dir, tmp_path, t
     resumed = train(tiny_config(carracing_dir, tmp_path / "split", epochs=3, **options), resume=True, progress=False)
     assert [(m.train, m.val) for m in resumed] == [(m.train, m.val) for m in straight]
     assert all(np.isfinite(list(m.train.values())).all() for m in straight)
+
+
+def test_best_pt_holds_the_epoch_with_the_lowest_validation_loss(carracing_dir, tmp_path, tiny_config):
+    # lr 3e-2 overshoots after epoch 2 on these episodes: the best epoch is not the last, so a best.pt that
+    # simply followed last.pt would fail here.
+    train(tiny_config(carracing_dir, tmp_path / "run", epochs=4, lr=3e-2), progress=False)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    val = {m["epoch"]: m["val"]["loss"] for m in map(json.loads, lines)}
+    best_epoch = min(val, key=val.__getitem__)
+    assert best_epoch < max(val), f"the run's best epoch is its last, the test cannot tell: {val}"
+    best, _, extras = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert extras["epoch"] == best_epoch and extras["best_val_loss"] == val[best_epoch]
+    # The weights of that epoch, from a run stopped there (training is deterministic for a seed).
+    train(tiny_config(carracing_dir, tmp_path / "short", epochs=best_epoch, lr=3e-2), progress=False)
+    stopped, _, _ = load_checkpoint(tmp_path / "short" / "last.pt")
+    for key, tensor in stopped.state_dict().items():
+        torch.testing.assert_close(best.state_dict()[key], tensor, rtol=0, atol=0)

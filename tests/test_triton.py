@@ -70,17 +70,25 @@ def test_export_cli_writes_the_repository_and_refuses_to_overwrite_it(tiny_check
     assert config.max_batch_size == 1024
     args[2] = str(tmp_path / "b")  # a new artifact folder, the same repository
     again = CliRunner().invoke(main, [*args, "--no-progress"])
-    assert again.exit_code == 1 and "Triton repository" in again.output and "use --force" in again.output
+    assert again.exit_code == 1 and "Triton repository" in again.output and "pass --overwrite" in again.output
     assert not (tmp_path / "b").exists()
+    for flag in ("--overwrite", "--force"):  # --force: the old name, kept hidden
+        replaced = CliRunner().invoke(main, [*args, "--no-progress", flag])
+        assert replaced.exit_code == 0, replaced.output
 
 
-def test_force_refuses_to_replace_a_folder_that_is_not_a_repository(tiny_artifacts, tmp_path):
-    from wm_export.triton import check_repository_destination
+def test_overwrite_refuses_to_replace_a_folder_that_is_not_a_repository(tiny_artifacts, tmp_path):
+    from wm_export.triton import check_repository_destination, write_triton_repository
 
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
-    with pytest.raises(ValueError, match="not a Triton model repository"):
-        check_repository_destination(tmp_path / "photos", force=True)
+    with pytest.raises(FileExistsError, match="not a Triton repository"):
+        check_repository_destination(tmp_path / "photos", overwrite=True)
+    repo = write_triton_repository(tiny_artifacts("continuous"), tmp_path / "repo", 64)
+    (repo / "encoder" / "README").write_text("mine")  # a user's file inside a repository: kept, refused
+    with pytest.raises(FileExistsError, match="does not list \\(encoder/README\\)"):
+        write_triton_repository(tiny_artifacts("continuous"), repo, 64)
+    assert (repo / "encoder" / "README").read_text() == "mine"
 
 
 def test_example_client_observes_and_imagines_like_rollout(tiny_artifacts, tmp_path, random_frames, random_actions):

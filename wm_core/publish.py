@@ -13,6 +13,11 @@ Replacing a folder (`replace_dir`) swaps the two atomically where Linux offers r
 elsewhere the old folder is renamed aside to `.NAME.old` and the new one renamed into place. A crash between
 those two renames leaves `NAME` missing and `.NAME.old` complete: the next `replace_dir` or `staged_dir` on
 `NAME`, and the readers of artifact folders and episode stores (`restore_aside`), rename it back first.
+
+Whether a folder may be replaced at all (`check_replaceable`) is one convention for every command
+(docs/cli.md): only a folder the command wrote itself, which it knows by its marker file, holding nothing that
+marker does not list, and only with `--overwrite`; an empty folder is written into. Nothing a command did not
+write is ever deleted or overwritten.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ import ctypes
 import errno
 import functools
 import os
+import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -225,11 +231,67 @@ def replace_dir(new: Path, target: Path) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
+OVERWRITE_FLAG = "--overwrite"
+"""the one option with which every command replaces an output folder it wrote before"""
+
+
+def check_replaceable(
+    target: str | Path, overwrite: bool, what: str, marker: str, owned: Callable[[Path], Iterable[str]]
+) -> None:
+    """Refuse (FileExistsError) to replace `target` unless nothing would be lost:
+    - a missing `target` or an empty folder may be written;
+    - a folder whose `marker` file (relative path) is missing, or that `owned` cannot read, is not this
+      command's: refused, even with `overwrite`;
+    - a folder holding a file that `owned(target)` (the relative paths the marker lists, marker included) does
+      not name is refused, even with `overwrite`, naming the file; leftovers of an `atomic_write` cut short
+      (`.NAME.*.tmp` beside a listed NAME) count as listed;
+    - any other folder is one this command wrote, and is replaced only with `overwrite`.
+    `what` names the kind of folder in the messages ("artifact folder", "episode store")."""
+    target = Path(target)
+    restore_aside(target)  # a replacement cut short: the old folder is what is checked
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not target.is_dir() or target.is_symlink():
+        raise FileExistsError(f"{what} path {target} exists and is not a folder")
+    present = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if not p.is_dir() or p.is_symlink())
+    if not present:
+        return
+    elsewhere = "; move it away or choose another output folder"
+    if not (target / marker).is_file():
+        raise FileExistsError(f"refusing to replace {target}: it is not {_article(what)} (no {marker}){elsewhere}")
+    try:
+        listed = set(owned(target))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise FileExistsError(
+            f"refusing to replace {target}: its {marker} cannot be read ({type(error).__name__}: {error}){elsewhere}"
+        ) from None
+    unlisted = [name for name in present if name not in listed and not _leftover_of(name, listed)]
+    if unlisted:
+        shown = ", ".join(unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
+        raise FileExistsError(
+            f"refusing to replace {target}: it holds files its {marker} does not list ({shown}){elsewhere}"
+        )
+    if not overwrite:
+        raise FileExistsError(f"{what} {target} already exists; pass {OVERWRITE_FLAG} to replace it")
+
+
+def _article(what: str) -> str:
+    return f"an {what}" if what[:1] in "aeiou" else f"a {what}"
+
+
+def _leftover_of(name: str, listed: set[str]) -> bool:
+    """Whether `name` is the temporary file of an `atomic_write` of a listed file (`.NAME.<random>.tmp`)."""
+    folder, _, base = name.rpartition("/")
+    match = re.fullmatch(r"\.(.+)\.[^./]+\.tmp", base)
+    return match is not None and (f"{folder}/{match[1]}" if folder else match[1]) in listed
+
+
 @contextlib.contextmanager
-def staged_dir(target: str | Path) -> Iterator[Path]:
+def staged_dir(target: str | Path, check: Callable[[], object] | None = None) -> Iterator[Path]:
     """A fresh, readable folder beside `target` to write into; on a clean exit it replaces `target`
     (`replace_dir`: its files fsync'ed, then renamed), on any error it is deleted and `target` is left as it
-    was. A write failing in the block is a WriteError naming `target`."""
+    was. A write failing in the block is a WriteError naming `target`. `check` (a `check_replaceable` of the
+    caller's) runs again just before the replacement, for what appeared at `target` while the block ran."""
     target = Path(target)
     with naming_failed_writes(target):
         restore_aside(target)
@@ -239,6 +301,8 @@ def staged_dir(target: str | Path) -> Iterator[Path]:
         with naming_failed_writes(target, inside=staging):
             staging.chmod(0o755)  # mkdtemp makes it private; a published folder is meant to be read
             yield staging
+            if check is not None:
+                check()
             replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

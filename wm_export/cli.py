@@ -67,7 +67,8 @@ from .tensorrt_build import TensorRTUnavailableError
     default=None,
     help="Also write a Triton Inference Server model repository here (encoder/, prior_step/, decoder/).",
 )
-@click.option("--force", is_flag=True, help="Replace an existing artifact folder (and Triton repository).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT (and the Triton repository) if it is an earlier export's.")
+@click.option("--force", is_flag=True, hidden=True, help="The old name of --overwrite.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @one_line_errors
 def main(
@@ -81,6 +82,7 @@ def main(
     decoder: bool | None,
     data: Path | None,
     triton: Path | None,
+    overwrite: bool,
     force: bool,
     progress: bool,
 ) -> None:
@@ -100,7 +102,7 @@ def main(
             max_batch=max_batch,
             opset=opset,
             decoder=decoder,
-            force=force,
+            overwrite=overwrite or force,
             data=data,
             progress=progress,
             triton=triton,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from wm_core.checkpoint import load_checkpoint
 from wm_core.graphs import BATCH, HalfPrecisionGraph, build_graphs, graph_specs
 from wm_core.manifest import FORMAT, FORMAT_VERSION, MANIFEST, build_manifest, manifest_files, write_manifest
-from wm_core.publish import replace_dir, write_failure
+from wm_core.publish import check_replaceable, replace_dir, write_failure
 
 from . import parity, tensorrt_build
 from .onnx_export import check_opset, export_onnx
@@ -53,21 +54,27 @@ def export_artifacts(
     max_batch: int | None = None,
     opset: int | None = None,
     decoder: bool | None = None,
-    force: bool = False,
+    overwrite: bool = False,
     data: str | Path | None = None,
     progress: bool = False,
     triton: str | Path | None = None,
+    force: bool | None = None,
 ) -> Path:
     """Export `checkpoint` to an artifact folder (default `<checkpoint dir>/artifacts`) -> its path.
 
     Options left as None come from the checkpoint config's `export` section. `data` is a folder of episode
     files whose validation split's frames feed the parity gate (else random frames). `triton`: also write a
     Triton Inference Server model repository there (wm_export.triton), from the published artifact folder.
+    `overwrite`: replace an earlier artifact folder (and Triton repository); a folder this export did not write
+    is never replaced (`check_destination`). `force` is the old name of `overwrite`.
 
     Raises FileNotFoundError / ValueError / FileExistsError for bad input, ParityError when a graph disagrees
     with the model, EngineBuildError when TensorRT fails, WriteError (naming the artifact folder) when the disk
     is full or the folder cannot be written, and TensorRTUnavailableError (after publishing the ONNX artifacts)
     when `trt` is asked for without TensorRT or a CUDA device. On any error nothing is left behind."""
+    if force is not None:
+        warnings.warn("export_artifacts(force=...) is now overwrite=...", DeprecationWarning, stacklevel=2)
+        overwrite = overwrite or force
     checkpoint = Path(checkpoint)
     model, cfg, extras = load_checkpoint(checkpoint)
     codec = extras["action_codec"]
@@ -77,9 +84,9 @@ def export_artifacts(
         cfg.export, trt=trt, fp16=fp16, opt_batch=opt_batch, max_batch=max_batch, opset=opset, decoder=decoder
     )
     dest = Path(out_dir) if out_dir is not None else checkpoint.parent / DEFAULT_FOLDER
-    check_destination(dest, force)
+    check_destination(dest, overwrite)
     if triton is not None:
-        check_repository_destination(triton, force)
+        check_repository_destination(triton, overwrite)
     frames, source = parity.load_frames(data, cfg) if data is not None else (None, "random frames")
 
     created = _missing_parents(dest)
@@ -141,7 +148,7 @@ def export_artifacts(
         )
         write_manifest(staging, manifest)
         _check_contents(staging, manifest)
-        _publish(staging, dest, force)
+        _publish(staging, dest, overwrite)
     except BaseException as error:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -171,17 +178,17 @@ def _settings(export_cfg, **given) -> ExportSettings:
     return settings
 
 
-def check_destination(dest: Path, force: bool) -> None:
-    """Refuse an existing destination unless `force`, and even then anything that is not an artifact folder
-    (or an empty folder): replacing it would delete files this export did not write."""
-    if not (dest.exists() or dest.is_symlink()):
-        return
-    if not dest.is_dir():
-        raise FileExistsError(f"output path {dest} exists and is not a folder")
-    if not force:
-        raise FileExistsError(f"output folder {dest} already exists; use --force (force=True) to replace it")
-    if any(dest.iterdir()) and not (dest / MANIFEST).is_file():
-        raise ValueError(f"refusing to replace {dest}: it is not an artifact folder (no {MANIFEST})")
+def check_destination(dest: Path, overwrite: bool) -> None:
+    """Refuse an existing non-empty destination unless it is an artifact folder holding only the files its
+    manifest lists, and that only with `overwrite`: replacing anything else would delete files this export did
+    not write (wm_core.publish.check_replaceable)."""
+    check_replaceable(dest, overwrite, "artifact folder", MANIFEST, artifact_files)
+
+
+def artifact_files(folder: Path) -> set[str]:
+    """The files an export wrote in the artifact folder `folder`: manifest.json and the files it lists."""
+    manifest = json.loads((folder / MANIFEST).read_text())
+    return {MANIFEST, *manifest_files(manifest)}
 
 
 def _metadata(model_cfg, codec) -> dict[str, str]:
@@ -243,10 +250,10 @@ def _check_contents(staging: Path, manifest: dict) -> None:
         )
 
 
-def _publish(staging: Path, dest: Path, force: bool) -> None:
-    """Rename the finished folder into place; with `force`, swap out the old one and only then delete it."""
+def _publish(staging: Path, dest: Path, overwrite: bool) -> None:
+    """Rename the finished folder into place; with `overwrite`, swap out the old one and only then delete it."""
     if dest.exists():
-        check_destination(dest, force)
+        check_destination(dest, overwrite)
     replace_dir(staging, dest)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from wm_core.graphs import GraphSpec, TensorSpec, graph_specs_of
 from wm_core.manifest import has_heads, has_value, load_manifest, read_verified
-from wm_core.publish import staged_dir
+from wm_core.publish import check_replaceable, staged_dir
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "plan": ("tensorrt_plan", "model.plan")}
@@ -31,27 +31,34 @@ MAX_QUEUE_DELAY_US = 100
 """how long the dynamic batcher may hold a request to merge it with others"""
 
 
-def check_repository_destination(target: str | Path, force: bool) -> None:
-    """Refuse an existing `target` unless `force`, and even then anything that is not a model repository this
-    module wrote (or an empty folder)."""
-    target = Path(target)
-    if not (target.exists() or target.is_symlink()):
-        return
-    if not target.is_dir():
-        raise FileExistsError(f"Triton repository path {target} exists and is not a folder")
-    if not force:
-        raise FileExistsError(f"Triton repository {target} already exists; use --force (force=True) to replace it")
-    if any(target.iterdir()) and not (target / "encoder" / "config.pbtxt").is_file():
-        raise ValueError(f"refusing to replace {target}: it is not a Triton model repository (no encoder/config.pbtxt)")
+MARKER = "encoder/config.pbtxt"
+"""the file that makes a folder a model repository this module wrote"""
+
+
+def check_repository_destination(target: str | Path, overwrite: bool) -> None:
+    """Refuse an existing non-empty `target` unless it is a model repository holding only the files this module
+    writes, and that only with `overwrite` (wm_core.publish.check_replaceable)."""
+    check_replaceable(target, overwrite, "Triton repository", MARKER, repository_files)
+
+
+def repository_files(target: Path) -> set[str]:
+    """The files this module may have written in the model repository `target`: each model's config.pbtxt and
+    its model file, for every model folder that holds a config.pbtxt."""
+    files = set()
+    for config in target.glob("*/config.pbtxt"):
+        model = config.parent.name
+        files |= {f"{model}/config.pbtxt", *(f"{model}/1/{name}" for _, name in PLATFORMS.values())}
+    return files
 
 
 def write_triton_repository(artifacts: str | Path, target: str | Path, max_batch: int) -> Path:
     """Write the model repository of the artifact folder `artifacts` at `target` (built beside it, renamed into
-    place when complete) -> `target`. An existing `target` is replaced only if it is a model repository (or an
-    empty folder). Each model file is the bytes read and verified from the artifact folder (`read_verified`).
-    `max_batch`: max_batch_size of the ONNX models."""
+    place when complete) -> `target`. An existing `target` is replaced only if it is a model repository holding
+    nothing else (or an empty folder): `export_artifacts` asked for `overwrite` before the export. Each model
+    file is the bytes read and verified from the artifact folder (`read_verified`). `max_batch`: max_batch_size
+    of the ONNX models."""
     artifacts, target = Path(artifacts), Path(target)
-    check_repository_destination(target, force=True)
+    check_repository_destination(target, overwrite=True)
     manifest = load_manifest(artifacts)
     dims = manifest["dims"]
     specs = graph_specs_of(
@@ -69,7 +76,7 @@ def write_triton_repository(artifacts: str | Path, target: str | Path, max_batch
     if engines:
         max_batch = manifest["tensorrt"]["profile"]["max"]
     parameters = {"action_codec": json.dumps(manifest["action_codec"]), "dims": json.dumps(dims)}
-    with staged_dir(target) as folder:
+    with staged_dir(target, check=lambda: check_repository_destination(target, overwrite=True)) as folder:
         for name, spec in specs.items():
             kind, source = (
                 ("plan", engines[name]["file"]) if name in engines else ("onnx", manifest["graphs"][name]["file"])

@@ -65,6 +65,13 @@ def train_command(config_path, overrides, resume, progress):
 @click.option("--frame-size", default=64, help="Frames are resized to FRAME_SIZE x FRAME_SIZE.")
 @click.option("--workers", default=2, help="Processes recording episodes in parallel.")
 @click.option("--store", is_flag=True, help="Write an episode store (see wm-store) at OUT instead of .npz files.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it is an earlier collection (or store, with --store).")
+@click.option(
+    "--append",
+    is_flag=True,
+    help="Add the episodes to the collection in OUT, numbered after its last; its meta.json must record the same "
+    "environment, action space, frame size, policy and seed.",
+)
 @click.option(
     "--policy",
     default=None,
@@ -74,17 +81,31 @@ def train_command(config_path, overrides, resume, progress):
 @click.option("--progress/--no-progress", default=True)
 @one_line_errors
 def collect_command(
-    env_id, out_dir, episodes, steps, action_repeat, seed, frame_size, workers, store, policy, progress
+    env_id,
+    out_dir,
+    episodes,
+    steps,
+    action_repeat,
+    seed,
+    frame_size,
+    workers,
+    store,
+    overwrite,
+    append,
+    policy,
+    progress,
 ):
     """Record episodes from the gymnasium environment ENV_ID (e.g. CarRacing-v3, ALE/Pong-v5)."""
     from .collect import collect, collect_to_store
 
     args = (env_id, out_dir, episodes, steps, seed, frame_size, workers, progress, policy, action_repeat)
     if store:
-        count = collect_to_store(*args)
+        if append:
+            raise click.UsageError("--append adds to an episode folder; append there, then convert it with wm-store")
+        count = collect_to_store(*args, overwrite)
         click.echo(f"wrote {count} episodes to the store {out_dir}")
         return
-    paths = collect(*args)
+    paths = collect(*args, overwrite, append)
     click.echo(f"wrote {len(paths)} episodes to {out_dir}")
 
 
@@ -93,13 +114,14 @@ def collect_command(
 @click.option(
     "-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder of the episode store."
 )
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it is an earlier episode store.")
 @one_line_errors
-def store_command(source, out_dir):
+def store_command(source, out_dir, overwrite):
     """Convert the *.npz episodes in NPZ_DIR into an episode store (frames read from disk on demand; point
     data.path at it to train on datasets larger than memory)."""
     from .data import npz_to_store
 
-    count = npz_to_store(source, out_dir)
+    count = npz_to_store(source, out_dir, overwrite)
     click.echo(f"wrote {count} episodes to the store {out_dir}")
 
 
@@ -133,7 +155,7 @@ def store_command(source, out_dir):
 @click.option("--seed", default=0, help="Seeds the shuffled and random actions.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
 @click.option("--threads", default=0, help="Torch threads on CPU; 0 keeps torch's default.")
-@click.option("--overwrite", is_flag=True, help="Replace a report folder that already holds files.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it is an earlier report.")
 @click.option(
     "--probe",
     "probes",

@@ -287,10 +287,11 @@ def _warn_if_actions_constant(actions: list[np.ndarray]) -> None:
         )
 
 
-def npz_to_store(source: str | Path, target: str | Path) -> int:
+def npz_to_store(source: str | Path, target: str | Path, overwrite: bool = False) -> int:
     """Convert the folder of `*.npz` episodes at `source` into an episode store at `target`, one episode in
     memory at a time, keeping the folder's episode order (so both split alike), the episodes' rewards and
-    terminations and the folder's meta.json. -> the number of episodes."""
+    terminations and the folder's meta.json. An existing store at `target` is replaced only with `overwrite`,
+    any other non-empty folder never (store.check_store_destination). -> the number of episodes."""
 
     def episodes():
         first = None
@@ -314,4 +315,4 @@ def npz_to_store(source: str | Path, target: str | Path) -> int:
             yield path.stem, obs, action, heads
 
     files = {META: (Path(source) / META).read_bytes()} if read_meta(source) is not None else {}
-    return store.write_store(target, episodes(), files)
+    return store.write_store(target, episodes(), files, overwrite)

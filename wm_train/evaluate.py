@@ -15,7 +15,7 @@ from wm_core.actions import ActionCodec
 from wm_core.checkpoint import load_checkpoint
 from wm_core.config import Config
 from wm_core.model import WorldModel
-from wm_core.publish import staged_dir
+from wm_core.publish import check_replaceable, staged_dir
 
 from . import eval_plots
 from .collapse import collapse_reason, latent_activity
@@ -121,13 +121,16 @@ def check_settings(context: int, horizon: int, split: str, max_sequences: int, a
 
 
 def check_report_dir(out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Refuse a report folder that already holds files unless `overwrite`."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise FileExistsError(f"report folder {out_dir} exists and is a file")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f"report folder {out_dir} already holds files; pass --overwrite or choose another -o")
-    return out_dir
+    """Refuse a report folder that already holds files unless it is an earlier report holding only the files
+    its report.json lists, and that only with `overwrite` (wm_core.publish.check_replaceable)."""
+    check_replaceable(out_dir, overwrite, "report folder", REPORT_FILE, report_files)
+    return Path(out_dir)
+
+
+def report_files(out_dir: str | Path) -> set[str]:
+    """The files wm-eval wrote in the report folder `out_dir`: report.json and the files it lists."""
+    files = json.loads((Path(out_dir) / REPORT_FILE).read_text())["files"]
+    return {REPORT_FILE, files["plot"], *files["strips"]}
 
 
 def evaluate_checkpoint(
@@ -180,7 +183,7 @@ def write_report(report: EvalReport, out_dir: str | Path, overwrite: bool = Fals
     """report.json, the error-vs-horizon plot and the strips, written to a temporary folder beside `out_dir`
     and renamed into place: a failure never leaves a partial report."""
     out_dir = check_report_dir(out_dir, overwrite)
-    with staged_dir(out_dir) as tmp:
+    with staged_dir(out_dir, check=lambda: check_report_dir(out_dir, overwrite)) as tmp:
         files: dict[str, object] = {"report": REPORT_FILE, "plot": PLOT_FILE}
         eval_plots.save_error_plot(report, tmp / PLOT_FILE)
         files["strips"] = eval_plots.save_strips(report, tmp) if report.examples is not None else []

@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from wm_core.confined import confined_path, plain_name_problem
-from wm_core.publish import restore_aside, staged_dir
+from wm_core.dataset_meta import META
+from wm_core.publish import check_replaceable, restore_aside, staged_dir
 
 FORMAT = "wm-episode-store"
 FORMAT_VERSION = 1
@@ -95,13 +96,17 @@ def write_store(
     target: str | Path,
     episodes: Iterable[tuple[str, np.ndarray, np.ndarray, dict[str, np.ndarray]]],
     files: dict[str, bytes] | None = None,
+    overwrite: bool = False,
 ) -> int:
     """Write (name, obs uint8 [T, H, W, 3], action, per-step arrays by name) episodes as a store at `target`, one
     episode in memory at a time, with `files` (name -> content) beside store.json; the folder is built beside
-    `target` and renamed into place when complete. -> the number of episodes."""
+    `target` and renamed into place when complete. An existing `target` is replaced only if it is a store
+    holding nothing but its own files, and only with `overwrite` (`check_store_destination`). -> the number of
+    episodes."""
     index = []
     frame_shape, action_mode = None, None
-    with staged_dir(target) as folder:
+    check_store_destination(target, overwrite)
+    with staged_dir(target, check=lambda: check_store_destination(target, overwrite)) as folder:
         for name, obs, action, per_step in episodes:
             mode = "discrete" if action.dtype.kind in "iu" else "continuous"
             if frame_shape is None:
@@ -129,6 +134,22 @@ def write_store(
         for file_name, content in (files or {}).items():
             (folder / file_name).write_bytes(content)
     return len(index)
+
+
+def check_store_destination(target: str | Path, overwrite: bool) -> None:
+    """Refuse to write a store at `target` where that would delete what the store's writer did not write: a
+    folder that is no store, or a store holding files its store.json does not list; an earlier store is
+    replaced only with `overwrite` (wm_core.publish.check_replaceable)."""
+    check_replaceable(target, overwrite, "episode store", INDEX, store_files)
+
+
+def store_files(path: str | Path) -> set[str]:
+    """The files a store's writer put in the store at `path`: store.json, meta.json and every episode's files."""
+    files = {INDEX, META}
+    for episode in read_index(path)["episodes"]:
+        suffixes = ["obs", "action", *episode.get("arrays", [])]
+        files.update(f"{episode['name']}.{suffix}.npy" for suffix in suffixes)
+    return files
 
 
 def read_index(path: str | Path) -> dict:
