@@ -88,3 +88,15 @@ def test_cli_page_lists_every_exit_code_as_the_code_states_it():
     text = (ROOT / "docs" / "cli.md").read_text()
     rows = dict(re.findall(r"^\| (\d) \| (.+) \|$", text, re.MULTILINE))
     assert {int(code): meaning for code, meaning in rows.items()} == EXIT_CODES
+
+
+def test_control_page_states_the_value_and_actor_defaults_of_the_code():
+    from wm_core.config import TrainConfig
+
+    text = (ROOT / "docs" / "control.md").read_text()
+    table = text[text.index("| train key | default | what |") :].split("\n\n")[0]
+    rows = re.findall(r"^\| (`[^|]+`) \| ([^|]+) \|", table, re.MULTILINE)
+    assert len(rows) >= 7
+    for keys, default in rows:
+        for key in re.findall(r"`(\w+)`", keys):
+            assert getattr(TrainConfig, key) == float(default), f"docs/control.md: train.{key} default {default}"
