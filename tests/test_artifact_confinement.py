@@ -206,7 +206,7 @@ def test_write_triton_repository_refuses_to_replace_a_folder_that_is_not_its_own
     target = tmp_path / "precious"
     target.mkdir()
     (target / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="refusing to replace .*precious: it is not a Triton model repository"):
+    with pytest.raises(FileExistsError, match="refusing to replace .*precious: it is not a Triton repository"):
         write_triton_repository(tiny_artifacts("continuous"), target, 8)
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
 
