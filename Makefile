@@ -43,7 +43,7 @@ demo: setup $(DEMO_DATA)/meta.json
 	else $(VENV)/bin/wm-train configs/carracing.yaml $(DEMO_SET); fi
 	$(VENV)/bin/wm-export $(DEMO_RUN)/best.pt --data $(DEMO_DATA) --overwrite
 	$(PY) benchmarks/rollout_latency.py --artifacts $(DEMO_RUN)/artifacts --quick --plot $(DEMO_RUN)/rollout_latency.png
-	$(VENV)/bin/wm-control $(DEMO_RUN)/artifacts --episodes 1 --steps 300 --seed 100 --no-progress
+	$(VENV)/bin/wm-control $(DEMO_RUN)/artifacts --episodes 1 --steps 300 --seed 100 --no-progress --overwrite
 
 test: setup
 	$(PY) -m pytest

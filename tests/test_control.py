@@ -99,13 +99,13 @@ def test_wm_control_saves_the_planner_episodes_as_training_episodes(heads_artifa
         assert obs.shape == (5, 64, 64, 3) and action.shape == (5, 3) and reward.shape == terminated.shape == (5,)
         assert action[:, 1:].min() >= 0 and np.abs(action[:, 0]).max() <= 1  # CarRacing's box
         assert terminated.dtype == bool and not terminated.any() and np.isfinite(reward).all()
-    again = wm_control(*command, *settings)  # the same seeds into the same folder
+    again = wm_control(*command, "--overwrite", *settings)  # the same seeds into the same folder
     assert again.returncode == 1 and "already holds planner_00007.npz, planner_00008.npz" in again.stderr
     other = tmp_path / "pong"
     other.mkdir()
     header = {"format": "wm-episodes", "format_version": 1}
     (other / "meta.json").write_text(json.dumps({**header, "env_id": "ALE/Pong-v5", "frame_size": 64}))
-    mismatch = wm_control(*command[:-1], str(other), *settings)
+    mismatch = wm_control(*command[:-1], str(other), "--overwrite", *settings)
     assert mismatch.returncode == 1 and "episodes of ALE/Pong-v5 at 64 px, not CarRacing-v3" in mismatch.stderr
     assert not list(other.glob("*.npz"))  # refused before any episode ran
 
@@ -202,3 +202,20 @@ def test_control_leaves_the_trainer_unimported(heads_artifacts):
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
     assert result.stdout.strip() == "[]", f"the control loop imported {result.stdout.strip()}"
+
+
+def test_the_report_folder_is_replaced_only_when_it_is_an_earlier_report_and_with_overwrite(
+    untrained_checkpoint, tmp_path
+):
+    rollout = Rollout.load(untrained_checkpoint("tiny", "discrete", heads=True), backend="torch", device="cpu")
+    result = run_control(rollout, "ALE/Pong-v5", episodes=1, steps=3, seed=0, settings=FAST, references=[])
+    out = tmp_path / "control"
+    write_report(result, out)
+    with pytest.raises(FileExistsError, match="pass --overwrite to replace it"):
+        write_report(result, out)
+    assert sorted(p.name for p in out.iterdir()) == ["control.json", "episode.gif", "returns.png"]
+    write_report(result, out, overwrite=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"holds files its control.json does not list \(notes.txt\)"):
+        write_report(result, out, overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"

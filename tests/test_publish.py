@@ -287,17 +287,16 @@ def test_an_eval_report_write_failing_part_way_leaves_the_old_or_the_new(eval_re
 
 
 def test_a_control_report_write_failing_part_way_leaves_the_old_or_the_new(control_results, tmp_path, monkeypatch):
-    """control.json and the plot and video beside it, each its own atomic file."""
+    """control.json and the plot and video beside it, published as one folder."""
     from wm_deploy.control_report import write_report
 
     old, new = control_results
     check_writer_never_leaves_a_partial_file(
-        lambda path: write_report(old, path),
-        lambda path: write_report(new, path),
+        lambda path: write_report(old, path, overwrite=True),
+        lambda path: write_report(new, path, overwrite=True),
         tmp_path / "runs" / "control",
         tmp_path,
         monkeypatch,
-        per_file=True,
     )
 
 

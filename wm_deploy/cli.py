@@ -141,6 +141,7 @@ def planner_options(command: Callable) -> Callable:
     default=REQUEST_DEFAULTS["video"],
     help="Record the first planner episode as real | imagined GIF.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace the report folder if it holds an earlier report.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @one_line_errors
 def control_command(
@@ -161,6 +162,7 @@ def control_command(
     data: Path | None,
     save_episodes: Path | None,
     video: bool,
+    overwrite: bool,
     progress: bool,
     **planner: Any,
 ) -> None:
@@ -193,6 +195,7 @@ def control_command(
         data=data,
         save_episodes=save_episodes,
         video=video,
+        overwrite=overwrite,
         progress=progress,
     )
     run = run_request(request)

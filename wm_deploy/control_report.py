@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from wm_core.publish import atomic_write_bytes, naming_failed_writes
+from wm_core.publish import check_replaceable, staged_dir
 
 from . import control_plots
 from .control import PARTS, PLANNER, ControlResult, Episode
@@ -78,22 +78,34 @@ def latency(seconds: np.ndarray) -> dict:
     return {"p50": p50, "p90": p90, "p99": p99, "mean": seconds.mean() * 1e3, "max": seconds.max() * 1e3}
 
 
-def write_report(result: ControlResult, out_dir: str | Path) -> Path:
-    """Write control.json, the returns plot and (when the planner's first episode was recorded) the video into
-    `out_dir` (created) -> the path of control.json. Each file is written atomically."""
+def check_report_destination(out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse a non-empty `out_dir` unless it is an earlier report (its control.json lists every file in it),
+    and that only with `overwrite` (wm_core.publish.check_replaceable)."""
+    check_replaceable(out_dir, overwrite, "control report folder", REPORT, report_files)
+
+
+def report_files(folder: Path) -> set[str]:
+    """The files wm-control wrote in the report folder `folder`: control.json and the files it lists."""
+    listed = json.loads((folder / REPORT).read_text())["files"]
+    return {REPORT, *(name for name in listed.values() if name)}
+
+
+def write_report(result: ControlResult, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write control.json, the returns plot and (when the planner's first episode was recorded) the video into a
+    folder that then replaces `out_dir` whole (`check_report_destination`) -> the path of control.json."""
     out_dir = Path(out_dir)
-    with naming_failed_writes(out_dir):
-        out_dir.mkdir(parents=True, exist_ok=True)
     report = summary(result)
     files: dict[str, str | None] = {"returns_plot": RETURNS_PLOT, "video": None}
-    control_plots.returns_plot(result, out_dir / RETURNS_PLOT)
-    recorded = result.episodes[PLANNER][0].frames
-    if recorded:
-        control_plots.side_by_side_gif(recorded, out_dir / VIDEO, result.settings.horizon)
-        files["video"] = VIDEO
-    report["files"] = files
-    text = json.dumps(_plain(report), indent=2, allow_nan=False) + "\n"
-    return atomic_write_bytes(out_dir / REPORT, text.encode(), mode=0o644)
+    with staged_dir(out_dir, check=lambda: check_report_destination(out_dir, overwrite)) as folder:
+        control_plots.returns_plot(result, folder / RETURNS_PLOT)
+        recorded = result.episodes[PLANNER][0].frames
+        if recorded:
+            control_plots.side_by_side_gif(recorded, folder / VIDEO, result.settings.horizon)
+            files["video"] = VIDEO
+        report["files"] = files
+        text = json.dumps(_plain(report), indent=2, allow_nan=False) + "\n"
+        (folder / REPORT).write_text(text)
+    return out_dir / REPORT
 
 
 def _plain(value):

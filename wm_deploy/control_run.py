@@ -18,7 +18,7 @@ import numpy as np
 from wm_core import envs
 
 from .control import DRIVERS, ControlResult, check_episode_folder, recording_policy, run_control, save_planner_episodes
-from .control_report import format_table, summary, write_report
+from .control_report import check_report_destination, format_table, summary, write_report
 from .ensemble import Ensemble
 from .planner import PlannerSettings
 from .rollout import Rollout
@@ -47,6 +47,8 @@ class ControlRequest:
     """auto (CUDA when torch sees one), cpu, cuda or cuda:N"""
     out_dir: Path | None = None
     """report folder; None: control/ beside the first artifact folder or checkpoint"""
+    overwrite: bool = False
+    """replace the report folder if it holds an earlier report (anything else is never replaced)"""
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     """the planner's settings (its seed is `seed`)"""
     policy: str = "planner"
@@ -140,6 +142,8 @@ def run_request(request: ControlRequest) -> ControlRun:
         else:
             name, reference_from = recording_policy(request.env_id, source, request.data)
         references = [name] + (["random"] if name != "random" else [])
+    out_dir = request.out_dir if request.out_dir is not None else source.parent / "control"
+    check_report_destination(out_dir, request.overwrite)  # before minutes of driving, not after
     seeds = range(request.seed, request.seed + request.episodes)
     if request.save_episodes is not None:
         frame_size = rollout.dims.frame[0]
@@ -162,7 +166,7 @@ def run_request(request: ControlRequest) -> ControlRun:
             on_step=bar.update,
             policy=request.policy,
         )
-    path = write_report(result, request.out_dir if request.out_dir is not None else source.parent / "control")
+    path = write_report(result, out_dir, request.overwrite)
     saved = [] if request.save_episodes is None else save_planner_episodes(result, request.save_episodes)
     return ControlRun(result, path, saved)
 
