@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from wm_core.actions import ActionCodec
+from wm_core.config import Config
 from wm_train.data import (
+    EpisodeSet,
     episode_paths,
     head_targets,
     load_episode,
@@ -283,3 +285,29 @@ def test_codec_dict_without_bounds_loads_and_clips_nothing():
     assert bounded.low == (-1.0, 1.0) and bounded.high == (2.0, 2.5)  # non-finite bounds: the data's
     assert ActionCodec.from_dict(bounded.to_dict()) == bounded
     np.testing.assert_array_equal(bounded.clip(np.array([[5.0, -5.0]])), [[2.0, 1.0]])
+
+
+def test_reward_sampling_draws_its_share_among_the_rewarded_windows():
+    """Episodes rewarded at one step each: a window holds a non-zero target only where it covers that step."""
+    rewards = [np.zeros(40, np.float32) for _ in range(3)]
+    rewards[1][30] = 1.0
+    obs = [np.zeros((40, 4, 4, 3), np.uint8) for _ in range(3)]
+    actions = [np.arange(40, dtype=np.float32)[:, None] + 100 * e for e in range(3)]
+    episodes = EpisodeSet(obs, actions, 8, rewards=rewards, continues=[np.ones(40, np.float32)] * 3)
+    uniform = episodes.sample(np.random.default_rng(0), 64)
+    episodes.reward_sampling = 0.5
+    mixed = episodes.sample(np.random.default_rng(0), 64)
+
+    def rewarded(windows):
+        return sum(bool(w[2].any()) for w in windows)
+
+    assert rewarded(mixed[32:]) == 32  # the share, drawn among the 9 windows of episode 1 that cover step 30
+    assert {int(w[1][0, 0]) for w in mixed[32:]} <= set(range(123, 131))  # their starts: 23..30
+    assert rewarded(uniform) < 16  # 9 windows of 99 hold the reward: uniform sampling rarely meets it
+
+
+def test_reward_sampling_is_refused_without_heads(carracing_dir):
+    with pytest.raises(ValueError, match="data.reward_sampling needs model.heads"):
+        Config.from_dict({"data": {"path": str(carracing_dir), "reward_sampling": 0.25}})
+    with pytest.raises(ValueError, match=r"data.reward_sampling must be in \[0, 1\]"):
+        Config.from_dict({"data": {"reward_sampling": 1.5}, "model": {"heads": True}})

@@ -42,6 +42,10 @@ class DataConfig:
     """frames per training window; the RSSM loss needs at least 2"""
     val_fraction: float = 0.1
     """fraction of episodes held out for validation (split by episode, deterministic)"""
+    reward_sampling: float = 0.0
+    """with model.heads: share of each training batch drawn among the windows whose reward targets are not all
+    zero, the rest uniformly, so that rare rewards (Pong's points) are learnt; 0: every window alike. Useless where
+    every step is rewarded (CarRacing's -0.1 per frame)"""
 
 
 @dataclass
@@ -126,6 +130,11 @@ class TrainConfig:
     """with model.actor_critic: Adam learning rate of the critic"""
     actor_lr: float = 3e-4
     """with model.actor_critic: Adam learning rate of the actor"""
+    init_from: str = ""
+    """checkpoint to start from instead of fresh weights (fine-tuning on more data, as wm-loop's rounds do): its
+    weights (heads, critic and actor included) and its action codec, kept as it is rather than refitted to the new
+    data; its model config and action repeat must be this run's. The optimisers start afresh and the KL warm-up is
+    skipped. Empty: train from scratch"""
     seed: int = 0
     """random seed of the model's initial weights, the window sampling and the reparameterisation noise"""
     device: str = "cpu"
@@ -168,7 +177,7 @@ class Config:
         if not isinstance(raw, dict):
             raise ValueError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
         sections = _section_classes()
-        unknown = sorted(set(raw) - set(sections))
+        unknown = sorted(set(raw) - set(sections) - set(LOOP_SECTIONS))
         if unknown:
             raise ValueError(f"{source}: unknown section(s) {unknown}; expected {sorted(sections)}")
         built = {}
@@ -176,7 +185,7 @@ class Config:
             values = dict(raw.get(name) or {})
             if name == "model":
                 values = _apply_preset(values, source)
-            built[name] = _build_section(section_cls, name, values, source)
+            built[name] = build_section(section_cls, name, values, source)
         cfg = cls(**built)
         _check_values(cfg, source)
         return cfg
@@ -186,6 +195,10 @@ def _section_classes() -> dict[str, type]:
     return {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "export": ExportConfig}
 
 
+LOOP_SECTIONS = ("loop", "planner")
+"""config sections that wm-loop reads (wm_loop.config) and every other command ignores"""
+
+
 def _apply_preset(values: dict, source: str) -> dict:
     size = values.get("size", ModelConfig.size)
     if size not in MODEL_PRESETS:
@@ -193,7 +206,9 @@ def _apply_preset(values: dict, source: str) -> dict:
     return {**MODEL_PRESETS[size], **values}
 
 
-def _build_section(section_cls: type, section: str, values: dict, source: str):
+def build_section(section_cls: type, section: str, values: dict, source: str):
+    """An instance of the dataclass `section_cls` from the mapping `values` of the YAML section `section`: a
+    ValueError naming `source`, the section and the key for an unknown key or a value of the wrong type."""
     if not isinstance(values, dict):
         raise ValueError(f"{source}: section '{section}' must be a mapping, got {type(values).__name__}")
     for key in DEPRECATED_KEYS.get(section, ()):
@@ -211,6 +226,10 @@ def _build_section(section_cls: type, section: str, values: dict, source: str):
 
 def _coerce(value, expected: type, name: str, source: str):
     # bool is a subclass of int: refuse `epochs: true`; accept an int where a float is expected.
+    if typing.get_origin(expected) is typing.Literal:
+        if value not in typing.get_args(expected):
+            raise ValueError(f"{source}: {name} must be one of {list(typing.get_args(expected))}, got {value!r}")
+        return value
     ok = (
         (expected is bool and isinstance(value, bool))
         or (expected is int and isinstance(value, int) and not isinstance(value, bool))
@@ -227,6 +246,7 @@ def _check_values(cfg: Config, source: str) -> None:
         (cfg.data.action_mode in ACTION_MODES, f"data.action_mode must be one of {ACTION_MODES}"),
         (cfg.data.seq_len >= 2, "data.seq_len must be >= 2: the RSSM loss compares step t+1 with step t"),
         (0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction must be in (0, 1)"),
+        (0.0 <= cfg.data.reward_sampling <= 1.0, "data.reward_sampling must be in [0, 1]"),
         (cfg.model.frame_size >= 16 and cfg.model.frame_size % 16 == 0, "model.frame_size must be a multiple of 16"),
         (cfg.model.action_dim >= 1, "model.action_dim must be >= 1"),
         (cfg.model.min_std > 0, "model.min_std must be > 0"),
@@ -244,6 +264,7 @@ def _check_values(cfg: Config, source: str) -> None:
         ),
         (cfg.train.reward_window >= 1, f"train.reward_window must be >= 1, got {cfg.train.reward_window}"),
         (not cfg.model.actor_critic or cfg.model.heads, "model.actor_critic needs model.heads (rewards to learn from)"),
+        (not cfg.data.reward_sampling or cfg.model.heads, "data.reward_sampling needs model.heads (reward targets)"),
         (0 < cfg.train.discount <= 1, f"train.discount must be in (0, 1], got {cfg.train.discount}"),
         (0 <= cfg.train.value_lambda <= 1, f"train.value_lambda must be in [0, 1], got {cfg.train.value_lambda}"),
         (
@@ -285,6 +306,12 @@ def saved_config(raw: dict, source: str = "checkpoint") -> Config:
 
 def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML config; `overrides` are `section.key=value` strings (values parsed as YAML)."""
+    return Config.from_dict(read_config_file(path, overrides), source=str(path))
+
+
+def read_config_file(path: str | Path, overrides: typing.Sequence[str] = ()) -> dict:
+    """The sections of a YAML config as a mapping, `overrides` (`section.key=value`, values parsed as YAML)
+    applied; unchecked (Config.from_dict checks)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -300,4 +327,4 @@ def load_config(path: str | Path, overrides: typing.Sequence[str] = ()) -> Confi
         if not isinstance(raw[section], dict):
             raise ValueError(f"{path}: section '{section}' must be a mapping")
         raw[section][name] = yaml.safe_load(value)
-    return Config.from_dict(raw, source=str(path))
+    return raw

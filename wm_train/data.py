@@ -168,6 +168,9 @@ class EpisodeSet:
     """with model.heads: the reward head's targets, float32 [T] per episode (reward_targets)"""
     continues: list[np.ndarray] | None = None
     """with model.heads: the continuation head's targets 1 - terminated, float32 [T] per episode"""
+    reward_sampling: float = 0.0
+    """share of each `sample` drawn among the windows whose reward targets are not all zero (data.reward_sampling)"""
+    _rewarded: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def frames(self) -> int:
@@ -181,11 +184,29 @@ class EpisodeSet:
         return (*window, self.rewards[episode][start:end], self.continues[episode][start:end])
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> list[Window]:
-        """Windows at random offsets, episodes weighted by how many windows they hold."""
+        """Windows at random offsets, episodes weighted by how many windows they hold; with `reward_sampling`, that
+        share of them (rounded) drawn uniformly among the rewarded windows instead."""
+        rewarded = self._rewarded_windows() if self.reward_sampling > 0 else np.zeros((0, 2), np.int64)
+        picked = round(self.reward_sampling * batch_size) if len(rewarded) else 0
         counts = np.array([len(o) - self.seq_len + 1 for o in self.obs])
-        episodes = rng.choice(len(self.obs), size=batch_size, p=counts / counts.sum())
+        episodes = rng.choice(len(self.obs), size=batch_size - picked, p=counts / counts.sum())
         starts = [int(rng.integers(counts[e])) for e in episodes]
-        return [self._window(e, s) for e, s in zip(episodes, starts)]
+        uniform = [self._window(e, s) for e, s in zip(episodes, starts)]
+        if not picked:
+            return uniform
+        return uniform + [self._window(int(e), int(s)) for e, s in rewarded[rng.integers(len(rewarded), size=picked)]]
+
+    def _rewarded_windows(self) -> np.ndarray:
+        """[N, 2] (episode, start) of every window whose reward targets are not all zero (computed once)."""
+        if self._rewarded is None:
+            if self.rewards is None:
+                raise ValueError("data.reward_sampling needs the reward targets of model.heads")
+            found = []
+            for e, targets in enumerate(self.rewards):
+                nonzero = np.convolve(targets != 0, np.ones(self.seq_len), "valid") > 0  # [T - seq_len + 1]
+                found += [(e, int(s)) for s in np.flatnonzero(nonzero)]
+            self._rewarded = np.asarray(found, np.int64).reshape(-1, 2)
+        return self._rewarded
 
     def fixed_windows(self) -> list[Window]:
         """Non-overlapping windows covering each episode: the same every epoch, for validation."""
@@ -269,6 +290,7 @@ def load_splits(cfg: Config, per_step: tuple[str, ...] = ()) -> tuple[EpisodeSet
             split.continues = [1.0 - terminated.astype(np.float32) for _, terminated in heads]
         splits.append(split)
     train, val = splits
+    train.reward_sampling = d.reward_sampling
     meta = read_meta(d.path)
     bounds = box_bounds(meta, d.path, m.action_dim) if meta is not None and d.action_mode == "continuous" else None
     codec = ActionCodec.fit(d.action_mode, m.action_dim, train.actions, bounds)
