@@ -173,3 +173,26 @@ def test_best_pt_holds_the_epoch_with_the_lowest_validation_loss(carracing_dir, 
     stopped, _, _ = load_checkpoint(tmp_path / "short" / "last.pt")
     for key, tensor in stopped.state_dict().items():
         torch.testing.assert_close(best.state_dict()[key], tensor, rtol=0, atol=0)
+
+
+def test_init_from_starts_from_the_checkpoints_weights_and_action_codec(carracing_dir, tmp_path, tiny_config):
+    train(tiny_config(carracing_dir, tmp_path / "first", epochs=1), progress=False)
+    first = tmp_path / "first" / "last.pt"
+    halved = tmp_path / "halved"  # the same frames with other actions: a refitted codec would differ
+    halved.mkdir()
+    for path in sorted(carracing_dir.glob("*.npz")):
+        with np.load(path) as episode:
+            arrays = dict(episode)
+        np.savez(halved / path.name, **{**arrays, "action": arrays["action"] * 0.5})
+    cfg = tiny_config(halved, tmp_path / "second", epochs=1, init_from=str(first))
+    trainer = Trainer(cfg, progress=False)
+    model, _, extras = load_checkpoint(first)
+    assert trainer.codec == extras["action_codec"] != Trainer(tiny_config(halved, tmp_path / "x"), False).codec
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[name], tensor, rtol=0, atol=0)
+    trainer.fit()
+    assert load_checkpoint(tmp_path / "second" / "last.pt")[2]["action_codec"] == extras["action_codec"]
+    other = tiny_config(halved, tmp_path / "third", epochs=1, init_from=str(first))
+    other.model.deter_dim = 64
+    with pytest.raises(ValueError, match="train.init_from .* has model config"):
+        Trainer(other, progress=False)

@@ -20,7 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from wm_core.actions import read_action_repeat
+from wm_core.actions import ActionCodec, read_action_repeat
 from wm_core.checkpoint import read_checkpoint, save_checkpoint
 from wm_core.config import Config, saved_config
 from wm_core.dataset_meta import dataset_action_repeat
@@ -127,6 +127,8 @@ class Trainer:
             self.train_set, self.val_set, self.codec = load_splits(cfg)
         self.action_repeat = dataset_action_repeat(cfg.data.path)  # the checkpoint carries it to control
         self.model = WorldModel(cfg.model).to(self.device)
+        if t.init_from:
+            self._start_from(Path(t.init_from))
         # What runs forward and backward: the model itself, or DDP around it, which broadcasts rank 0's weights
         # now and averages gradients in backward. Every parameter gets a gradient from `loss` (encoder and
         # decoder from the VAE terms, the RSSM from its own), so find_unused_parameters stays off;
@@ -155,6 +157,21 @@ class Trainer:
         self.steps_done = 0
         """optimiser steps taken: what the KL warm-up counts"""
         self.collapse_warned = False
+
+    def _start_from(self, path: Path) -> None:
+        """train.init_from: the weights and the action codec of the checkpoint at `path`."""
+        state = read_checkpoint(path)
+        if state["config"]["model"] != self.cfg.to_dict()["model"]:
+            raise ValueError(
+                f"train.init_from {path} has model config {state['config']['model']}, not {self.cfg.to_dict()['model']}"
+            )
+        if read_action_repeat(state, str(path)) != self.action_repeat:
+            raise ValueError(
+                f"train.init_from {path} was trained on data recorded with action_repeat "
+                f"{read_action_repeat(state, str(path))}, {self.cfg.data.path} holds action_repeat {self.action_repeat}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.codec = ActionCodec.from_dict(state["action_codec"])  # the actions keep the scale the model learnt
 
     def resume(self) -> None:
         """Continue exactly where `last.pt` stopped: weights, optimiser, epoch, history and RNG states."""
@@ -238,7 +255,8 @@ class Trainer:
         windows = self.train_set.sample(self.rng, self.rank_batch)
         obs, actions = to_batch(windows, self.codec, self.device)
         rewards, continues = head_targets(windows, self.device) or (None, None)
-        out = self.train_model(obs, actions, t.loss.at_step(self.steps_done), rewards=rewards, continues=continues)
+        step = self.steps_done + (t.kl_warmup_steps if t.init_from else 0)  # a trained model needs no warm-up
+        out = self.train_model(obs, actions, t.loss.at_step(step), rewards=rewards, continues=continues)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         clip_gradients(self.model, t.grad_clip, t.grad_clip_per_part)
