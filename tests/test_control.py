@@ -9,12 +9,13 @@ import json
 import subprocess
 import sys
 
+import gymnasium
 import numpy as np
 import pytest
 
 from wm_core import envs
 from wm_deploy import PlannerSettings, Rollout
-from wm_deploy.control import PLANNER, planner_bounds, recording_policy, run_control
+from wm_deploy.control import PLANNER, explore, planner_bounds, recording_policy, run_control
 from wm_deploy.control_report import write_report
 from wm_train.data import load_episode
 
@@ -219,3 +220,27 @@ def test_the_report_folder_is_replaced_only_when_it_is_an_earlier_report_and_wit
     with pytest.raises(FileExistsError, match=r"holds files its control.json does not list \(notes.txt\)"):
         write_report(result, out, overwrite=True)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_exploration_noise_stays_in_the_bounds_and_repeats_for_a_seed():
+    box = envs.make_env("CarRacing-v3").action_space
+    action = np.array([0.0, 1.0, 0.0], np.float32)
+    noisy = [explore(action, box, 0.3, np.random.default_rng(s)) for s in range(200)]
+    assert all(box.contains(a) for a in noisy)
+    steer = np.array([a[0] for a in noisy])
+    assert 0.25 < steer.std() < 0.35  # 0.3 half-ranges of [-1, 1], a few clipped
+    np.testing.assert_array_equal(explore(action, box, 0.3, np.random.default_rng(5)), noisy[5])
+    assert explore(action, box, 0.0, np.random.default_rng(0)) is action
+    discrete = gymnasium.spaces.Discrete(6)
+    taken = [explore(2, discrete, 0.5, np.random.default_rng(s)) for s in range(400)]
+    assert 0.35 < np.mean(np.array(taken) != 2) < 0.5  # a random action half the time, 1/6 of those the same
+
+
+def test_planner_episodes_with_exploration_record_the_noisy_actions(heads_artifacts):
+    rollout = Rollout.load(heads_artifacts, backend="onnxruntime")
+    kwargs = dict(episodes=1, steps=6, seed=3, settings=FAST, record=False, keep_episodes=True)
+    plain = run_control(rollout, "CarRacing-v3", **kwargs).episodes["planner"][0].transitions
+    noisy = [run_control(rollout, "CarRacing-v3", exploration=0.3, **kwargs) for _ in range(2)]
+    first, second = (result.episodes["planner"][0].transitions for result in noisy)
+    np.testing.assert_array_equal(first["action"], second["action"])  # seeded by the episode's seed
+    assert np.abs(first["action"] - plain["action"]).max() > 0.05

@@ -137,6 +137,14 @@ def planner_options(command: Callable) -> Callable:
     "terminations) into this folder, e.g. a copy of the training data, to retrain on what the planner did.",
 )
 @click.option(
+    "--exploration",
+    type=click.FloatRange(0, 1),
+    default=REQUEST_DEFAULTS["exploration"],
+    show_default=True,
+    help="Noise on the planner's actions, in half-ranges of the action bounds (continuous: Gaussian std; discrete: "
+    "probability of a random action), for episodes to retrain on (--save-episodes); PlaNet uses 0.3.",
+)
+@click.option(
     "--video/--no-video",
     default=REQUEST_DEFAULTS["video"],
     help="Record the first planner episode as real | imagined GIF.",
@@ -161,6 +169,7 @@ def control_command(
     reference_policy: str | None,
     data: Path | None,
     save_episodes: Path | None,
+    exploration: float,
     video: bool,
     overwrite: bool,
     progress: bool,
@@ -194,6 +203,7 @@ def control_command(
         reference_policy=reference_policy,
         data=data,
         save_episodes=save_episodes,
+        exploration=exploration,
         video=video,
         overwrite=overwrite,
         progress=progress,

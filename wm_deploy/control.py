@@ -40,6 +40,8 @@ PARTS = ("observe", "plan", "env")
 PLANNER = "planner"
 """the name the planner's episodes go under in a ControlResult (also when the actor drove them: see `policy`)"""
 DRIVERS = ("planner", "actor")
+EXPLORATION_STREAM = 7
+"""second word of the seed of an episode's exploration noise ([episode seed, 7]), apart from the planner's"""
 """what can drive the model's episodes: the planner, or the actor alone (a model with model.actor_critic)"""
 
 
@@ -160,6 +162,7 @@ def run_control(
     source: str | Path = "",
     on_step: Callable[[int], None] | None = None,
     policy: str = "planner",
+    exploration: float = 0.0,
 ) -> ControlResult:
     """`episodes` planner episodes of at most `steps` controlled environment steps with seeds seed, seed + 1, ...,
     each decision held for the model's action repeat, then the same episodes for each policy named in `references`
@@ -168,11 +171,14 @@ def run_control(
     (real, imagined) frames for a video (needs the decoder). `keep_episodes`: keep the planner episodes'
     transitions (Episode.transitions) to train on.
     `on_step(n)` is called after every decision with the environment steps it took (a progress bar). `policy`:
-    `actor` drives with the actor alone (ActorPolicy) instead of the planner."""
+    `actor` drives with the actor alone (ActorPolicy) instead of the planner. `exploration`: noise on the planner's
+    actions (`explore`), for episodes to train on; 0: none."""
     if policy not in DRIVERS:
         raise ValueError(f"policy must be one of {DRIVERS}, got {policy!r}")
     if episodes < 1 or steps < 1:
         raise ValueError(f"episodes and steps must be >= 1, got episodes={episodes} steps={steps}")
+    if not 0 <= exploration <= 1:
+        raise ValueError(f"exploration must be in [0, 1], got {exploration}")
     unknown = [name for name in references if name not in envs.POLICIES]
     if unknown:
         raise ValueError(f"unknown reference policy {unknown}; expected one of {sorted(envs.POLICIES)}")
@@ -192,7 +198,7 @@ def run_control(
         results: dict[str, list[Episode]] = {PLANNER: []}
         for i in range(episodes):
             episode = planner_episode(
-                env, rollout, planner, seed + i, steps, skip, record and i == 0, on_step, keep_episodes
+                env, rollout, planner, seed + i, steps, skip, record and i == 0, on_step, keep_episodes, exploration
             )
             results[PLANNER].append(episode)
         for name in references:
@@ -242,12 +248,14 @@ def planner_episode(
     record: bool = False,
     on_step: Callable[[int], None] | None = None,
     keep: bool = False,
+    exploration: float = 0.0,
 ) -> Episode:
     """One episode driven by `planner` (see the module docstring for what each part of a tick times); `keep`:
-    with its transitions."""
+    with its transitions; `exploration`: noise on each action (`explore`), drawn from a stream of `seed`."""
     size = rollout.dims.frame[0]
     observation, total, done = _start(env, seed, skip)
     planner.reset(seed=seed)
+    noise = np.random.default_rng([seed, EXPLORATION_STREAM])
     state, previous = rollout.initial(1), None
     seconds: list[tuple[float, float, float]] = []
     frames: list[tuple[np.ndarray, np.ndarray]] = []
@@ -258,7 +266,7 @@ def planner_episode(
         frame = envs.resize(envs.render_frame(env, observation), size)
         state = rollout.observe(state, frame[None], previous)
         t1 = time.perf_counter()
-        action = planner.act(state)
+        action = explore(planner.act(state), env.action_space, exploration, noise)
         t2 = time.perf_counter()
         observation, reward, terminated, truncated, info = env.hold(action, min(env.repeat, steps - length))
         t3 = time.perf_counter()
@@ -283,6 +291,19 @@ def planner_episode(
             "terminated": np.asarray(ends, bool),
         }
     return Episode(PLANNER, seed, total, length, bool(terminated), _seconds(seconds), frames, transitions)
+
+
+def explore(action, space, scale: float, rng: np.random.Generator):
+    """The action taken instead of the planner's `action`, the one recorded and observed next: continuous actions
+    plus Gaussian noise of std `scale` half-ranges of each dimension's bounds, clipped to them (PlaNet's 0.3);
+    discrete ones replaced by a uniformly drawn action with probability `scale`. `scale` 0: `action` itself."""
+    if scale == 0:
+        return action
+    if hasattr(space, "n"):
+        return int(rng.integers(space.n)) if rng.random() < scale else action
+    low, high = np.asarray(space.low, np.float32), np.asarray(space.high, np.float32)
+    noisy = action + scale * (high - low) / 2 * rng.standard_normal(low.shape)
+    return np.clip(noisy, low, high).astype(np.float32)
 
 
 def episode_file_name(seed: int) -> str:

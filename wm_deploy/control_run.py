@@ -67,6 +67,9 @@ class ControlRequest:
     """episode folder whose meta.json names the recording policy; None: the training config's data.path"""
     save_episodes: Path | None = None
     """also write the planner's episodes as training episodes (planner_SEED.npz) into this folder"""
+    exploration: float = 0.0
+    """noise on the planner's actions, in half-ranges of the action bounds (wm_deploy.control.explore): what the
+    planner's saved episodes are collected with; 0: none"""
     video: bool = True
     """record the first planner episode as a real | imagined GIF"""
     progress: bool = True
@@ -86,6 +89,8 @@ class ControlRequest:
             )
         if not 0 <= self.disagreement < float("inf"):
             raise ValueError(f"--disagreement must be finite and >= 0, got {self.disagreement}")
+        if not 0 <= self.exploration <= 1:
+            raise ValueError(f"--exploration must be in [0, 1], got {self.exploration}")
         if self.policy not in DRIVERS:
             raise ValueError(f"--policy must be one of {DRIVERS}, got {self.policy!r}")
         if self.disagreement and len(self.sources) == 1:
@@ -165,6 +170,7 @@ def run_request(request: ControlRequest) -> ControlRun:
             source=", ".join(map(str, sources)),
             on_step=bar.update,
             policy=request.policy,
+            exploration=request.exploration,
         )
     path = write_report(result, out_dir, request.overwrite)
     saved = [] if request.save_episodes is None else save_planner_episodes(result, request.save_episodes)
