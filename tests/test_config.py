@@ -23,6 +23,14 @@ def test_shipped_configs_load():
     assert load_config("configs/pong.yaml").data.action_mode == "discrete"
 
 
+def test_loop_config_loads_for_wm_train_and_wm_loop():
+    from wm_loop.config import load_loop_config
+
+    assert load_config("configs/carracing_loop.yaml").model.actor_critic
+    settings = load_loop_config("configs/carracing_loop.yaml")
+    assert settings.loop.rounds == 3 and settings.planner.horizon == 10
+
+
 def test_unknown_key_names_the_key_and_its_section(tmp_path):
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['lr_typo'\] in section 'train'"):
         load_config(_write(tmp_path, "train:\n  lr_typo: 0.1\n"))
