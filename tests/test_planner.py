@@ -186,6 +186,39 @@ def test_planner_plans_alike_on_numpy_and_torch_arrays(planner_model, mode):
     assert plans["torch"][1].value == pytest.approx(plans["numpy"][1].value, abs=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["continuous", "discrete"])
+def test_a_tick_on_device_arrays_reads_back_to_the_host_once(planner_model, mode, monkeypatch):
+    """On a GPU every host read of a device tensor (item, int(), bool(), tolist, numpy) waits for the device. The
+    torch path, run here on the CPU, must make none inside a tick but the one copy of Arrays.to_host, and the
+    Rollout's finiteness check (another wait) must not run on the planner's trusted path."""
+    model, _, codec = planner_model(mode)
+    rollout = Rollout.from_model(model, codec)
+    observed_state = observed(rollout)
+    state = LatentState(torch.as_tensor(observed_state.h), torch.as_tensor(observed_state.z))
+    planner = planner_on(rollout, iterations=3, arrays="torch")
+    expected = [planner.act(state) for _ in range(2)]
+    planner.reset(seed=SETTINGS["seed"])
+
+    def host_read(*args, **kwargs):
+        raise AssertionError("a tick read a tensor back to the host")
+
+    numpy = torch.Tensor.numpy
+    reads = []
+
+    def to_host(parts):
+        reads.append(len(parts))
+        return numpy(torch.cat([p.reshape(-1).double() for p in parts]).cpu())
+
+    monkeypatch.setattr(planner.xp, "to_host", to_host)
+    monkeypatch.setattr("wm_deploy.validation.check_finite", host_read)
+    for name in ("item", "tolist", "numpy", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    actions = [planner.act(state) for _ in range(2)]
+    monkeypatch.undo()
+    assert len(reads) == 2
+    np.testing.assert_array_equal(np.asarray(actions), np.asarray(expected))
+
+
 # --- bad input ----------------------------------------------------------------------------------------------
 
 
@@ -276,12 +309,12 @@ def test_data_prior_searches_near_the_training_actions_and_bounds_prior_the_whol
     xp = Arrays(torch.device("cpu"))
     rng = np.random.default_rng(0)
     data = Gaussian(xp, low, high, horizon=4, min_std=0.05, max_std=1.0, prior=(mean, 2 * std))
-    actions = data.to_actions(data.sample(4096, rng)).reshape(-1, 3)  # [N*H, A]
+    actions = data.to_actions(data.sample(data.draw(rng, 4096))).reshape(-1, 3)  # [N*H, A]
     assert ((actions >= low) & (actions <= high)).all()
     assert abs(actions[:, 1].mean() - 0.26) < 0.05 and actions[:, 1].std() < 2 * 0.18 + 0.02
     assert np.quantile(actions[:, 2], 0.9) < 0.2  # brake stays near what the model has seen
     box = Gaussian(xp, low, high, horizon=4, min_std=0.05, max_std=1.0)
-    actions = box.to_actions(box.sample(4096, rng)).reshape(-1, 3)
+    actions = box.to_actions(box.sample(box.draw(rng, 4096))).reshape(-1, 3)
     assert abs(actions[:, 2].mean() - 0.5) < 0.05 and np.quantile(actions[:, 2], 0.9) > 0.8
 
 

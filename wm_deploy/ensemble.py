@@ -97,11 +97,12 @@ class Ensemble:
         parts = self._split(state)
         return _join([m.observe(part, obs, prev_action) for m, part in zip(self.members, parts)])
 
-    def imagine(self, state: LatentState, actions) -> Trajectory:
+    def imagine(self, state: LatentState, actions, *, trusted: bool = False) -> Trajectory:
         """The members' trajectories side by side (z, h, prior mean and std), with their mean reward and value
-        (each less `disagreement` times their std) and mean continuation [B, H]."""
+        (each less `disagreement` times their std) and mean continuation [B, H]. `trusted`: as Rollout.imagine's
+        (the result is built from the members' outputs, so it is never a view)."""
         parts = self._split(state)
-        runs = [member.imagine(part, actions) for member, part in zip(self.members, parts)]
+        runs = [member.imagine(part, actions, trusted=trusted) for member, part in zip(self.members, parts)]
         heads = self.has_heads
         return Trajectory(
             z=_cat([run.z for run in runs]),
@@ -117,9 +118,9 @@ class Ensemble:
         """The first member's actor's action in its part of `state`."""
         return self.members[0].policy(self._split(state)[0])
 
-    def policy_plan(self, state: LatentState, horizon: int):
+    def policy_plan(self, state: LatentState, horizon: int, *, trusted: bool = False):
         """The first member's actor's open-loop plan from its part of `state`."""
-        return self.members[0].policy_plan(self._split(state)[0], horizon)
+        return self.members[0].policy_plan(self._split(state)[0], horizon, trusted=trusted)
 
     def encode(self, obs):
         """-> every member's posterior mean and std side by side, [B, M*S] each."""

@@ -9,7 +9,8 @@ Candidates live in the distribution's own coordinates: for the Gaussian, u in [-
 linearly onto each dimension's bounds (so the std floor and ceiling mean the same for steering in [-1, 1] and
 gas in [0, 1]); for the categorical, the action indices themselves. `to_actions` turns them into the raw actions
 `Rollout.imagine` takes. The noise comes from the planner's numpy generator on the host whatever the device, so
-a seed gives the same candidates on every backend.
+a seed gives the same candidates on every backend: `draw` makes a tick's worth at once (one copy to the device),
+and `sample` and `around` turn slices of it into candidates.
 """
 
 from __future__ import annotations
@@ -42,8 +43,39 @@ class Arrays:
         torch_dtype = torch.int64 if np.dtype(dtype).kind in "iu" else torch.float32
         return torch.as_tensor(x).to(self.device, torch_dtype)
 
+    def upload(self, x: np.ndarray) -> Any:
+        """A host array -> this kind, its dtype kept: on a GPU one copy from pinned memory that does not wait for
+        the device (the planner's noise for a whole tick)."""
+        if self.kind == "numpy":
+            return x
+        tensor = torch.from_numpy(np.ascontiguousarray(x))
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
     def numpy(self, x) -> np.ndarray:
         return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+    def arange(self, n: int):
+        return np.arange(n) if self.kind == "numpy" else torch.arange(n, device=self.device)
+
+    def argmax(self, x):
+        """-> the index of the largest entry, as a 0-d array or tensor (not read back to the host)."""
+        return np.argmax(x) if self.kind == "numpy" else torch.argmax(x)
+
+    def log(self, x):
+        """log, with log 0 = -inf and no warning."""
+        if self.kind == "numpy":
+            with np.errstate(divide="ignore"):
+                return np.log(x)
+        return torch.log(x)
+
+    def std(self, x):
+        """The population std (numpy's, torch's correction 0), as a 0-d array or tensor."""
+        return x.std() if self.kind == "numpy" else x.std(correction=0)
+
+    def maximum(self, x, floor: float):
+        return np.maximum(x, floor) if self.kind == "numpy" else x.clamp(min=floor)
 
     def ones_like(self, x):
         return np.ones_like(x) if self.kind == "numpy" else torch.ones_like(x)
@@ -81,8 +113,16 @@ class Arrays:
         e = np.exp(x - x.max()) if self.kind == "numpy" else torch.exp(x - x.max())
         return e / e.sum()
 
-    def count_nonfinite(self, x) -> int:
-        return int((~np.isfinite(x)).sum()) if self.kind == "numpy" else int((~torch.isfinite(x)).sum())
+    def count_nonfinite(self, x):
+        """-> the number of NaN and infinite entries, a 0-d array or tensor (read it back once per tick)."""
+        return (~np.isfinite(x)).sum() if self.kind == "numpy" else (~torch.isfinite(x)).sum()
+
+    def to_host(self, parts: list) -> np.ndarray:
+        """Arrays of any shape -> their values raveled and joined as one float64 numpy array: one device->host copy
+        for everything a tick reads back."""
+        if self.kind == "numpy":
+            return np.concatenate([np.asarray(p, np.float64).ravel() for p in parts])
+        return torch.cat([p.reshape(-1).double() for p in parts]).cpu().numpy()
 
     def cumprod(self, x, axis: int):
         return np.cumprod(x, axis) if self.kind == "numpy" else torch.cumprod(x, axis)
@@ -134,9 +174,13 @@ class Gaussian:
         if start is not None:
             self.mean = start + 0.0
 
-    def around(self, u, count: int, rng: np.random.Generator):
-        """`count` copies of the sequence u [H, A] jittered by min_std -> [count, H, A] in [-1, 1]."""
-        noise = self.xp.asarray(rng.standard_normal((count, *self.shape), dtype=np.float32))
+    def draw(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """The noise of `count` candidates, on the host: standard normal float32 [count, H, A]."""
+        return rng.standard_normal((count, *self.shape), dtype=np.float32)
+
+    def around(self, u, noise):
+        """Copies of the sequence u [H, A] jittered by min_std, one per row of `noise` (from `draw`) -> [count, H, A]
+        in [-1, 1]."""
         return self.xp.clip(u + self.min_std * noise, -1.0, 1.0)
 
     def from_actions(self, actions):
@@ -147,9 +191,8 @@ class Gaussian:
         """The distribution's most likely sequence: its mean u [H, A]."""
         return self.mean + 0.0
 
-    def sample(self, count: int, rng: np.random.Generator):
-        """-> u [count, H, A] in [-1, 1]."""
-        noise = self.xp.asarray(rng.standard_normal((count, *self.shape), dtype=np.float32))
+    def sample(self, noise):
+        """`noise` [count, H, A] (from `draw`) -> candidates u [count, H, A] in [-1, 1]."""
         return self.xp.clip(self.mean + self.std * noise, -1.0, 1.0)
 
     def refit(self, elites, weights) -> None:
@@ -186,12 +229,17 @@ class Categorical:
         if start is not None:
             self.probs = self._floored(self.xp.one_hot(start, self.actions))
 
-    def around(self, indices, count: int, rng: np.random.Generator):
-        """`count` draws from the sequence `indices` int [H] floored at min_prob -> int64 [count, H]."""
+    def draw(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """The noise of `count` candidates, on the host: one uniform number per step, float32 [count, H, 1]."""
+        return rng.random((count, self.horizon, 1), dtype=np.float32)
+
+    def around(self, indices, noise):
+        """Draws from the sequence `indices` int [H] floored at min_prob, one per row of `noise` -> int64
+        [count, H]."""
         saved = self.probs
         self.probs = self._floored(self.xp.one_hot(indices, self.actions))
         try:
-            return self.sample(count, rng)
+            return self.sample(noise)
         finally:
             self.probs = saved
 
@@ -205,9 +253,8 @@ class Categorical:
     def _floored(self, frequencies):
         return (1.0 - self.actions * self.min_prob) * frequencies + self.min_prob
 
-    def sample(self, count: int, rng: np.random.Generator):
-        """-> int64 [count, H]: inverse-CDF draws, one uniform number per step."""
-        uniform = self.xp.asarray(rng.random((count, self.horizon, 1), dtype=np.float32))
+    def sample(self, uniform):
+        """`uniform` [count, H, 1] (from `draw`) -> int64 [count, H]: inverse-CDF draws."""
         cdf = self.probs.cumsum(-1)  # [H, n]
         indices = (cdf < uniform).sum(-1)  # [count, H, n] -> [count, H]
         # float rounding can leave the last cdf entry just under 1

@@ -290,52 +290,68 @@ class Planner:
         return self.plan(state).action
 
     def plan(self, state: LatentState) -> Plan:
-        """One tick of planning from `state` -> the chosen Plan (also kept as `last_plan`)."""
+        """One tick of planning from `state` -> the chosen Plan (also kept as `last_plan`).
+
+        On a GPU nothing in the tick waits for the device until its end: the tick's noise is drawn on the host at
+        once and copied in one go, imagine runs on the Rollout's trusted path, the checks for non-finite numbers
+        and the final draw stay on the device, and what the tick reads back comes in one copy."""
         s, xp, dist = self.settings, self.xp, self.distribution
-        start = self._start(state)
+        start, checks = self._start(state)
         guide = self._policy_plan(state)  # [H, ...] the actor's plan in the distribution's coordinates, or None
         dist.begin(guide)
         replay = self._replay
+        jittered = self.policy_count - 1 if guide is not None else 0  # copies of the actor's plan
+        fresh = s.samples - (0 if replay is None else len(replay)) - (jittered + 1 if guide is not None else 0)
+        # Drawn in the order the iterations use them, then the final draw's: the same numbers as drawing each
+        # when it is needed.
+        noise = xp.upload(dist.draw(self.rng, s.iterations * (jittered + fresh)))  # [iterations * M, H, ...]
+        gumbel = xp.upload(self.rng.gumbel(size=s.samples)) if s.execute == "draw" else None  # [N] float64
         for iteration in range(s.iterations):
+            draws = noise[iteration * (jittered + fresh) : (iteration + 1) * (jittered + fresh)]
             given = [] if replay is None else [replay]
             if guide is not None:
-                given.append(xp.cat([guide[None], dist.around(guide, self.policy_count - 1, self.rng)]))
-            fresh = dist.sample(s.samples - sum(len(x) for x in given), self.rng)
-            candidates = xp.cat([*given, fresh]) if given else fresh  # [N, H, ...]
+                given.append(xp.cat([guide[None], dist.around(guide, draws[:jittered])]))
+            candidates = xp.cat([*given, dist.sample(draws[jittered:])]) if given else dist.sample(draws)  # [N, H, ...]
             actions = dist.to_actions(candidates)  # [N, H, A] raw, or [N, H] indices
-            trajectory = self.rollout.imagine(start, actions)
+            trajectory = self.rollout.imagine(start, actions, trusted=True)
             values = self._values(trajectory)  # [N]
             if self.action_stats is not None:
                 values = values - self._penalty(actions)
-            bad = xp.count_nonfinite(values)
-            if bad:
-                raise ValueError(
-                    f"planner: the model predicted non-finite values for {bad} of {s.samples} candidates (iteration "
-                    f"{iteration}); its weights or the observed state may be corrupt"
-                )
+            checks.append(xp.count_nonfinite(values))
             elite_values, elite_index = xp.top(values, s.elites)  # best first
             weights = elite_weights(xp, elite_values, s.temperature, s.weights)
             dist.refit(candidates[elite_index], weights)
-        chosen = 0 if s.execute == "mean" else self._draw(xp.numpy(weights), xp.numpy(elite_index))
-        order = [chosen, *range(chosen), *range(chosen + 1, s.elites)][: s.replay]  # the chosen one first
-        self._replay = shift(candidates[elite_index[order]]) if s.replay else None
-        executed = dist.mode() if s.execute == "mean" else None  # [H, ...], before end() shifts it
+        # Indexing with one-element arrays, not scalars: a scalar index of a device tensor is read back to the host.
+        chosen = self._draw(weights, elite_index, gumbel)  # [1]: the position among the elites
+        if s.replay:  # the chosen one first, then the other elites in order
+            key = xp.arange(s.elites) * 1.0
+            key[chosen] = -1.0
+            self._replay = shift(candidates[elite_index[xp.top(-key, s.replay)[1]]])
+        index = elite_index[chosen]  # [1]
+        executed = dist.mode()[None] if s.execute == "mean" else candidates[index]  # [1, H, ...] before end() shifts
         dist.end()
-        index = int(elite_index[chosen])
         reward, cont = trajectory.reward, trajectory.cont
+        parts = [dist.to_actions(executed), values[index], trajectory.z[index]]
+        parts += [] if reward is None else [reward[index], cont[index]]
+        host = xp.to_host([*parts, *checks])  # the tick's one read back
+        self._raise_on_nonfinite(host[-len(checks) :])
+        sizes = np.cumsum([int(np.prod(p.shape)) for p in parts])
+        actions_, value, z, *heads = np.split(host[: sizes[-1]], sizes[:-1])
+        H = s.horizon
         self.last_plan = Plan(
-            actions=xp.numpy(dist.to_actions(candidates[index] if executed is None else executed)).copy(),
-            value=float(values[index]),
-            z=xp.numpy(trajectory.z[index]).copy(),
-            reward=None if reward is None else xp.numpy(reward[index]).copy(),
-            cont=None if cont is None else xp.numpy(cont[index]).copy(),
+            actions=actions_.astype(np.int64) if self.discrete else actions_.astype(np.float32).reshape(H, -1),
+            value=float(value[0]),
+            z=z.astype(np.float32).reshape(H, -1),
+            reward=heads[0].astype(np.float32) if heads else None,
+            cont=heads[1].astype(np.float32) if heads else None,
         )
         return self.last_plan
 
     # --- internals ----------------------------------------------------------------------------------------
 
-    def _start(self, state: LatentState) -> LatentState:
-        """A LatentState of batch 1 -> the same state repeated for every candidate, as tensors on the device."""
+    def _start(self, state: LatentState) -> tuple[LatentState, list]:
+        """A LatentState of batch 1 -> the same state repeated for every candidate, as arrays on the device, and
+        the counts of its non-finite entries (read back with the rest of the tick)."""
         if not isinstance(state, LatentState):
             raise ValueError(f"planner: expected a LatentState (from Rollout.observe), got {type(state).__name__}")
         if state.batch != 1:
@@ -347,17 +363,31 @@ class Planner:
         for name, x, width in (("state.h", h, self.rollout.dims.deter), ("state.z", z, self.rollout.dims.latent)):
             if tuple(x.shape) != (1, width):
                 raise ValueError(f"planner: {name} must have shape [1, {width}], got {list(x.shape)}")
-            if xp.count_nonfinite(x):
-                raise ValueError(f"planner: {name} contains NaN or infinite values")
         n = self.settings.samples
-        return LatentState(xp.expand(h, n), xp.expand(z, n))  # [1, D] -> [N, D] without a copy
+        return LatentState(xp.expand(h, n), xp.expand(z, n)), [xp.count_nonfinite(h), xp.count_nonfinite(z)]
+
+    def _raise_on_nonfinite(self, counts: np.ndarray) -> None:
+        """counts: non-finite entries of state.h, state.z, then each iteration's values. The state is checked at
+        the end of the tick (to read everything back at once), so the search it fed is forgotten."""
+        if not counts.any():
+            return
+        self.reset()
+        for name, count in zip(("state.h", "state.z"), counts[:2]):
+            if count:
+                raise ValueError(f"planner: {name} contains NaN or infinite values")
+        iteration = int(np.flatnonzero(counts[2:])[0])
+        raise ValueError(
+            f"planner: the model predicted non-finite values for {int(counts[2 + iteration])} of "
+            f"{self.settings.samples} candidates (iteration {iteration}); its weights or the observed state may be "
+            "corrupt"
+        )
 
     def _policy_plan(self, state: LatentState):
         """The actor's open-loop plan from `state` in the distribution's coordinates [H, ...], or None (no actor,
         or policy_samples 0)."""
         if not self.policy_count:
             return None
-        plan = self.rollout.policy_plan(state, self.settings.horizon)  # [1, H, A] raw or [1, H]
+        plan = self.rollout.policy_plan(state, self.settings.horizon, trusted=True)  # [1, H, A] raw or [1, H]
         return self.distribution.from_actions(self.xp.asarray(plan[0], np.int64 if self.discrete else np.float32))
 
     def _values(self, trajectory: Trajectory):
@@ -387,13 +417,15 @@ class Planner:
         squared = (self.xp.clip(beyond, 0.0, math.inf) ** 2).sum(-1)  # [N, H]
         return self.settings.action_penalty * (squared * self.discounts).sum(-1)
 
-    def _draw(self, weights: np.ndarray, elite_index: np.ndarray) -> int:
-        """The position among the elites of one drawn with probability `weights` (Gumbel-max on the planner's
-        generator). The noise belongs to the candidate, not to its rank, so two backends whose values differ in
-        the last digits (and may order two nearly equal elites either way) still draw the same candidate."""
-        gumbel = self.rng.gumbel(size=self.settings.samples)[elite_index]
-        with np.errstate(divide="ignore"):  # a weight that underflowed to 0 is never drawn: log 0 = -inf
-            return int(np.argmax(np.log(weights) + gumbel))
+    def _draw(self, weights, elite_index, gumbel):
+        """The position among the elites [1] of one drawn with probability `weights` (Gumbel-max with `gumbel`
+        [N], drawn on the planner's generator), or of the best (execute="mean", `gumbel` None). The noise belongs
+        to the candidate, not to its rank, so two backends whose values differ in the last digits (and may order
+        two nearly equal elites either way) still draw the same candidate. A weight that underflowed to 0 is never
+        drawn: log 0 = -inf."""
+        if gumbel is None:
+            return self.xp.asarray(np.zeros(1), np.int64)
+        return self.xp.argmax(self.xp.log(weights) + gumbel[elite_index])[None]
 
 
 class ActorPolicy:
@@ -428,8 +460,8 @@ def elite_weights(xp: Arrays, elite_values, temperature: float, mode: str):
     """[K] elite values, best first -> weights [K] summing to 1: softmax(temperature * values / spread), the spread
     being the values' std (floored at MIN_SPREAD) for `scaled`, 1 for `raw`."""
     if mode == "scaled":
-        spread = float(xp.numpy(elite_values).std())
-        return xp.softmax(temperature * elite_values / max(spread, MIN_SPREAD))
+        spread = xp.maximum(xp.std(elite_values), MIN_SPREAD)  # stays on the device
+        return xp.softmax(temperature * elite_values / spread)
     return xp.softmax(temperature * elite_values)  # exp(t (v - best)) / sum
 
 

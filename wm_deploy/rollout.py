@@ -249,7 +249,14 @@ class Rollout:
             return LatentState(ops.read(ws.hs[1], kind), ops.read(ws.post_mean, kind))
 
     def imagine(
-        self, state: LatentState, actions, *, sample: bool = False, noise=None, seed: int | None = None
+        self,
+        state: LatentState,
+        actions,
+        *,
+        sample: bool = False,
+        noise=None,
+        seed: int | None = None,
+        trusted: bool = False,
     ) -> Trajectory:
         """Roll the prior forward from `state` under raw `actions` [B, H, A] (continuous) or int [B, H]
         (discrete).
@@ -258,18 +265,26 @@ class Rollout:
         [B, H, S] when given (to compare backends on identical noise), else standard normal draws from the
         rollout's generator (or from a fresh one seeded with `seed`), drawn on the backend's device.
         -> Trajectory(z, prior_mean, prior_std [B, H, S], h [B, H, D], reward, cont, value [B, H]); reward and
-        cont are None for a model without heads, value for a model without a critic."""
+        cont are None for a model without heads, value for a model without a critic.
+
+        `trusted=True` is the hot path of a caller that made its inputs itself and checks its outputs (the
+        Planner): shapes and dtypes are still checked, but not the numbers (finiteness, the range of discrete
+        actions: on a GPU, reading them waits for the device), and the Trajectory holds views of this Rollout's
+        buffers instead of copies, valid until its next call with the same batch and horizon (from any thread)."""
         batch = validation.check_state(state, self.dims, self.max_batch, finite=False)
-        horizon = validation.check_actions(actions, self.codec, batch, "actions", sequence=True, finite=False)
+        horizon = validation.check_actions(
+            actions, self.codec, batch, "actions", sequence=True, finite=False, values=not trusted
+        )
         kind = "torch" if isinstance(actions, torch.Tensor) else "numpy"
         if not sample and (noise is not None or seed is not None):
             raise ValueError("noise and seed only apply with sample=True")
         if noise is not None:
             validation.check_noise(noise, batch, horizon, self.dims, finite=False)
-        finite = {"state.h": state.h, "state.z": state.z, "noise": noise}
-        if self.codec.mode == "continuous":  # discrete actions are integers, range-checked above
-            finite["actions"] = actions
-        validation.check_finite({name: x for name, x in finite.items() if x is not None})
+        if not trusted:
+            finite = {"state.h": state.h, "state.z": state.z, "noise": noise}
+            if self.codec.mode == "continuous":  # discrete actions are integers, range-checked above
+                finite["actions"] = actions
+            validation.check_finite({name: x for name, x in finite.items() if x is not None})
         ops = self.ops
         with self._exclusive():
             ws = self._workspace(batch, horizon, frames=False)
@@ -288,14 +303,18 @@ class Rollout:
             runner()
             views = ws.trajectory
             heads = self.backend.has_heads
+
+            def out(name: str):
+                return views[name] if trusted and ops.kind == kind else ops.read(views[name], kind)
+
             return Trajectory(
-                z=ops.read(views["z"], kind),
-                h=ops.read(views["h"], kind),
-                prior_mean=ops.read(views["prior_mean" if sample else "z"], kind),
-                prior_std=ops.read(views["prior_std"], kind),
-                reward=ops.read(views["reward"], kind) if heads else None,
-                cont=ops.read(views["cont"], kind) if heads else None,
-                value=ops.read(views["value"], kind) if self.backend.has_value else None,
+                z=out("z"),
+                h=out("h"),
+                prior_mean=out("prior_mean" if sample else "z"),
+                prior_std=out("prior_std"),
+                reward=out("reward") if heads else None,
+                cont=out("cont") if heads else None,
+                value=out("value") if self.backend.has_value else None,
             )
 
     def policy(self, state: LatentState):
@@ -312,11 +331,12 @@ class Rollout:
             self.backend.policy_into(ws)
             return self._raw_actions(ops.read(ws.policy_action, kind))
 
-    def policy_plan(self, state: LatentState, horizon: int):
+    def policy_plan(self, state: LatentState, horizon: int, *, trusted: bool = False):
         """The actor's open-loop plan from `state`: `horizon` steps, each the actor's action in the state the prior
         mean reaches under the actions before -> raw actions [B, H, A] (continuous) or int64 [B, H] (discrete),
-        the kind of state.h. 2 x horizon small graph calls."""
-        kind = self._check_policy(state)
+        the kind of state.h. 2 x horizon small graph calls. `trusted`: the state is not checked for NaN (as
+        imagine's)."""
+        kind = self._check_policy(state, finite=not trusted)
         if horizon < 1:
             raise ValueError(f"policy_plan: horizon must be >= 1, got {horizon}")
         ops = self.ops
@@ -397,14 +417,14 @@ class Rollout:
 
     # --- internals ----------------------------------------------------------------------------------------
 
-    def _check_policy(self, state: LatentState) -> str:
+    def _check_policy(self, state: LatentState, finite: bool = True) -> str:
         """-> the array kind of `state`, after checking that there is a policy and that the state fits it."""
         if not self.has_policy:
             raise ValueError("policy: this model has no actor (train it with `model: actor_critic: true`)")
         if not isinstance(state, LatentState):
             raise ValueError(f"policy: expected a LatentState, got {type(state).__name__}")
         kind = validation.array_kind(state.h, "state.h")
-        validation.check_state(state, self.dims, self.max_batch)
+        validation.check_state(state, self.dims, self.max_batch, finite=finite)
         return kind
 
     def _raw_actions(self, encoded):

@@ -49,6 +49,12 @@ def _all_finite(x) -> bool:
     return math.isfinite(x.max()) and math.isfinite(x.min())
 
 
+def _is_integer(x) -> bool:
+    if isinstance(x, torch.Tensor):
+        return not x.dtype.is_floating_point and not x.dtype.is_complex and x.dtype != torch.bool
+    return x.dtype.kind in "iu"
+
+
 def _dtype_name(x) -> str:
     return str(x.dtype).removeprefix("torch.")
 
@@ -117,9 +123,12 @@ def check_state(state: LatentState, dims: Dims, max_batch: int, batch: int | Non
     return int(state.h.shape[0])
 
 
-def check_actions(actions, codec: ActionCodec, batch: int, where: str, sequence: bool, finite: bool = True) -> int:
+def check_actions(
+    actions, codec: ActionCodec, batch: int, where: str, sequence: bool, finite: bool = True, values: bool = True
+) -> int:
     """Raw actions of `codec`: continuous [B, H, A] (or [B, A] when not `sequence`), discrete int [B, H] (or [B]).
-    Returns H (1 when not `sequence`)."""
+    Returns H (1 when not `sequence`). Without `values`, shapes and dtypes only: no look at the numbers (the
+    range of discrete actions, finiteness), which on a GPU waits for the device."""
     array_kind(actions, where)
     continuous = codec.mode == "continuous"
     ndim = (2 if sequence else 1) + continuous
@@ -133,7 +142,10 @@ def check_actions(actions, codec: ActionCodec, batch: int, where: str, sequence:
     if horizon < 1:
         raise ValueError(f"{where}: the horizon (axis 1) must be >= 1, got {horizon}")
     if not continuous:
-        codec.validate(actions, where)  # integer dtype, range
+        if values:
+            codec.validate(actions, where)  # integer dtype, range
+        elif not _is_integer(actions):
+            raise ValueError(f"{where}: discrete actions must be integers, got dtype {_dtype_name(actions)}")
     elif not _is_real(actions):
         raise ValueError(f"{where}: expected real-valued continuous actions, got dtype {_dtype_name(actions)}")
     elif finite and not _all_finite(actions):  # what ActionCodec.validate checks beyond the shape
