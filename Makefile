@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[cpu,envs,dev,docs]"
+	$(PY) -m pip install -q -e ".[cpu,envs,dev,docs,kernels]"
 	touch $@
 
 # meta.json is written last, once every episode is there (recordings without it predate rewards: re-record)

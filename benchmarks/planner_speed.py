@@ -35,7 +35,7 @@ from wm_deploy.loading import VARIANTS
 from report import add_results_option, environment, machine_line, markdown_table, progress, save_results
 from timing import Sampling, random_checkpoint, summarise, time_calls
 
-BACKENDS = {"cpu": "torch,onnxruntime", "cuda": "torch,torch-cudagraphs,torch-bf16"}
+BACKENDS = {"cpu": "torch,onnxruntime", "cuda": "torch,torch-cudagraphs-unfused,torch-cudagraphs,torch-bf16"}
 """the default --backends by --device (names of wm_deploy.loading.VARIANTS); torch eager first: the baseline"""
 GRID = {"samples": (128, 256, 512), "horizon": (8, 12, 16), "iterations": (2, 3, 4)}
 """--full: every combination; the default grid varies one setting at a time around the defaults"""
@@ -175,7 +175,7 @@ def load_variant(folder: Path, name: str, device: str) -> Rollout:
     if name not in VARIANTS:
         raise SystemExit(f"--backends: unknown {name!r}; expected some of {list(VARIANTS)}")
     backend, options = VARIANTS[name]
-    if name == "torch-cudagraphs" and device != "cuda":
+    if name.startswith("torch-cudagraphs") and device != "cuda":
         raise SystemExit("--backends: CUDA graphs need --device cuda")
     return Rollout.load(folder, backend=backend, device=device, **options)
 

@@ -27,8 +27,10 @@ benchmarks/rollout_latency_report.py's.
 
 Backends (`--backends`, default all; those that cannot run here are listed as skipped, with the reason). The
 names are wm_deploy.loading.VARIANTS:
-  torch             PyTorch eager, the baseline of the speed-up column
-  torch-cudagraphs  PyTorch with the imagine loop captured in a CUDA graph (CUDA graphs on CUDA only)
+  torch             PyTorch eager, the torch loop: the baseline of the speed-up column
+  torch-cudagraphs  PyTorch with the imagine loop captured in a CUDA graph (CUDA only); in fp32 the loop is
+                    the fused Triton kernel where Triton is installed (Rollout.load(fused=True), the default)
+  torch-cudagraphs-unfused  the same with the torch loop
   torch-tf32        PyTorch with CUDA graphs, TF32 matmuls and convolutions (opt-in precision)
   torch-bf16        PyTorch, bfloat16 matmuls with a float32 recurrent state (CUDA graphs on CUDA)
   torch-fp16        the same in float16
@@ -187,7 +189,7 @@ def prepare_artifacts(args, scratch: Path, wanted: list[str], device: torch.devi
 def load_backend(name: str, folders: dict, device: torch.device, max_batch: int) -> Rollout:
     """Raises ValueError / FileNotFoundError / ImportError when `name` cannot run here."""
     backend, options = VARIANTS[name]
-    if name == "torch-cudagraphs" and device.type != "cuda":
+    if name.startswith("torch-cudagraphs") and device.type != "cuda":
         raise ValueError("CUDA graphs need a CUDA device (--device cuda)")
     folder = folders[options["precision"]] if backend == "tensorrt" else folders["onnx"]
     # the baseline is eager: on CUDA the torch backend would otherwise capture the loop in a CUDA graph

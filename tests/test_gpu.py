@@ -202,7 +202,8 @@ class SyncingBackend(TorchBackend):
 
 def test_a_failed_capture_falls_back_to_the_eager_loop_with_a_warning(checkpoint, cpu):
     model, _, extras = load_checkpoint(checkpoint)
-    rollout = Rollout(SyncingBackend(model, torch.device("cuda"), 256), extras["action_codec"])
+    # the torch loop (not the fused kernel, which never calls step_into)
+    rollout = Rollout(SyncingBackend(model, torch.device("cuda"), 256, fused=False), extras["action_codec"])
     x = inputs(4, 6)
     state = LatentState(x["h"], x["z"])
     with warnings.catch_warnings(record=True) as caught:

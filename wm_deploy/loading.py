@@ -50,6 +50,8 @@ class Options:
     precision: str | None = None
     """None: the backend's default (fp32; a TensorRT folder's engines as built)"""
     thread_spinning: bool = True
+    fused: bool = True
+    """torch on CUDA, fp32: the imagine loop as one Triton kernel where the model allows it"""
 
 
 def open_source(path: str | Path) -> Source:
@@ -121,7 +123,9 @@ def _build_torch(source: Source, device: torch.device, options: Options) -> tupl
             )
     model, cfg, extras = load_checkpoint(checkpoint, map_location=device)
     max_batch = options.max_batch or _folder_max_batch(manifest) or cfg.export.max_batch
-    backend = TorchBackend(model, device, max_batch, options.cuda_graphs, options.precision or "fp32")
+    backend = TorchBackend(
+        model, device, max_batch, options.cuda_graphs, options.precision or "fp32", fused=options.fused
+    )
     if manifest is not None and backend.dims != manifest_dims(manifest):
         raise ValueError(
             f"{checkpoint}: model dims {backend.dims} differ from the manifest's {manifest_dims(manifest)}"
@@ -240,8 +244,9 @@ BACKENDS = tuple(REGISTRY)
 PREFERENCE = {"cpu": ("onnxruntime", "torch"), "cuda": ("tensorrt", "torch", "onnxruntime")}
 
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "torch": ("torch", {"cuda_graphs": False}),
+    "torch": ("torch", {"cuda_graphs": False, "fused": False}),
     "torch-cudagraphs": ("torch", {}),
+    "torch-cudagraphs-unfused": ("torch", {"fused": False}),
     "torch-tf32": ("torch", {"precision": "tf32"}),
     "torch-bf16": ("torch", {"precision": "bf16"}),
     "torch-fp16": ("torch", {"precision": "fp16"}),

@@ -113,6 +113,7 @@ class Rollout:
         precision: str | None = None,
         max_workspaces: int = MAX_WORKSPACES,
         thread_spinning: bool = True,
+        fused: bool = True,
     ) -> Rollout:
         """Load an artifact folder (written by wm-export) or a checkpoint (torch backend only).
 
@@ -129,11 +130,13 @@ class Rollout:
         least recently used is freed beyond it, so memory stays bounded however many shapes a process sees.
         thread_spinning: onnxruntime on CPU keeps its idle worker threads spinning for the next call, which makes
         one model's back-to-back calls faster; several models that take turns on the same cores (an Ensemble)
-        should turn it off, or each one's spinning threads slow the others' calls.
+        should turn it off, or each one's spinning threads slow the others' calls. fused: torch on CUDA in fp32
+        runs the imagine loop as one Triton kernel (the `kernels` extra) where the model allows it, after checking
+        it against the torch loop (`backend_detail` says which runs); off, the torch loop.
         """
         device = resolve_device(device)
         source = open_source(path)
-        options = Options(max_batch, frame_threads, cuda_graphs, precision, thread_spinning)
+        options = Options(max_batch, frame_threads, cuda_graphs, precision, thread_spinning, fused)
         if backend == "auto":
             built, codec, reason = build_auto(source, device, options)
             logger.info("wm_deploy: backend auto -> %s (%s); %s", built.name, built.detail, reason)
@@ -466,6 +469,10 @@ class Rollout:
     def _runner(self, ws: Workspace, sample: bool):
         runner = ws.runners.get(sample)
         if runner is None:
-            loop = functools.partial(imagine_loop, self.backend.step_into, self.ops, ws, sample)
+            # a backend may run the whole loop as one kernel (the torch backend's fused Triton rollout on CUDA)
+            fused_loop = getattr(self.backend, "fused_loop", None)
+            loop = fused_loop(ws, sample) if fused_loop is not None else None
+            if loop is None:
+                loop = functools.partial(imagine_loop, self.backend.step_into, self.ops, ws, sample)
             runner = ws.runners[sample] = self.backend.compile(loop, ws)
         return runner
