@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         if folder is None:
             folder = export_artifacts(random_checkpoint(Path(tmp), heads=True), Path(tmp) / "artifacts")
         rollout = Rollout.load(folder, backend=args.backend, device=args.device)
-        settings = dict(samples=samples, horizon=horizon, iterations=iterations, seed=0, bounds=BOUNDS)
-        planners = {"baseline": Baseline(rollout, **settings), "this checkout": Planner(rollout, **settings)}
+        planners = {
+            name: kind(rollout, bounds=BOUNDS, seed=0, samples=samples, horizon=horizon, iterations=iterations)
+            for name, kind in (("baseline", Baseline), ("this checkout", Planner))
+        }
         for planner in planners.values():
             planner.warmup()
         calls = {name: tick_call(rollout, planner) for name, planner in planners.items()}
