@@ -8,8 +8,8 @@ mean back as the next z, so errors compound as they do in deployment.
 A trained RSSM can amplify rounding over an open-loop rollout: PyTorch's own float32 rollout then drifts
 from the same rollout in float64 by about as much as the 1e-4 latent tolerance. So the rollout's tolerance is
 the larger of the latent tolerance and DRIFT_FACTOR times that float32 drift, measured on the same inputs:
-an export must be about as exact as float32 PyTorch itself, which a wrong graph is not by orders of
-magnitude.
+an export must be within an order of magnitude as exact as float32 PyTorch itself, which a wrong graph is not
+by orders of magnitude.
 
 Per output the report holds the largest absolute difference and the largest difference relative to the
 reference's scale (`max_abs / max|reference|`; an element-wise ratio is meaningless next to zero). As in
@@ -38,8 +38,10 @@ BATCH_SIZES = (1, 7, 256)
 ROLLOUT_STEPS = 50
 ROLLOUT_PREFIX = f"rollout{ROLLOUT_STEPS}"
 
-DRIFT_FACTOR = 4.0
-"""rollout tolerance: this many times PyTorch float32's own drift from float64 (when above the latent one)"""
+DRIFT_FACTOR = 10.0
+"""rollout tolerance: this many times PyTorch float32's own drift from float64 (when above the latent one). Within
+an order of magnitude: onnxruntime's own rollout drifted 5.3 times as far from float64 as PyTorch's on a trained
+CarRacing model (docs/artifacts.md); a wrong graph is off by orders of magnitude"""
 
 Runner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
