@@ -95,9 +95,11 @@ class PlannerSettings:
     """with a model that has an actor: candidates per iteration that are the actor's open-loop plan (the first)
     and copies of it jittered by min_std; the search also starts each tick at that plan (TD-MPC2: 24 of 512).
     0: the actor is not used"""
-    use_value: bool = True
+    use_value: bool = False
     """with a model that has a critic: add discount^H * alive_H * V(last state) to each candidate's value (what
-    lies beyond the horizon); off: the rewards within the horizon only"""
+    lies beyond the horizon); off: the rewards within the horizon only. Off by default: on the CarRacing benchmark
+    the critic's values did not predict the returns (wm-eval value_r2 -0.64) and halved the return (docs/control.md);
+    turn it on for a critic whose value_r2 is high"""
     min_std: float = 0.05
     """continuous actions: floor of the search's std per step and dimension, in half-ranges of the dimension's
     bounds"""
