@@ -52,9 +52,7 @@ def _with_actor_critic(model: WorldModel, codec, value: float, action=None) -> R
 def test_value_at_the_horizon_adds_discount_h_alive_h_value_exactly(planner_model):
     model, _, codec = planner_model("continuous")
     rollout = _with_actor_critic(model, codec, 0.0)
-    planner = Planner(
-        rollout, horizon=3, samples=8, elites=2, replay=0, policy_samples=0, discount=0.9, use_value=True
-    )
+    planner = Planner(rollout, horizon=3, samples=8, elites=2, replay=0, policy_samples=0, discount=0.9, use_value=True)
     reward = np.array([[1.0, 2.0, 3.0]], np.float32)
     cont = np.array([[0.9, 0.8, 0.5]], np.float32)
     value = np.array([[7.0, 8.0, 10.0]], np.float32)
