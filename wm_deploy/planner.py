@@ -304,12 +304,13 @@ class Planner:
         replay = self._replay
         jittered = self.policy_count - 1 if guide is not None else 0  # copies of the actor's plan
         fresh = s.samples - (0 if replay is None else len(replay)) - (jittered + 1 if guide is not None else 0)
+        drawn = jittered + fresh  # M: candidates an iteration draws noise for
         # Drawn in the order the iterations use them, then the final draw's: the same numbers as drawing each
         # when it is needed.
-        noise = xp.upload(dist.draw(self.rng, s.iterations * (jittered + fresh)))  # [iterations * M, H, ...]
+        noise = xp.upload(dist.draw(self.rng, s.iterations * drawn))  # [iterations * M, H, ...]
         gumbel = xp.upload(self.rng.gumbel(size=s.samples)) if s.execute == "draw" else None  # [N] float64
         for iteration in range(s.iterations):
-            draws = noise[iteration * (jittered + fresh) : (iteration + 1) * (jittered + fresh)]
+            draws = noise[iteration * drawn : (iteration + 1) * drawn]
             given = [] if replay is None else [replay]
             if guide is not None:
                 given.append(xp.cat([guide[None], dist.around(guide, draws[:jittered])]))
