@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = {
     "torch": "torch eager",
     "torch-cudagraphs": "torch + CUDA graphs (fp32)",
-    "torch-cudagraphs-unfused": "the same, torch loop (no fused kernel)",
+    "torch-cudagraphs-fused": "the same, fused Triton rollout",
     "torch-tf32": "torch tf32 (opt-in)",
     "torch-bf16": "torch bf16",
     "torch-fp16": "torch fp16",
@@ -53,22 +53,23 @@ LABELS = {
 """the variants of wm_deploy.loading.VARIANTS timed here, as the tables name them"""
 VARIANTS = ",".join(LABELS)
 TARGETS = [
-    # (what, backend, batch, horizon, field, comparison, value, format); no comparison: shown for comparison only
-    (
-        "torch + CUDA graphs, B=1 H=15: ≤ 250 µs per Rollout.imagine call",
-        "torch-cudagraphs",
-        1,
-        15,
-        "p50_s",
-        "<=",
-        250e-6,
-        "time",
-    ),
-    ("the same, ≥ 10× torch eager in the same run", "torch-cudagraphs", 1, 15, "speedup", ">=", 10.0, ".3g"),
-    ("B=4096 H=15 fp32: ≥ 3e7 latent steps/s", "torch-cudagraphs", 4096, 15, "steps_per_s", ">=", 3e7, ".2e"),
-    ("the same with the tf32 opt-in (not a target)", "torch-tf32", 4096, 15, "steps_per_s", None, None, ".2e"),
-    ("B=4096 H=15 bf16: ≥ 1.5e8 latent steps/s", "torch-bf16", 4096, 15, "steps_per_s", ">=", 1.5e8, ".2e"),
-]
+    # (what, backend, call, batch, horizon, field, comparison, value, format); no comparison: for comparison only
+    ("B=1 H=15 through the trusted path: ≤ 100 µs", "torch-cudagraphs", "imagine-trusted", 1, 15, "p50_s", "<=", 100e-6,
+     "time"),
+    ("B=1 H=15, the public Rollout.imagine: ≤ 250 µs", "torch-cudagraphs", "imagine", 1, 15, "p50_s", "<=", 250e-6,
+     "time"),
+    ("the same, ≥ 10× torch eager in the same run", "torch-cudagraphs", "imagine", 1, 15, "speedup", ">=", 10.0,
+     ".3g"),
+    ("observe at B=1: ≤ 0.3 ms", "torch-cudagraphs", "observe", 1, 1, "p50_s", "<=", 300e-6, "time"),
+    ("B=4096 H=15 fp32: ≥ 3e7 latent steps/s", "torch-cudagraphs", "imagine", 4096, 15, "steps_per_s", ">=", 3e7,
+     ".2e"),
+    ("the same, fused Triton rollout (opt-in)", "torch-cudagraphs-fused", "imagine", 4096, 15, "steps_per_s", None,
+     None, ".2e"),
+    ("the same with the tf32 opt-in (not a target)", "torch-tf32", "imagine", 4096, 15, "steps_per_s", None, None,
+     ".2e"),
+    ("B=4096 H=15 bf16: ≥ 1.5e8 latent steps/s", "torch-bf16", "imagine", 4096, 15, "steps_per_s", ">=", 1.5e8,
+     ".2e"),
+]  # fmt: skip
 PARITY = "parity on CUDA within the CPU tolerances (fp32) and 1e-2 (bf16, fp16)"
 """the target the CUDA tests check"""
 TARGET_COLUMNS = [{"name": "target"}, {"name": "measured", "align": "right"}, {"name": "met"}]
@@ -82,19 +83,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_part(name: str, command: list[str], log: Path | None = None) -> dict:
-    """Run one part as a subprocess (its output streamed, and kept in `log`) -> its status and seconds."""
+def run_part(name: str, command: list[str], timeout_s: float, log: Path | None = None) -> dict:
+    """Run one part as a subprocess (its output streamed, and kept in `log`) -> its status and seconds. A part
+    that outlasts `timeout_s` (a hung kernel, say) is stopped with exit code 124, so the rest still fits a lease."""
     print(f"\n=== {name}: {' '.join(command)}", flush=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    try:
+        completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        output, exit_code = completed.stdout + completed.stderr, completed.returncode
+    except subprocess.TimeoutExpired as timeout:
+        output = "".join(
+            part.decode(errors="replace") if isinstance(part, bytes) else part or ""
+            for part in (timeout.stdout, timeout.stderr)
+        )
+        output, exit_code = output + f"\nstopped after {timeout_s:.0f} s\n", 124
     seconds = time.perf_counter() - start
-    output = completed.stdout + completed.stderr
     print(output[-6000:], flush=True)
     if log is not None:
         log.write_text(output)
-    print(f"=== {name}: exit {completed.returncode} in {seconds:.1f} s", flush=True)
-    return {"part": name, "exit_code": completed.returncode, "seconds": round(seconds, 1)}
+    print(f"=== {name}: exit {exit_code} in {seconds:.1f} s", flush=True)
+    return {"part": name, "exit_code": exit_code, "seconds": round(seconds, 1)}
 
 
 def check_targets(latency: dict, tests_log: str | None) -> list[dict]:
@@ -102,8 +111,8 @@ def check_targets(latency: dict, tests_log: str | None) -> list[dict]:
     measured); last the parity target, from the CUDA tests' summary line."""
     rows = {(r["backend"], r["call"], r["batch"], r["horizon"]): r for r in latency.get("results", [])}
     checked = []
-    for what, backend, batch, horizon, field, comparison, value, fmt in TARGETS:
-        row = rows.get((backend, "imagine", batch, horizon))
+    for what, backend, call, batch, horizon, field, comparison, value, fmt in TARGETS:
+        row = rows.get((backend, call, batch, horizon))
         measured = None if row is None else row["p50_us"] * 1e-6 if field == "p50_s" else row[field]
         met = None
         if measured is not None and comparison is not None:
@@ -142,13 +151,15 @@ def latency_table(latency: dict) -> tuple[list[dict], list[list]]:
 
 
 def planner_table(planner: dict) -> tuple[list[dict], list[list]]:
-    """One control tick's p50 per cell (rows) and variant (columns), then ticks/s per variant beyond the first."""
+    """One control tick's p50 per cell (rows) and variant (columns), then the plan alone (Planner.act without
+    observe) per variant, then ticks/s per variant beyond the first."""
     ticks = planner.get("rows", [])
     backends = list(dict.fromkeys(r["backend"] for r in ticks))
     cells = list(dict.fromkeys((r["samples"], r["horizon"], r["iterations"], r["default"]) for r in ticks))
     by = {(r["backend"], r["samples"], r["horizon"], r["iterations"]): r for r in ticks}
     columns = [{"name": "samples × horizon × iterations"}]
     columns += [{"name": LABELS.get(b, b), "format": "time"} for b in backends]
+    columns += [{"name": f"plan alone, {LABELS.get(b, b)}", "format": "time"} for b in backends]
     columns += [{"name": f"ticks/s, {LABELS.get(b, b)}", "format": ".0f"} for b in backends[1:]]
     rows = []
     for n, h, i, default in cells:
@@ -156,6 +167,7 @@ def planner_table(planner: dict) -> tuple[list[dict], list[list]]:
         rows.append(
             [f"{n} × {h} × {i}{' (default)' if default else ''}"]
             + [None if r is None else r["ms_p50"] * 1e-3 for r in found]
+            + [None if r is None else r["plan_ms_p50"] * 1e-3 for r in found]
             + [None if r is None else r["ticks_per_s"] for r in found[1:]]
         )
     return columns, rows
@@ -228,6 +240,7 @@ def main(argv=None) -> int:
             "CUDA tests",
             [python, "-m", "pytest", "-m", "gpu", "-rs", "-p", "no:cacheprovider", "tests/test_gpu.py",
              "tests/test_fused_rollout.py"],
+            150,
             out / "gpu_tests.log",
         ),
         run_part(
@@ -236,17 +249,20 @@ def main(argv=None) -> int:
              "--horizons", horizons, "--budget-s", str(args.budget_s), "--json", str(out / "rollout_latency.json"),
              "--markdown", str(out / "rollout_latency.md"), "--results",
              str(out / "results" / f"rollout_latency_{device}.json"), *latency_extra],
+            150,
         ),
         run_part(
             "training throughput",
             [python, "benchmarks/train_throughput.py", "--device", device, "--json",
              str(out / "train_throughput.json"), "--results", str(out / "results" / f"train_throughput_{device}.json"),
              *train],
+            90,
         ),
         run_part(
             "planner ticks",
             [python, "benchmarks/planner_speed.py", "--device", device, "--quick", "--json",
              str(out / "planner_speed.json"), *planner_args],
+            120,
         ),
     ]  # fmt: skip
     latency, planner = read_json(out / "rollout_latency.json"), read_json(out / "planner_speed.json")

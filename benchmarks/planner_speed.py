@@ -13,7 +13,7 @@ state it returns (`iterations` batched `imagine` calls of `samples` x `horizon`,
 and refits, the chosen action copied out) -- everything a controller adds to the environment's step. The
 backends take turns in blocks of ticks (benchmarks/timing.py), so a busy machine slows both alike; each cell
 reports the median and 90th percentile of single ticks, ticks/s = 1 / median, and the speed-up over torch
-eager (the first backend). Without --artifacts a randomly initialised model with reward and continuation heads
+eager (the first backend). `plan` times `Planner.act` alone on an observed state, in the same blocks. Without --artifacts a randomly initialised model with reward and continuation heads
 (--size, default `default`) is saved and exported to a temporary folder; timings do not depend on the weights.
 The planner's budget: one tick at the default settings (PlannerSettings) <= 100 ms on 2 CPU cores with onnxruntime.
 """
@@ -35,7 +35,7 @@ from wm_deploy.loading import VARIANTS
 from report import add_results_option, environment, machine_line, markdown_table, progress, save_results
 from timing import Sampling, random_checkpoint, summarise, time_calls
 
-BACKENDS = {"cpu": "torch,onnxruntime", "cuda": "torch,torch-cudagraphs-unfused,torch-cudagraphs,torch-bf16"}
+BACKENDS = {"cpu": "torch,onnxruntime", "cuda": "torch,torch-cudagraphs,torch-cudagraphs-fused,torch-bf16"}
 """the default --backends by --device (names of wm_deploy.loading.VARIANTS); torch eager first: the baseline"""
 GRID = {"samples": (128, 256, 512), "horizon": (8, 12, 16), "iterations": (2, 3, 4)}
 """--full: every combination; the default grid varies one setting at a time around the defaults"""
@@ -47,8 +47,9 @@ COLUMNS = [
     {"name": "horizon", "format": "d"},
     {"name": "iterations", "align": "right"},
     {"name": "backend"},
-    {"name": "ms/tick p50", "format": ".1f"},
-    {"name": "p90", "format": ".1f"},
+    {"name": "ms/tick p50", "format": ".2f"},
+    {"name": "p90", "format": ".2f"},
+    {"name": "plan ms p50", "format": ".2f"},
     {"name": "ticks/s", "format": ".1f"},
     {"name": "vs torch", "format": ".2f"},
 ]
@@ -97,8 +98,9 @@ def settings_grid(quick: bool, full: bool, cells: str | None = None) -> list[Pla
     return grid
 
 
-def tick_call(rollout: Rollout, planner: Planner):
-    """One control tick: observe a frame after the previous action, then plan (see the module docstring)."""
+def tick_calls(rollout: Rollout, planner: Planner):
+    """One control tick (observe a frame after the previous action, then plan: see the module docstring), and the
+    plan alone."""
     rng = np.random.default_rng(0)
     frame = rng.integers(0, 256, (1, *rollout.dims.frame), dtype=np.uint8)
     first = rollout.observe(rollout.initial(1), frame)
@@ -108,7 +110,8 @@ def tick_call(rollout: Rollout, planner: Planner):
     def tick():
         planner.act(rollout.observe(previous, frame, action))
 
-    return tick
+    observed = rollout.observe(previous, frame, action)
+    return tick, lambda: planner.act(observed)
 
 
 def main() -> None:
@@ -137,7 +140,9 @@ def main() -> None:
             planners = {name: Planner(r, settings, bounds=BOUNDS) for name, r in rollouts.items()}
             for planner in planners.values():
                 planner.warmup()
-            calls = {name: tick_call(rollouts[name], planners[name]) for name in names}
+            calls = {}
+            for name in names:
+                calls[name], calls[f"{name} plan"] = tick_calls(rollouts[name], planners[name])
             seconds = time_calls(calls, lambda: None, sampling)
             for name in names:
                 stats = summarise(seconds[name])
@@ -150,6 +155,7 @@ def main() -> None:
                         "default": settings == PlannerSettings(),
                         "ms_p50": stats["p50_us"] / 1e3,
                         "ms_p90": stats["p90_us"] / 1e3,
+                        "plan_ms_p50": summarise(seconds[f"{name} plan"])["p50_us"] / 1e3,
                         "ticks_per_s": 1e6 / stats["p50_us"],
                         "calls": stats["calls"],
                     }
@@ -189,6 +195,7 @@ def table_rows(rows: list[dict]) -> list[list]:
             r["backend"],
             r["ms_p50"],
             r["ms_p90"],
+            r["plan_ms_p50"],
             r["ticks_per_s"],
             r["speedup_vs_torch"],
         ]

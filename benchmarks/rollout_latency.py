@@ -3,8 +3,9 @@
 For every backend x batch size x horizon it times one `Rollout.imagine` call (p50, p90, p99 over repeated
 calls after a warm-up) and derives latent steps per second (batch x horizon / p50), the speed-up over torch
 eager measured in the same run, the achieved GFLOP/s and its fraction of this device's own matmul peak
-(a 2048 x 2048 fp32 `torch.matmul`, measured in the same run). It also times `observe` at batch 1: the
-encoder plus one prior step, one control tick.
+(a 2048 x 2048 fp32 `torch.matmul`, measured in the same run). At batch 1 it also times the trusted `imagine`
+(`trusted=True`: the planner's path, without the value checks) and `observe`: the encoder plus one prior step,
+one control tick.
 
     python benchmarks/rollout_latency.py                      # random default-size model, CPU
     python benchmarks/rollout_latency.py --quick              # fewer cells and calls: under a minute on 2 cores
@@ -28,9 +29,8 @@ benchmarks/rollout_latency_report.py's.
 Backends (`--backends`, default all; those that cannot run here are listed as skipped, with the reason). The
 names are wm_deploy.loading.VARIANTS:
   torch             PyTorch eager, the torch loop: the baseline of the speed-up column
-  torch-cudagraphs  PyTorch with the imagine loop captured in a CUDA graph (CUDA only); in fp32 the loop is
-                    the fused Triton kernel where Triton is installed (Rollout.load(fused=True), the default)
-  torch-cudagraphs-unfused  the same with the torch loop
+  torch-cudagraphs  PyTorch with the imagine loop captured in a CUDA graph (CUDA only)
+  torch-cudagraphs-fused  the same with the loop as the fused Triton kernel (Rollout.load(fused=True), fp32)
   torch-tf32        PyTorch with CUDA graphs, TF32 matmuls and convolutions (opt-in precision)
   torch-bf16        PyTorch, bfloat16 matmuls with a float32 recurrent state (CUDA graphs on CUDA)
   torch-fp16        the same in float16
@@ -90,7 +90,7 @@ QUICK = Sampling(min_calls=3, max_calls=200, budget_s=0.3, warmup_calls=1)
 class Result:
     backend: str
     call: str
-    """`imagine` or `observe`"""
+    """`imagine`, `imagine-trusted` or `observe`"""
     batch: int
     horizon: int
     """prior steps per call (1 for observe)"""
@@ -225,18 +225,20 @@ def prepared_call(
         rollout.warmup(batch, 1, frames=True)
         return lambda: rollout.observe(state, arrays["frame"], arrays["actions"][:, 0])
     rollout.warmup(batch, horizon, frames=False)
-    return lambda: rollout.imagine(state, arrays["actions"])
+    trusted = call == "imagine-trusted"  # the planner's path: no value checks, views out
+    return lambda: rollout.imagine(state, arrays["actions"], trusted=trusted)
 
 
 def benchmark(
     rollouts: dict[str, Rollout], device: torch.device, args, sampling: Sampling, peaks: list[MatmulPeak]
 ) -> list[Result]:
-    """Every cell (imagine at each horizon and batch, observe at batch 1) on every backend, with one matmul
-    peak sample after each cell."""
+    """Every cell (imagine at each horizon and batch, the trusted imagine and observe at batch 1) on every backend,
+    with one matmul peak sample after each cell."""
     rng = np.random.default_rng(0)
     cells = [("imagine", batch, horizon) for horizon in args.horizons for batch in args.batches]
+    cells += [("imagine-trusted", 1, args.horizons[0]), ("observe", 1, 1)]
     results = []
-    for call, batch, horizon in cells + [("observe", 1, 1)]:
+    for call, batch, horizon in cells:
         calls = {
             name: prepared_call(rollout, call, batch, horizon, args.host_io, rng) for name, rollout in rollouts.items()
         }

@@ -50,8 +50,9 @@ class Options:
     precision: str | None = None
     """None: the backend's default (fp32; a TensorRT folder's engines as built)"""
     thread_spinning: bool = True
-    fused: bool = True
-    """torch on CUDA, fp32: the imagine loop as one Triton kernel where the model allows it"""
+    fused: bool = False
+    """torch on CUDA, fp32: the imagine loop as one Triton kernel where the model allows it (opt-in: slower than the
+    captured torch loop on an H200, docs/gpu.md)"""
 
 
 def open_source(path: str | Path) -> Source:
@@ -244,9 +245,9 @@ BACKENDS = tuple(REGISTRY)
 PREFERENCE = {"cpu": ("onnxruntime", "torch"), "cuda": ("tensorrt", "torch", "onnxruntime")}
 
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "torch": ("torch", {"cuda_graphs": False, "fused": False}),
+    "torch": ("torch", {"cuda_graphs": False}),
     "torch-cudagraphs": ("torch", {}),
-    "torch-cudagraphs-unfused": ("torch", {"fused": False}),
+    "torch-cudagraphs-fused": ("torch", {"fused": True}),
     "torch-tf32": ("torch", {"precision": "tf32"}),
     "torch-bf16": ("torch", {"precision": "bf16"}),
     "torch-fp16": ("torch", {"precision": "fp16"}),

@@ -113,7 +113,7 @@ class Rollout:
         precision: str | None = None,
         max_workspaces: int = MAX_WORKSPACES,
         thread_spinning: bool = True,
-        fused: bool = True,
+        fused: bool = False,
     ) -> Rollout:
         """Load an artifact folder (written by wm-export) or a checkpoint (torch backend only).
 
@@ -130,9 +130,10 @@ class Rollout:
         least recently used is freed beyond it, so memory stays bounded however many shapes a process sees.
         thread_spinning: onnxruntime on CPU keeps its idle worker threads spinning for the next call, which makes
         one model's back-to-back calls faster; several models that take turns on the same cores (an Ensemble)
-        should turn it off, or each one's spinning threads slow the others' calls. fused: torch on CUDA in fp32
-        runs the imagine loop as one Triton kernel (the `kernels` extra) where the model allows it, after checking
-        it against the torch loop (`backend_detail` says which runs); off, the torch loop.
+        should turn it off, or each one's spinning threads slow the others' calls. fused (opt-in): torch on CUDA in
+        fp32 runs the imagine loop as one Triton kernel (the `kernels` extra) where the model allows it, after
+        checking it against the torch loop (`backend_detail` says which runs). Off by default: on an H200 it is
+        slower than the captured torch loop (docs/gpu.md).
         """
         device = resolve_device(device)
         source = open_source(path)

@@ -92,7 +92,6 @@ class FusedRollout:
         if reason is not None:
             raise ValueError(f"the fused rollout cannot run this model: {reason}")
         cfg = model.cfg
-        self.device = device
         self.sizes = dict(S=cfg.latent_dim, A=cfg.action_dim, D=cfg.deter_dim)
         self.padded = {f"{name}P": padded(size) for name, size in (*self.sizes.items(), ("K", cfg.hidden_dim))}
         self.min_std = float(model.rssm.min_std)
@@ -102,6 +101,7 @@ class FusedRollout:
             self.weights = {
                 name: w.to(device=device, dtype=torch.float32).contiguous() for name, w in self._pack(model)
             }
+        self.device = self.weights["in_z"].device  # "cuda" resolved to "cuda:N", as the workspace's tensors say
 
     def _pack(self, model: WorldModel) -> list[tuple[str, torch.Tensor]]:
         """Every weight as the kernel reads it: transposed to [in, out] (so that a layer is x @ W) and zero-padded

@@ -8,8 +8,8 @@ reference to the export gate's 1e-4; `tf32` lets matmuls and convolutions round 
 explicit opt-in, with its own tolerance); `bf16` and `fp16` run the matrix products on half-precision weights
 while the recurrent state stays float32 (backends/half_precision.py), for the 1e-2 tolerance of TensorRT fp16.
 
-On CUDA in fp32 the imagine loop is one Triton kernel launch where the model allows it (backends/fused_rollout.py,
-the `kernels` extra; `fused=False` turns it off); `detail` says which loop runs, and why not the fused one.
+`fused=True` (opt-in, CUDA, fp32) runs the imagine loop as one Triton kernel launch where the model allows it
+(backends/fused_rollout.py, the `kernels` extra); `detail` says which loop runs, and why not the fused one.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class TorchBackend:
         max_batch: int,
         cuda_graphs: bool = True,
         precision: str = "fp32",
-        fused: bool = True,
+        fused: bool = False,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
