@@ -160,9 +160,10 @@ def test_the_fused_rollout_says_which_models_and_devices_it_takes(untrained_mode
     assert "needs CUDA" in (fused_support(default, torch.device("cpu")) or "")
     with pytest.raises(ValueError, match="latent_dim = 8"):
         FusedRollout(tiny, torch.device("cpu"))
-    backend = TorchBackend(default, torch.device("cpu"), 8)
+    backend = TorchBackend(default, torch.device("cpu"), 8, fused=True)
     assert backend.fused is None and backend.fused_loop(backend.workspace(1, 2, False), sample=False) is None
     assert backend.detail.endswith("torch loop (fused rollout: needs CUDA, not cpu)")
+    assert TorchBackend(default, torch.device("cpu"), 8).detail.endswith("torch loop (fused rollout: turned off)")
 
 
 @pytest.mark.gpu
