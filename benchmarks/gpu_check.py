@@ -43,6 +43,7 @@ LABELS = {
     "torch": "torch eager",
     "torch-cudagraphs": "torch + CUDA graphs (fp32)",
     "torch-cudagraphs-fused": "the same, fused Triton rollout",
+    "torch-cudagraphs-eager-tick": "torch + CUDA graphs, the planner tick not captured",
     "torch-tf32": "torch tf32 (opt-in)",
     "torch-bf16": "torch bf16",
     "torch-fp16": "torch fp16",
@@ -69,6 +70,14 @@ TARGETS = [
      ".2e"),
     ("B=4096 H=15 bf16: ≥ 1.5e8 latent steps/s", "torch-bf16", "imagine", 4096, 15, "steps_per_s", ">=", 1.5e8,
      ".2e"),
+]  # fmt: skip
+TICK_TARGETS = [
+    # (what, backend, field of planner_speed's row at the default cell, value in seconds)
+    ("the plan alone at the default 256 × 12 × 3, torch + CUDA graphs: ≤ 1 ms", "torch-cudagraphs", "plan_ms_p50",
+     1e-3),
+    ("the whole tick (observe + plan), torch + CUDA graphs (not a target)", "torch-cudagraphs", "ms_p50", None),
+    ("the same without the tick graph (each imagine its own graph; not a target)", "torch-cudagraphs-eager-tick",
+     "plan_ms_p50", None),
 ]  # fmt: skip
 PARITY = "parity on CUDA within the CPU tolerances (fp32) and 1e-2 (bf16, fp16)"
 """the target the CUDA tests check"""
@@ -106,7 +115,7 @@ def run_part(name: str, command: list[str], timeout_s: float, log: Path | None =
     return {"part": name, "exit_code": exit_code, "seconds": round(seconds, 1)}
 
 
-def check_targets(latency: dict, tests_log: str | None) -> list[dict]:
+def check_targets(latency: dict, planner: dict, tests_log: str | None) -> list[dict]:
     """Each target with what was measured (None: not measured) and whether it is met (None: not a target or not
     measured); last the parity target, from the CUDA tests' summary line."""
     rows = {(r["backend"], r["call"], r["batch"], r["horizon"]): r for r in latency.get("results", [])}
@@ -118,6 +127,12 @@ def check_targets(latency: dict, tests_log: str | None) -> list[dict]:
         if measured is not None and comparison is not None:
             met = measured <= value if comparison == "<=" else measured >= value
         checked.append({"target": what, "measured": measured, "format": fmt, "met": met})
+    ticks = {r["backend"]: r for r in planner.get("rows", []) if r["default"]}
+    for what, backend, field, limit in TICK_TARGETS:
+        row = ticks.get(backend)
+        measured = None if row is None else row[field] * 1e-3
+        met = None if measured is None or limit is None else measured <= limit
+        checked.append({"target": what, "measured": measured, "format": "time", "met": met})
     # pytest's last line, e.g. "15 passed, 3 skipped in 17.2s": met when some passed and none failed
     summary = re.findall(r"^=* ?(\d+ (?:passed|failed|skipped|error).* in [\d.]+s.*?) ?=*$", tests_log or "", re.M)
     passed = bool(summary) and "passed" in summary[-1] and not re.search("failed|error", summary[-1])
@@ -267,7 +282,7 @@ def main(argv=None) -> int:
     ]  # fmt: skip
     latency, planner = read_json(out / "rollout_latency.json"), read_json(out / "planner_speed.json")
     tests_log = out / "gpu_tests.log"
-    targets = check_targets(latency, tests_log.read_text() if tests_log.is_file() else None)
+    targets = check_targets(latency, planner, tests_log.read_text() if tests_log.is_file() else None)
     parts.append(
         {"part": "total (start-up included)", "exit_code": 0, "seconds": round(time.perf_counter() - start, 1)}
     )

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from planner_speed import BOUNDS, tick_call
+from planner_speed import BOUNDS, tick_calls
 
 import wm_deploy
 from wm_deploy import Planner, Rollout
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for planner in planners.values():
             planner.warmup()
-        calls = {name: tick_call(rollout, planner) for name, planner in planners.items()}
+        calls = {name: tick_calls(rollout, planner)[0] for name, planner in planners.items()}
         sampling = Sampling.fixed(args.rounds, args.block)
         seconds = time_calls(calls, synchronizer(torch.device(rollout.device)), sampling)
     env = environment(str(rollout.device))

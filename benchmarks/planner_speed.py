@@ -13,8 +13,10 @@ state it returns (`iterations` batched `imagine` calls of `samples` x `horizon`,
 and refits, the chosen action copied out) -- everything a controller adds to the environment's step. The
 backends take turns in blocks of ticks (benchmarks/timing.py), so a busy machine slows both alike; each cell
 reports the median and 90th percentile of single ticks, ticks/s = 1 / median, and the speed-up over torch
-eager (the first backend). `plan` times `Planner.act` alone on an observed state, in the same blocks. Without --artifacts a randomly initialised model with reward and continuation heads
-(--size, default `default`) is saved and exported to a temporary folder; timings do not depend on the weights.
+eager (the first backend); `plan ms` times `Planner.act` alone on an observed state, in the same blocks. Without
+--artifacts a randomly initialised model with reward and continuation heads (--size, default `default`) is saved
+and exported to a temporary folder; timings do not depend on the weights. Planners are warmed up first
+(`Planner.warmup`: on a GPU with CUDA graphs, the tick graph's capture).
 The planner's budget: one tick at the default settings (PlannerSettings) <= 100 ms on 2 CPU cores with onnxruntime.
 """
 
@@ -35,8 +37,14 @@ from wm_deploy.loading import VARIANTS
 from report import add_results_option, environment, machine_line, markdown_table, progress, save_results
 from timing import Sampling, random_checkpoint, summarise, time_calls
 
-BACKENDS = {"cpu": "torch,onnxruntime", "cuda": "torch,torch-cudagraphs,torch-cudagraphs-fused,torch-bf16"}
-"""the default --backends by --device (names of wm_deploy.loading.VARIANTS); torch eager first: the baseline"""
+EAGER_TICK = "torch-cudagraphs-eager-tick"
+"""torch-cudagraphs with the planner's tick graph off: each imagine call its own graph, as before the tick graph"""
+BACKENDS = {
+    "cpu": "torch,onnxruntime",
+    "cuda": f"torch,{EAGER_TICK},torch-cudagraphs,torch-cudagraphs-fused,torch-bf16",
+}
+"""the default --backends by --device (names of wm_deploy.loading.VARIANTS, and EAGER_TICK); torch eager first:
+the baseline"""
 GRID = {"samples": (128, 256, 512), "horizon": (8, 12, 16), "iterations": (2, 3, 4)}
 """--full: every combination; the default grid varies one setting at a time around the defaults"""
 FULL = Sampling(min_calls=10, max_calls=400, budget_s=3.0, warmup_calls=3)
@@ -138,6 +146,8 @@ def main() -> None:
         rows = []
         for settings in cells:
             planners = {name: Planner(r, settings, bounds=BOUNDS) for name, r in rollouts.items()}
+            if EAGER_TICK in planners:
+                planners[EAGER_TICK]._tick_graph = None
             for planner in planners.values():
                 planner.warmup()
             calls = {}
@@ -178,6 +188,7 @@ def main() -> None:
 
 
 def load_variant(folder: Path, name: str, device: str) -> Rollout:
+    name = "torch-cudagraphs" if name == EAGER_TICK else name
     if name not in VARIANTS:
         raise SystemExit(f"--backends: unknown {name!r}; expected some of {list(VARIANTS)}")
     backend, options = VARIANTS[name]

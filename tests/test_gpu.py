@@ -192,6 +192,33 @@ def test_the_planner_on_cuda_acts_as_on_the_cpu(planner_model, planner_targets, 
     np.testing.assert_allclose(actions["cuda"][-1], planner_targets[mode], atol=0.1)
 
 
+@pytest.mark.parametrize("warmup", [False, True], ids=["captured-at-tick-2", "captured-at-warmup"])
+def test_the_tick_graph_plans_as_the_planner_without_cuda_graphs(untrained_model, warmup):
+    """The whole tick as one CUDA graph (wm_deploy.tick_graph) against the same planner on the same GPU without
+    graphs: two episodes of closed-loop ticks with a reset between, the actor's plan mixed in."""
+    model, _, codec = untrained_model("default", heads=True, actor_critic=True)
+    frames = np.random.default_rng(0).integers(0, 256, (6, 1, 64, 64, 3), dtype=np.uint8)
+    plans = {}
+    for graphs in (False, True):
+        rollout = Rollout.from_model(model, codec, "cuda", cuda_graphs=graphs)
+        planner = Planner(rollout, bounds=([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0]), seed=0)
+        assert (planner._tick_graph is not None) == graphs
+        if warmup:
+            planner.warmup()
+        plans[graphs] = []
+        for episode in range(2):
+            planner.reset(seed=episode)
+            state = rollout.observe(rollout.initial(1), frames[0])
+            for frame in frames[1:4]:
+                plans[graphs].append(planner.plan(state))
+                state = rollout.observe(state, frame, plans[graphs][-1].actions[:1])
+        assert not graphs or planner._tick_graph.captured
+    for eager, graph in zip(plans[False], plans[True]):
+        np.testing.assert_allclose(graph.actions, eager.actions, atol=1e-4)
+        np.testing.assert_allclose(graph.z, eager.z, atol=1e-4)
+        assert graph.value == pytest.approx(eager.value, abs=1e-4)
+
+
 class SyncingBackend(TorchBackend):
     """A step that reads a value back to the host: fine eagerly, impossible inside a CUDA graph capture."""
 

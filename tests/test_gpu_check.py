@@ -44,7 +44,7 @@ def test_gpu_check_dry_run_writes_the_tables_of_docs_gpu_md_as_results_files(tmp
     ticks = results.load_results("gpu_planner_ticks.json", tables)
     assert ticks["rows"][0][0] == "32 × 4 × 1" and ticks["rows"][0][1] > 0
     targets = results.load_results("gpu_targets.json", tables)
-    assert len(targets["rows"]) == 9 and "dry-run" in targets["command"]
+    assert len(targets["rows"]) == 12 and "dry-run" in targets["command"]
     full = results.load_results("rollout_latency_cpu.json", tables)  # rollout_latency's own table
     assert {r[0] for r in full["rows"]} == {"torch", "torch-bf16", "onnxruntime"}
     train = results.load_results("train_throughput_cpu.json", tables)

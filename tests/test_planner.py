@@ -17,6 +17,7 @@ from wm_core.actions import ActionCodec
 from wm_deploy import LatentState, Planner, Rollout
 from wm_deploy.plan_distributions import Arrays, Gaussian
 from wm_deploy.planner import DATA_PRIOR_SCALE
+from wm_deploy.tick_graph import TickGraph
 
 BOUNDS = ([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0])  # CarRacing's: steering, gas, brake
 GOAL = np.zeros((64, 64, 3), np.uint8)  # any frame: the hand-built encoder maps every frame to the target's latent
@@ -217,6 +218,37 @@ def test_a_tick_on_device_arrays_reads_back_to_the_host_once(planner_model, mode
     monkeypatch.undo()
     assert len(reads) == 2
     np.testing.assert_array_equal(np.asarray(actions), np.asarray(expected))
+
+
+@pytest.mark.parametrize("model_kind", ["continuous", "discrete", "actor", "mean"])
+def test_the_tick_graphs_fixed_buffers_carry_ticks_over_as_the_eager_path(planner_model, untrained_model, model_kind):
+    """On a GPU the tick graph replays Planner._search on fixed buffers (wm_deploy.tick_graph). Run eagerly on
+    the CPU, on those buffers, its ticks must be the planner's own to the last bit: through an episode's first tick
+    (no replayed elites: the eager path), the captured shape, a reset, the actor's plan, execute="mean"."""
+    if model_kind == "actor":
+        model, _, codec = untrained_model("tiny", "continuous", actor_critic=True)
+    else:
+        model, _, codec = planner_model("continuous" if model_kind == "mean" else model_kind)
+    rollout = Rollout.from_model(model, codec)
+    first = observed(rollout)
+    states = [LatentState(torch.as_tensor(first.h), torch.as_tensor(first.z))]
+    states.append(LatentState(states[0].h.flip(-1), states[0].z.flip(-1)))
+    extra = {"execute": "mean"} if model_kind == "mean" else {}
+    plans = {}
+    for graph in (False, True):
+        planner = planner_on(rollout, iterations=2, replay=4, arrays="torch", **extra)
+        assert planner._tick_graph is None  # not on a CPU
+        if graph:
+            planner._tick_graph = TickGraph(planner, compile=lambda tick, device: tick)
+        plans[graph] = []
+        for episode in range(2):
+            planner.reset(seed=episode)
+            plans[graph] += [planner.plan(states[tick % 2]) for tick in range(3)]
+        assert planner._tick_graph is None or planner._tick_graph.captured
+    for eager, graph in zip(plans[False], plans[True]):
+        np.testing.assert_array_equal(graph.actions, eager.actions)
+        np.testing.assert_array_equal(graph.z, eager.z)
+        assert graph.value == eager.value
 
 
 # --- bad input ----------------------------------------------------------------------------------------------

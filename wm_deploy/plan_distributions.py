@@ -59,6 +59,14 @@ class Arrays:
     def arange(self, n: int):
         return np.arange(n) if self.kind == "numpy" else torch.arange(n, device=self.device)
 
+    def fill_at(self, x, index, value: float):
+        """x[index] = value in place, `index` a 1-d array -> x. (On torch a value passed as a number: an assigned
+        number becomes a tensor copied from the host, which a CUDA graph cannot capture.)"""
+        if self.kind == "numpy":
+            x[index] = value
+            return x
+        return x.index_fill_(0, index, value)
+
     def argmax(self, x):
         """-> the index of the largest entry, as a 0-d array or tensor (not read back to the host)."""
         return np.argmax(x) if self.kind == "numpy" else torch.argmax(x)
@@ -117,12 +125,16 @@ class Arrays:
         """-> the number of NaN and infinite entries, a 0-d array or tensor (read it back once per tick)."""
         return (~np.isfinite(x)).sum() if self.kind == "numpy" else (~torch.isfinite(x)).sum()
 
-    def to_host(self, parts: list) -> np.ndarray:
-        """Arrays of any shape -> their values raveled and joined as one float64 numpy array: one device->host copy
-        for everything a tick reads back."""
+    def join(self, parts: list):
+        """Arrays of any shape -> their values raveled and joined as one float64 array of this kind."""
         if self.kind == "numpy":
             return np.concatenate([np.asarray(p, np.float64).ravel() for p in parts])
-        return torch.cat([p.reshape(-1).double() for p in parts]).cpu().numpy()
+        return torch.cat([p.reshape(-1).double() for p in parts])
+
+    def to_host(self, parts: list) -> np.ndarray:
+        """`join(parts)` as a numpy array: one device->host copy for everything a tick reads back."""
+        joined = self.join(parts)
+        return joined if self.kind == "numpy" else joined.cpu().numpy()
 
     def cumprod(self, x, axis: int):
         return np.cumprod(x, axis) if self.kind == "numpy" else torch.cumprod(x, axis)
@@ -137,8 +149,11 @@ class Arrays:
 
 
 def shift(sequences):
-    """[M, H, ...] one step earlier along H, the last step repeated: the warm start of the next tick."""
-    return sequences[:, list(range(1, sequences.shape[1])) + [-1]]
+    """[M, H, ...] one step earlier along H, the last step repeated: the warm start of the next tick. (Slices, not a
+    list index, which torch would copy from the host: a CUDA graph cannot capture that.)"""
+    if isinstance(sequences, np.ndarray):
+        return np.concatenate([sequences[:, 1:], sequences[:, -1:]], 1)
+    return torch.cat([sequences[:, 1:], sequences[:, -1:]], 1)
 
 
 class Gaussian:
@@ -165,6 +180,13 @@ class Gaussian:
         """Forget the previous plan: the next tick starts from the prior's centre."""
         self.mean = self.center + 0.0  # a copy
         self.std = self.ceiling + 0.0
+
+    def state(self) -> list:
+        """What carries over from one tick to the next (the planner's tick graph keeps it in fixed buffers)."""
+        return [self.mean, self.std]
+
+    def load(self, state: list) -> None:
+        self.mean, self.std = state
 
     def begin(self, start=None) -> None:
         """Start a tick from the (already shifted) mean, or from `start` u [H, A] (the actor's plan), with the
@@ -217,10 +239,11 @@ class Categorical:
     def __init__(self, xp: Arrays, actions: int, horizon: int, min_prob: float):
         self.xp = xp
         self.actions, self.horizon, self.min_prob = actions, horizon, min_prob
+        self.uniform = xp.asarray(np.full((1, actions), 1.0 / actions, np.float32))  # [1, n]
         self.reset()
 
     def reset(self) -> None:
-        self.probs = self.xp.asarray(np.full((self.horizon, self.actions), 1.0 / self.actions, np.float32))  # [H, n]
+        self.probs = self.xp.cat([self.uniform] * self.horizon)  # [H, n]
 
     def begin(self, start=None) -> None:
         """Start a tick from the (already shifted) probabilities, or from the sequence `start` int [H] (the actor's
@@ -267,10 +290,15 @@ class Categorical:
         frequencies = (weights[:, None, None] * onehot).sum(0)  # [H, n]
         self.probs = self._floored(frequencies)
 
+    def state(self) -> list:
+        return [self.probs]
+
+    def load(self, state: list) -> None:
+        (self.probs,) = state
+
     def end(self) -> None:
         """Shift one step; the new last step is uniform (nothing is known about it yet)."""
-        uniform = self.xp.asarray(np.full((1, self.actions), 1.0 / self.actions, np.float32))
-        self.probs = self.xp.cat([self.probs[1:], uniform])
+        self.probs = self.xp.cat([self.probs[1:], self.uniform])
 
     def to_actions(self, indices):
         return indices

@@ -49,6 +49,7 @@ from .ensemble import Ensemble
 from .plan_distributions import Arrays, Categorical, Gaussian, shift
 from .rollout import Rollout
 from .state import LatentState, Trajectory
+from .tick_graph import TickGraph, tick_graph_supported
 
 Prior = Literal["data", "bounds"]
 """where a continuous search starts each tick (PlannerSettings.prior)"""
@@ -230,6 +231,7 @@ class Planner:
             (self.xp.asarray(self.codec.mean), self.xp.asarray(self.codec.std)) if s.action_penalty else None
         )
         self.goal: Any = None  # [1, S]
+        self._tick_graph: TickGraph | None = TickGraph(self) if tick_graph_supported(self) else None
         self.has_heads = rollout.has_heads
         self.policy_count = s.policy_samples if getattr(rollout, "has_policy", False) else 0
         if self.policy_count and s.replay + self.policy_count >= s.samples:
@@ -247,6 +249,7 @@ class Planner:
         self.rng = np.random.default_rng(s.seed)  # on the host: the same draws whatever the device
         self.last_plan: Plan | None = None
         self._replay: Any = None  # [R, H, ...] shifted elites of the previous tick
+        self._best = self.xp.asarray(np.zeros(1), np.int64)  # execute="mean": the best elite's position
 
     @property
     def objective(self) -> str:
@@ -281,10 +284,24 @@ class Planner:
             frame = frame[None]
         mean, _ = self.rollout.encode(frame)
         self.goal = self.xp.asarray(mean)  # [1, S]
+        if self._tick_graph is not None:  # its graph reads the old goal: capture again
+            self._tick_graph = TickGraph(self)
 
     def warmup(self) -> None:
-        """Allocate the rollout's buffers for this planner's batch and horizon before the first tick."""
+        """Allocate the rollout's buffers for this planner's batch and horizon before the first tick; with a tick
+        graph, capture it too (two ticks from a zero state, then the generator and the plan are as before)."""
         self.rollout.warmup(self.settings.samples, self.settings.horizon, frames=False)
+        if self._tick_graph is None or self._tick_graph.captured:
+            return
+        saved = self.rng.bit_generator.state
+        zeros = [
+            self.xp.asarray(np.zeros((1, width), np.float32))
+            for width in (self.rollout.dims.deter, self.rollout.dims.latent)
+        ]
+        for _ in range(2):
+            self.plan(LatentState(*zeros))
+        self.reset()
+        self.rng.bit_generator.state = saved
 
     def act(self, state: LatentState) -> np.ndarray | int:
         """The action to take in `state` (a LatentState of batch 1, from `Rollout.observe`): float32 [A] in the
@@ -296,19 +313,57 @@ class Planner:
 
         On a GPU nothing in the tick waits for the device until its end: the tick's noise is drawn on the host at
         once and copied in one go, imagine runs on the Rollout's trusted path, the checks for non-finite numbers
-        and the final draw stay on the device, and what the tick reads back comes in one copy."""
+        and the final draw stay on the device, and what the tick reads back comes in one copy. With a Rollout that
+        captures CUDA graphs, the tick's device work is itself one graph (wm_deploy.tick_graph) from the second
+        tick of an episode on (the first has no replayed elites yet: another shape)."""
+        s, xp = self.settings, self.xp
+        h, z = self._start(state)
+        # Drawn in the order the iterations use them, then the final draw's: the same numbers as drawing each
+        # when it is needed.
+        noise = self.distribution.draw(self.rng, s.iterations * self._drawn())  # [iterations * M, H, ...]
+        gumbel = self.rng.gumbel(size=s.samples) if s.execute == "draw" else None  # [N] float64
+        if self._tick_graph is not None and (self._replay is not None or not s.replay):
+            host = self._tick_graph(h, z, noise, gumbel)
+        else:
+            host = xp.to_host(self._search(h, z, xp.upload(noise), None if gumbel is None else xp.upload(gumbel)))
+        checks = 2 + s.iterations  # the non-finite counts of state.h, state.z, each iteration's values
+        self._raise_on_nonfinite(host[-checks:])
+        H = s.horizon
+        width = H * (1 if self.discrete else self.codec.dim)
+        actions, value, z_, heads = np.split(
+            host[:-checks], [width, width + 1, width + 1 + H * self.rollout.dims.latent]
+        )
+        reward, cont = np.split(heads, 2) if self.has_heads else (None, None)
+        self.last_plan = Plan(
+            actions=actions.astype(np.int64) if self.discrete else actions.astype(np.float32).reshape(H, -1),
+            value=float(value[0]),
+            z=z_.astype(np.float32).reshape(H, -1),
+            reward=None if reward is None else reward.astype(np.float32),
+            cont=None if cont is None else cont.astype(np.float32),
+        )
+        return self.last_plan
+
+    # --- internals ----------------------------------------------------------------------------------------
+
+    def _drawn(self) -> int:
+        """M: the candidates an iteration draws noise for (all but the replayed ones and the actor's plan)."""
+        replayed = 0 if self._replay is None else len(self._replay)
+        return self.settings.samples - replayed - (1 if self.policy_count else 0)
+
+    def _search(self, h, z, noise, gumbel):
+        """The tick's device work: from h [1, D], z [1, S], the tick's noise and Gumbel draws as device arrays ->
+        one float64 array: the executed plan's raw actions, its value, its z, its rewards and continuations (with
+        heads), then the non-finite counts (state.h, state.z, each iteration's values). Reads nothing back to the
+        host, so that a CUDA graph can capture it (wm_deploy.tick_graph)."""
         s, xp, dist = self.settings, self.xp, self.distribution
-        start, checks = self._start(state)
-        guide = self._policy_plan(state)  # [H, ...] the actor's plan in the distribution's coordinates, or None
+        n = s.samples
+        start = LatentState(xp.expand(h, n), xp.expand(z, n))
+        checks = [xp.count_nonfinite(h), xp.count_nonfinite(z)]
+        guide = self._policy_plan(LatentState(h, z))  # [H, ...] the actor's plan in the distribution's coordinates
         dist.begin(guide)
         replay = self._replay
         jittered = self.policy_count - 1 if guide is not None else 0  # copies of the actor's plan
-        fresh = s.samples - (0 if replay is None else len(replay)) - (jittered + 1 if guide is not None else 0)
-        drawn = jittered + fresh  # M: candidates an iteration draws noise for
-        # Drawn in the order the iterations use them, then the final draw's: the same numbers as drawing each
-        # when it is needed.
-        noise = xp.upload(dist.draw(self.rng, s.iterations * drawn))  # [iterations * M, H, ...]
-        gumbel = xp.upload(self.rng.gumbel(size=s.samples)) if s.execute == "draw" else None  # [N] float64
+        drawn = len(noise) // s.iterations
         for iteration in range(s.iterations):
             draws = noise[iteration * drawn : (iteration + 1) * drawn]
             given = [] if replay is None else [replay]
@@ -327,8 +382,7 @@ class Planner:
         # Indexing with one-element arrays, not scalars: a scalar index of a device tensor is read back to the host.
         chosen = self._draw(weights, elite_index, gumbel)  # [1]: the position among the elites
         if s.replay:  # the chosen one first, then the other elites in order
-            key = xp.arange(s.elites) * 1.0
-            key[chosen] = -1.0
+            key = xp.fill_at(xp.arange(s.elites) * 1.0, chosen, -1.0)
             self._replay = shift(candidates[elite_index[xp.top(-key, s.replay)[1]]])
         index = elite_index[chosen]  # [1]
         executed = dist.mode()[None] if s.execute == "mean" else candidates[index]  # [1, H, ...] before end() shifts
@@ -336,25 +390,21 @@ class Planner:
         reward, cont = trajectory.reward, trajectory.cont
         parts = [dist.to_actions(executed), values[index], trajectory.z[index]]
         parts += [] if reward is None else [reward[index], cont[index]]
-        host = xp.to_host([*parts, *checks])  # the tick's one read back
-        self._raise_on_nonfinite(host[-len(checks) :])
-        sizes = np.cumsum([int(np.prod(p.shape)) for p in parts])
-        actions_, value, z, *heads = np.split(host[: sizes[-1]], sizes[:-1])
-        H = s.horizon
-        self.last_plan = Plan(
-            actions=actions_.astype(np.int64) if self.discrete else actions_.astype(np.float32).reshape(H, -1),
-            value=float(value[0]),
-            z=z.astype(np.float32).reshape(H, -1),
-            reward=heads[0].astype(np.float32) if heads else None,
-            cont=heads[1].astype(np.float32) if heads else None,
-        )
-        return self.last_plan
+        return xp.join([*parts, *checks])
 
-    # --- internals ----------------------------------------------------------------------------------------
+    def _carried(self) -> list:
+        """The arrays one tick leaves to the next: the distribution's state, then the replayed elites (if any)."""
+        return self.distribution.state() + ([] if self._replay is None else [self._replay])
 
-    def _start(self, state: LatentState) -> tuple[LatentState, list]:
-        """A LatentState of batch 1 -> the same state repeated for every candidate, as arrays on the device, and
-        the counts of its non-finite entries (read back with the rest of the tick)."""
+    def _load_carried(self, carried: list) -> None:
+        count = len(self.distribution.state())
+        self.distribution.load(carried[:count])
+        if len(carried) > count:
+            self._replay = carried[count]
+
+    def _start(self, state: LatentState):
+        """A LatentState of batch 1 -> its h [1, D] and z [1, S] as arrays of the planner's kind (its finiteness is
+        checked on the device, with the rest of the tick)."""
         if not isinstance(state, LatentState):
             raise ValueError(f"planner: expected a LatentState (from Rollout.observe), got {type(state).__name__}")
         if state.batch != 1:
@@ -366,8 +416,7 @@ class Planner:
         for name, x, width in (("state.h", h, self.rollout.dims.deter), ("state.z", z, self.rollout.dims.latent)):
             if tuple(x.shape) != (1, width):
                 raise ValueError(f"planner: {name} must have shape [1, {width}], got {list(x.shape)}")
-        n = self.settings.samples
-        return LatentState(xp.expand(h, n), xp.expand(z, n)), [xp.count_nonfinite(h), xp.count_nonfinite(z)]
+        return h, z
 
     def _raise_on_nonfinite(self, counts: np.ndarray) -> None:
         """counts: non-finite entries of state.h, state.z, then each iteration's values. The state is checked at
@@ -427,7 +476,7 @@ class Planner:
         two nearly equal elites either way) still draw the same candidate. A weight that underflowed to 0 is never
         drawn: log 0 = -inf."""
         if gumbel is None:
-            return self.xp.asarray(np.zeros(1), np.int64)
+            return self._best
         return self.xp.argmax(self.xp.log(weights) + gumbel[elite_index])[None]
 
 

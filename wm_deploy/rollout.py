@@ -92,6 +92,7 @@ class Rollout:
         self.max_batch = backend.max_batch
         self.backend_reason = reason  # why `auto` chose this backend (empty when it was named)
         self._actions = ActionWriter(codec, self.ops)
+        self._codec_tensors: dict[torch.device, list] = {}  # the codec's statistics and bounds by device
         self._generator = torch.Generator(self.ops.device).manual_seed(seed)
         if max_workspaces < 1:
             raise ValueError(f"max_workspaces must be >= 1, got {max_workspaces}")
@@ -241,15 +242,16 @@ class Rollout:
         ops = self.ops
         with self._exclusive():
             ws = self._workspace(batch, 1, frames=True)
+            runner = self._observe_runner(ws, state.is_initial)
             ops.write(ws.obs, obs)
-            self.backend.encode_into(ws)
             if state.is_initial:
+                runner()
                 ops.write(ws.hs[1], state.h)
             else:
                 ops.write(ws.hs[0], state.h)
                 ops.write(ws.zs[0], state.z)
                 self._actions.write(ws.actions[0], prev_action)
-                self.backend.step_into(ws, 0)
+                runner()
             return LatentState(ops.read(ws.hs[1], kind), ops.read(ws.post_mean, kind))
 
     def imagine(
@@ -414,8 +416,8 @@ class Rollout:
             self._workspace(batch, 1, frames=False)
             if frames:
                 frames_ws = self._workspace(batch, 1, frames=True)
-                self.backend.encode_into(frames_ws)
-                self.backend.step_into(frames_ws, 0)
+                for initial in (True, False):
+                    self._observe_runner(frames_ws, initial)()
                 if self.backend.has_decoder:
                     self.backend.decode_into(frames_ws)
 
@@ -438,11 +440,14 @@ class Rollout:
         if codec.mode == "discrete":
             return encoded.argmax(-1)
         if isinstance(encoded, torch.Tensor):
-            mean, std = (torch.tensor(x, device=encoded.device) for x in (codec.mean, codec.std))
+            tensors = self._codec_tensors.get(encoded.device)
+            if tensors is None:  # made once: a copy from the host inside a tick would break its CUDA graph
+                stats = [codec.mean, codec.std] + ([codec.low, codec.high] if codec.low else [])
+                tensors = self._codec_tensors[encoded.device] = [torch.tensor(x, device=encoded.device) for x in stats]
+            mean, std, *bounds = tensors
             raw = encoded * std + mean
-            if codec.low:
-                low, high = (torch.tensor(b, device=encoded.device) for b in (codec.low, codec.high))
-                raw = torch.minimum(torch.maximum(raw, low), high)
+            if bounds:
+                raw = torch.minimum(torch.maximum(raw, bounds[0]), bounds[1])
             return raw.float()
         raw = (encoded * np.asarray(codec.std, np.float32) + np.asarray(codec.mean, np.float32)).astype(np.float32)
         return codec.clip(raw)
@@ -468,6 +473,8 @@ class Rollout:
         return ws
 
     def _runner(self, ws: Workspace, sample: bool):
+        """The imagine loop of `ws`, compiled (on a GPU, a CUDA graph replay). Inside a caller's own capture (the
+        planner's tick graph) the loop itself, so that its kernels join that graph."""
         runner = ws.runners.get(sample)
         if runner is None:
             # a backend may run the whole loop as one kernel (the torch backend's fused Triton rollout on CUDA)
@@ -475,5 +482,27 @@ class Rollout:
             loop = fused_loop(ws, sample) if fused_loop is not None else None
             if loop is None:
                 loop = functools.partial(imagine_loop, self.backend.step_into, self.ops, ws, sample)
+            ws.private[("loop", sample)] = loop
             runner = ws.runners[sample] = self.backend.compile(loop, ws)
-        return runner
+        return ws.private[("loop", sample)] if self._capturing() else runner
+
+    def _observe_runner(self, ws: Workspace, initial: bool):
+        """Encode the frame in `ws.obs` and, unless `initial`, take the prior step from ws.hs[0], ws.zs[0] under
+        ws.actions[0]: compiled once per frames workspace (on a GPU, one CUDA graph replay per control tick)."""
+        key = ("observe", initial)
+        runner = ws.runners.get(key)
+        if runner is None:
+            backend = self.backend
+
+            def observe() -> None:
+                backend.encode_into(ws)
+                if not initial:
+                    backend.step_into(ws, 0)
+
+            ws.private[key] = observe
+            runner = ws.runners[key] = backend.compile(observe, ws)
+        return ws.private[key] if self._capturing() else runner
+
+    def _capturing(self) -> bool:
+        """Whether the current CUDA stream is capturing a graph (the planner's tick graph)."""
+        return self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
