@@ -51,8 +51,9 @@ LABELS = {
     "tensorrt-fp32": "TensorRT fp32",
     "tensorrt-fp16": "TensorRT fp16",
 }
-"""the variants of wm_deploy.loading.VARIANTS timed here, as the tables name them"""
-VARIANTS = ",".join(LABELS)
+"""the variants timed here, as the tables name them: wm_deploy.loading.VARIANTS, and planner_speed's eager tick"""
+VARIANTS = ",".join(name for name in LABELS if name != "torch-cudagraphs-eager-tick")
+"""rollout_latency's"""
 TARGETS = [
     # (what, backend, call, batch, horizon, field, comparison, value, format); no comparison: for comparison only
     ("B=1 H=15 through the trusted path: ≤ 100 µs", "torch-cudagraphs", "imagine-trusted", 1, 15, "p50_s", "<=", 100e-6,

@@ -13,10 +13,10 @@ state it returns (`iterations` batched `imagine` calls of `samples` x `horizon`,
 and refits, the chosen action copied out) -- everything a controller adds to the environment's step. The
 backends take turns in blocks of ticks (benchmarks/timing.py), so a busy machine slows both alike; each cell
 reports the median and 90th percentile of single ticks, ticks/s = 1 / median, and the speed-up over torch
-eager (the first backend); `plan ms` times `Planner.act` alone on an observed state, in the same blocks. Without
---artifacts a randomly initialised model with reward and continuation heads (--size, default `default`) is saved
-and exported to a temporary folder; timings do not depend on the weights. Planners are warmed up first
-(`Planner.warmup`: on a GPU with CUDA graphs, the tick graph's capture).
+eager (the first backend); `plan_ms_p50` (in --json) times `Planner.act` alone on an observed state, in the same
+blocks. Without --artifacts a randomly initialised model with reward and continuation heads (--size, default
+`default`) is saved and exported to a temporary folder; timings do not depend on the weights. Planners are warmed
+up first (`Planner.warmup`: on a GPU with CUDA graphs, the tick graph's capture).
 The planner's budget: one tick at the default settings (PlannerSettings) <= 100 ms on 2 CPU cores with onnxruntime.
 """
 
@@ -55,9 +55,8 @@ COLUMNS = [
     {"name": "horizon", "format": "d"},
     {"name": "iterations", "align": "right"},
     {"name": "backend"},
-    {"name": "ms/tick p50", "format": ".2f"},
-    {"name": "p90", "format": ".2f"},
-    {"name": "plan ms p50", "format": ".2f"},
+    {"name": "ms/tick p50", "format": ".1f"},
+    {"name": "p90", "format": ".1f"},
     {"name": "ticks/s", "format": ".1f"},
     {"name": "vs torch", "format": ".2f"},
 ]
@@ -174,7 +173,7 @@ def main() -> None:
             for row in rows[-len(names) :]:
                 row["speedup_vs_torch"] = torch_ms / row["ms_p50"]
             for r in rows[-len(names) :]:
-                progress(f"  {r['samples']}x{r['horizon']}x{r['iterations']} {r['backend']}: {r['ms_p50']:.1f} ms")
+                progress(f"  {r['samples']}x{r['horizon']}x{r['iterations']} {r['backend']}: {r['ms_p50']:.2f} ms, plan {r['plan_ms_p50']:.2f} ms")
     print(markdown_table(COLUMNS, table_rows(rows)))
     if args.json is not None:
         machine = {"cpu": env["cpu"], "cores": env["cpu_count"], "device": args.device}
@@ -206,7 +205,6 @@ def table_rows(rows: list[dict]) -> list[list]:
             r["backend"],
             r["ms_p50"],
             r["ms_p90"],
-            r["plan_ms_p50"],
             r["ticks_per_s"],
             r["speedup_vs_torch"],
         ]

@@ -54,6 +54,7 @@ class TickGraph:
         self.run: Callable[[], None] | None = None
         self.state: list[torch.Tensor] = []  # h, z
         self.host: list[torch.Tensor] = []  # noise[, gumbel] on the host, pinned on CUDA
+        self.drawn: list[torch.Tensor] = []  # the same on the device
         self.carried: list[torch.Tensor] = []
         self.out: torch.Tensor | None = None
         self.host_out: torch.Tensor | None = None
@@ -93,7 +94,9 @@ class TickGraph:
             for x in (noise, gumbel)
             if x is not None
         ]
-        drawn = [torch.empty(x.shape, dtype=x.dtype, device=self.device) for x in self.host]
+        # Every buffer the graph reads or writes is held here: the replay reuses their addresses, and a tensor that
+        # only the captured function referred to would be freed, and its memory given to another.
+        self.drawn = drawn = [torch.empty(x.shape, dtype=x.dtype, device=self.device) for x in self.host]
         self.carried = [x.clone() for x in planner._carried()]
         saved = [x.clone() for x in self.carried]  # the warm-up runs of the capture tick on them
 
