@@ -52,7 +52,9 @@ def test_quick_benchmark_times_every_cell_with_positive_numbers(quick_report):
     report, _, _ = quick_report
     cells = {(r["backend"], r["call"], r["batch"], r["horizon"]): r for r in report["results"]}
     expected = {(b, "imagine", batch, 2) for b in ("torch", "onnxruntime") for batch in (1, 4)}
-    expected |= {(b, "observe", 1, 1) for b in ("torch", "onnxruntime")}
+    expected |= {
+        (b, call, 1, h) for b in ("torch", "onnxruntime") for call, h in (("imagine-trusted", 2), ("observe", 1))
+    }
     assert set(cells) == expected
     for r in cells.values():
         assert r["calls"] >= 3

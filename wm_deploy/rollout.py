@@ -465,9 +465,10 @@ class Rollout:
             ws = self._workspaces[key] = self.backend.workspace(batch, steps, frames)
             if len(self._workspaces) > self.max_workspaces:
                 _, evicted = self._workspaces.popitem(last=False)
-                # Its compiled loops refer back to it: clearing them frees its buffers now rather than at the
-                # garbage collector's next full pass (which let memory grow with every shape seen).
+                # Its loops, compiled or not, refer back to it: clearing them frees its buffers now rather than
+                # at the garbage collector's next full pass (which let memory grow with every shape seen).
                 evicted.runners.clear()
+                evicted.private.clear()
         else:
             self._workspaces.move_to_end(key)
         return ws
