@@ -167,25 +167,26 @@ def latency_table(latency: dict) -> tuple[list[dict], list[list]]:
 
 
 def planner_table(planner: dict) -> tuple[list[dict], list[list]]:
-    """One control tick's p50 per cell (rows) and variant (columns), then the plan alone (Planner.act without
-    observe) per variant, then ticks/s per variant beyond the first."""
+    """One control tick's p50 (observe + plan) and the plan's alone, per cell and variant, with ticks/s and the
+    speed-up over the first variant (torch eager) in the same run."""
     ticks = planner.get("rows", [])
-    backends = list(dict.fromkeys(r["backend"] for r in ticks))
-    cells = list(dict.fromkeys((r["samples"], r["horizon"], r["iterations"], r["default"]) for r in ticks))
-    by = {(r["backend"], r["samples"], r["horizon"], r["iterations"]): r for r in ticks}
-    columns = [{"name": "samples × horizon × iterations"}]
-    columns += [{"name": LABELS.get(b, b), "format": "time"} for b in backends]
-    columns += [{"name": f"plan alone, {LABELS.get(b, b)}", "format": "time"} for b in backends]
-    columns += [{"name": f"ticks/s, {LABELS.get(b, b)}", "format": ".0f"} for b in backends[1:]]
+    columns = [
+        {"name": "samples × horizon × iterations"},
+        {"name": "variant"},
+        {"name": "tick (observe + plan)", "format": "time"},
+        {"name": "the plan alone", "format": "time"},
+        {"name": "ticks/s", "format": ".0f"},
+        {"name": "vs torch eager", "format": ".2f"},
+    ]
     rows = []
-    for n, h, i, default in cells:
-        found = [by.get((b, n, h, i)) for b in backends]
+    for r in ticks:
+        cell = f"{r['samples']} × {r['horizon']} × {r['iterations']}{' (default)' if r['default'] else ''}"
+        variant = LABELS.get(r["backend"], r["backend"])
+        plan = r.get("plan_ms_p50")
         rows.append(
-            [f"{n} × {h} × {i}{' (default)' if default else ''}"]
-            + [None if r is None else r["ms_p50"] * 1e-3 for r in found]
-            + [None if r is None else r["plan_ms_p50"] * 1e-3 for r in found]
-            + [None if r is None else r["ticks_per_s"] for r in found[1:]]
-        )
+            [cell, variant, r["ms_p50"] * 1e-3, None if plan is None else plan * 1e-3, r["ticks_per_s"],
+             r["speedup_vs_torch"]]
+        )  # fmt: skip
     return columns, rows
 
 

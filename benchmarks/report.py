@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import platform
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,12 +66,31 @@ def environment(device: str = "cpu") -> dict:
     if str(device).startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(device)
         env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+        driver = nvidia_driver()
+        if driver:
+            env["driver"] = driver
     return env
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver's version as nvidia-smi reports it, or None where there is no nvidia-smi."""
+    try:
+        completed = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = completed.stdout.split()
+    return lines[0] if completed.returncode == 0 and lines else None
 
 
 def machine_line(env: dict) -> str:
     """One line for a results file's `machine`: the GPU or the processor, and the versions that matter."""
     where = env["gpu"] if env.get("gpu") else f"{env['cpu']}, {env['cpu_count']} cores"
+    where += f" (driver {env['driver']})" if env.get("driver") else ""
     software = [f"torch {env['torch']} ({env['torch_threads']} threads)"]
     software += [f"CUDA {env['cuda']}"] if env.get("gpu") and env.get("cuda") else []
     software += [f"{module} {env[module]}" for module in OPTIONAL if module in env]
