@@ -5,7 +5,8 @@ The torch backend on CUDA, with and without CUDA graphs, at B = 1, 33, 256: sing
 Single steps must agree to the export gate's 1e-4; a 50-step open loop to the larger of 1e-4 and DRIFT_FACTOR
 times float32's own drift from float64 over that rollout (the gate's rule, wm_export/parity.py). Half
 precision (bf16, fp16) gets TensorRT fp16's 1e-2 on latents over 15 steps. The reward and continuation heads
-follow the same rules, and the planner, computing with torch tensors on the GPU, picks the CPU's actions.
+follow the same rules, and the planner, computing with torch tensors on the GPU, picks the CPU's actions; with
+its tick captured as one CUDA graph, the same actions as without.
 """
 
 from __future__ import annotations
